@@ -1,0 +1,109 @@
+//! `kmsctl sim ...`: the twin's command line.
+
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum SimCommand {
+    /// Serve a twin until SIGINT/SIGTERM; writes ca.pem, kubeconfig, env into DIR, then prints `ready`.
+    Serve(ServeArgs),
+    /// Print the twin's state (cluster, vault, keys, storage) as one JSON document.
+    Inspect {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Add a fault rule to a running twin (or clear them all with --clear).
+    Fault(FaultArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Private,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The cluster's Kubernetes version (KMS v1 below 1.27, v2 from 1.27).
+    #[arg(long, default_value = "1.33.5")]
+    pub kubernetes_version: String,
+    #[arg(long, value_enum, default_value = "on")]
+    pub kms: OnOff,
+    #[arg(long, value_enum, default_value = "public")]
+    pub network_access: Access,
+    /// API server VNet integration (default: on with a private vault, off otherwise).
+    #[arg(long, value_enum)]
+    pub vnet_integration: Option<OnOff>,
+    /// Give the cluster a system-assigned identity (which KMS does not support).
+    #[arg(long)]
+    pub system_assigned_identity: bool,
+    /// Install AKS's last-resort API server throttle (FlowSchema aks-managed-apiserver-guard).
+    #[arg(long)]
+    pub apiserver_guard: bool,
+    #[arg(long, default_value_t = 10)]
+    pub namespaces: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub secrets: usize,
+    /// Added to every request, like a real network.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// How long a cluster update takes.
+    #[arg(long, default_value_t = 5)]
+    pub lro_seconds: u64,
+    /// How long after a KMS change the API server keeps writing with the previous key.
+    #[arg(long, default_value_t = 0)]
+    pub kms_propagation_seconds: u64,
+    /// Above this many writes per second the Kubernetes API answers 429.
+    #[arg(long)]
+    pub write_qps: Option<f64>,
+    /// The first key version expires after this long (e.g. 30d, 12h).
+    #[arg(long, value_parser = crate::sim::parse_duration)]
+    pub key_expires_in: Option<std::time::Duration>,
+    /// How long a list continue token lives before it answers 410 Gone.
+    #[arg(long, default_value_t = 300)]
+    pub continue_ttl_seconds: u64,
+    /// Fault rules (YAML or JSON list).
+    #[arg(long)]
+    pub faults: Option<PathBuf>,
+    /// Seed for the generated Secrets.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FaultArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Remove every rule instead of adding one.
+    #[arg(long)]
+    pub clear: bool,
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Path pattern: `*` one segment, `**` any number.
+    #[arg(long, default_value = "/**")]
+    pub path: String,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub status: Option<u16>,
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[arg(long)]
+    pub probability: Option<f64>,
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
+    /// Drop the connection without answering.
+    #[arg(long)]
+    pub drop: bool,
+    /// The long-running operation a matching cluster PUT starts ends Failed.
+    #[arg(long)]
+    pub fail_operation: bool,
+}

@@ -1,0 +1,84 @@
+//! `kmsctl sim serve|inspect|fault`.
+
+use crate::cli::sim::{Access, FaultArgs, OnOff, ServeArgs, SimCommand};
+use crate::sim::{NetworkAccess, SimOptions, Twin, admin_request, faults};
+use anyhow::Context;
+
+pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
+    let network_access = match a.network_access {
+        Access::Public => NetworkAccess::Public,
+        Access::Private => NetworkAccess::Private,
+    };
+    let vnet = a.vnet_integration.map(|v| v == OnOff::On).unwrap_or(network_access == NetworkAccess::Private);
+    let faults = match &a.faults {
+        None => Vec::new(),
+        Some(p) => faults::load(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+    };
+    Ok(SimOptions {
+        kubernetes_version: a.kubernetes_version.clone(),
+        kms: a.kms == OnOff::On,
+        network_access,
+        vnet_integration: vnet,
+        konnectivity: !vnet,
+        system_assigned_identity: a.system_assigned_identity,
+        apiserver_guard: a.apiserver_guard,
+        namespaces: a.namespaces,
+        secrets: a.secrets,
+        latency_ms: a.latency_ms,
+        lro_seconds: a.lro_seconds,
+        kms_propagation_seconds: a.kms_propagation_seconds,
+        write_qps: a.write_qps,
+        key_expires_in: a.key_expires_in,
+        continue_ttl_seconds: a.continue_ttl_seconds,
+        faults,
+        seed: a.seed,
+    })
+}
+
+pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
+    match cmd {
+        SimCommand::Serve(a) => {
+            let twin = Twin::start(options(&a)?).await?;
+            twin.write_files(&a.dir)?;
+            println!("ready");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            tracing::info!(address = %twin.addr, dir = %a.dir.display(), "twin serving");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            Ok(0)
+        }
+        SimCommand::Inspect { dir } => {
+            let doc = admin_request(&dir, reqwest::Method::GET, "/_sim/inspect", None).await?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(0)
+        }
+        SimCommand::Fault(f) => fault(f).await,
+    }
+}
+
+async fn fault(f: FaultArgs) -> anyhow::Result<i32> {
+    if f.clear {
+        admin_request(&f.dir, reqwest::Method::DELETE, "/_sim/faults", None).await?;
+        return Ok(0);
+    }
+    let rule = faults::FaultRule {
+        method: f.method,
+        path: f.path,
+        host: f.host,
+        status: f.status,
+        count: f.count,
+        probability: f.probability,
+        latency_ms: f.latency_ms,
+        drop: f.drop,
+        fail_operation: f.fail_operation,
+        hits: Default::default(),
+    };
+    let doc = admin_request(&f.dir, reqwest::Method::POST, "/_sim/faults", Some(serde_json::to_value(&rule)?)).await?;
+    println!("{doc}");
+    Ok(0)
+}

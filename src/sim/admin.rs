@@ -1,0 +1,67 @@
+//! The twin's own endpoints under `/_sim/`, for `kmsctl sim inspect` and `kmsctl sim fault`:
+//! never used by kmsctl's commands, which see only the real APIs.
+
+use super::faults::FaultRule;
+use super::http::{Req, Resp, json_resp, k8s_status};
+use super::world::Shared;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub fn handle(shared: &Shared, req: &Req) -> Resp {
+    if req.bearer() != Some(shared.world().ids.admin_token.as_str()) {
+        return k8s_status(StatusCode::UNAUTHORIZED, "Unauthorized", "the twin's admin token is required", None);
+    }
+    match (&req.method, req.path.as_str()) {
+        (&Method::GET, "/_sim/inspect") => json_resp(StatusCode::OK, &inspect(shared)),
+        (&Method::POST, "/_sim/faults") => {
+            let rules: Result<Vec<FaultRule>, String> = match req.json() {
+                Ok(Value::Array(a)) => a.into_iter().map(|v| serde_json::from_value(v).map_err(|e| e.to_string())).collect(),
+                Ok(v) => serde_json::from_value(v).map(|r| vec![r]).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match rules {
+                Ok(r) => {
+                    let mut w = shared.world();
+                    w.faults.extend(r);
+                    json_resp(StatusCode::OK, &json!({ "rules": w.faults.len() }))
+                }
+                Err(e) => k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &e, None),
+            }
+        }
+        (&Method::DELETE, "/_sim/faults") => {
+            shared.world().faults.clear();
+            json_resp(StatusCode::OK, &json!({ "rules": 0 }))
+        }
+        _ => k8s_status(StatusCode::NOT_FOUND, "NotFound", "no such twin endpoint", None),
+    }
+}
+
+/// One document with the cluster and vault as ARM returns them, the keys' versions, and where
+/// every stored Secret's encryption stands.
+pub fn inspect(shared: &Shared) -> Value {
+    let (cluster, vault, keys, write_key, rejected) = {
+        let w = shared.world();
+        let keys: serde_json::Map<String, Value> = w
+            .keys
+            .iter()
+            .map(|(name, k)| {
+                let versions: Vec<Value> = k
+                    .versions
+                    .iter()
+                    .map(|v| json!({ "kid": super::resources::kid(&w.ids, name, &v.version), "version": v.version, "kty": v.kty, "enabled": v.enabled, "exp": v.exp, "created": v.created }))
+                    .collect();
+                (name.clone(), Value::Array(versions))
+            })
+            .collect();
+        let write_key = w.write_key.effective(std::time::Instant::now()).to_string();
+        (w.cluster.clone(), w.vault.clone(), keys, write_key, shared.write_limiter.rejected.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let store = shared.secrets_read();
+    json!({
+        "cluster": cluster,
+        "vault": vault,
+        "keys": keys,
+        "storage": { "total": store.total(), "byKey": store.by_key(), "writeKey": write_key },
+        "apiServer": { "rejectedWrites": rejected }
+    })
+}

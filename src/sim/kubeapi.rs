@@ -1,0 +1,301 @@
+//! The Kubernetes API server, as much as kubectl's `get`/`replace` pipeline, kube-rs and kmsctl
+//! need: discovery, namespaces, Secrets (through the key-aware storage), ConfigMaps, Pods,
+//! Leases and FlowSchemas; API Priority and Fairness answers 429 above the write rate.
+
+use super::http::{Req, Resp, bytes, json_resp, k8s_conflict, k8s_exists, k8s_not_found, k8s_status, with_header};
+use super::secrets::{StoreError, decode_continue};
+use super::world::Shared;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub fn handle(shared: &Shared, req: &Req) -> Resp {
+    let token_ok = {
+        let w = shared.world();
+        req.bearer() == Some(w.ids.kube_token.as_str())
+    };
+    if !token_ok {
+        return k8s_status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized", None);
+    }
+    let mutating = matches!(req.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    if mutating && !shared.write_limiter.admit() {
+        let r = k8s_status(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests, please try again later.", Some(json!({ "retryAfterSeconds": 1 })));
+        return with_header(r, "retry-after", "1");
+    }
+    let s = req.segments();
+    match s.as_slice() {
+        ["version"] => version(shared),
+        ["api"] => json_resp(StatusCode::OK, &json!({ "kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:443" }] })),
+        ["api", "v1"] => json_resp(StatusCode::OK, &core_resources()),
+        ["apis"] => json_resp(StatusCode::OK, &groups()),
+        ["apis", g, v] => group_resources(g, v),
+        ["openapi", "v2"] => {
+            // A minimal protobuf OpenAPI document (swagger = "2.0"): kubectl then relies on
+            // server-side field validation (shared/kubectl-contract.md).
+            bytes(StatusCode::OK, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", vec![0x0a, 0x03, 0x32, 0x2e, 0x30])
+        }
+        ["api", "v1", "namespaces"] => namespaces(shared, None),
+        ["api", "v1", "namespaces", ns] => namespaces(shared, Some(ns)),
+        ["api", "v1", "secrets"] if req.method == Method::GET => list_secrets(shared, req, None),
+        ["api", "v1", "namespaces", ns, "secrets"] => match req.method {
+            Method::GET => list_secrets(shared, req, Some(ns)),
+            Method::POST => create_secret(shared, req, ns),
+            _ => method_not_allowed(),
+        },
+        ["api", "v1", "namespaces", ns, "secrets", name] => secret(shared, req, ns, name),
+        ["api", "v1", "namespaces", ns, res @ ("configmaps" | "pods")] => objects(shared, req, res, ns, None),
+        ["api", "v1", "namespaces", ns, res @ ("configmaps" | "pods"), name] => objects(shared, req, res, ns, Some(name)),
+        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"] => objects(shared, req, "leases", ns, None),
+        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] => objects(shared, req, "leases", ns, Some(name)),
+        ["apis", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas"] => objects(shared, req, "flowschemas", "", None),
+        ["apis", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas", name] => objects(shared, req, "flowschemas", "", Some(name)),
+        _ => k8s_status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource", None),
+    }
+}
+
+fn method_not_allowed() -> Resp {
+    k8s_status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the server does not allow this method on the requested resource", None)
+}
+
+fn version(shared: &Shared) -> Resp {
+    let v = shared.world().kubernetes_version();
+    let minor = v.split('.').nth(1).unwrap_or("33").to_string();
+    json_resp(
+        StatusCode::OK,
+        &json!({ "major": "1", "minor": minor, "gitVersion": format!("v{v}"), "gitCommit": "0000000000000000000000000000000000000000",
+                 "gitTreeState": "clean", "buildDate": "2026-10-01T00:00:00Z", "goVersion": "go1.25.1", "compiler": "gc", "platform": "linux/amd64" }),
+    )
+}
+
+fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
+    json!({ "name": name, "singularName": kind.to_ascii_lowercase(), "namespaced": namespaced, "kind": kind,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"] })
+}
+
+fn core_resources() -> Value {
+    json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [
+        resource("namespaces", "Namespace", false), resource("secrets", "Secret", true),
+        resource("configmaps", "ConfigMap", true), resource("pods", "Pod", true) ] })
+}
+
+const GROUPS: &[(&str, &str, &str, bool)] = &[
+    ("coordination.k8s.io", "leases", "Lease", true),
+    ("flowcontrol.apiserver.k8s.io", "flowschemas", "FlowSchema", false),
+];
+
+fn groups() -> Value {
+    let groups: Vec<Value> = GROUPS
+        .iter()
+        .map(|(g, ..)| {
+            let gv = json!({ "groupVersion": format!("{g}/v1"), "version": "v1" });
+            json!({ "name": g, "versions": [gv], "preferredVersion": gv })
+        })
+        .collect();
+    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
+}
+
+fn group_resources(g: &str, v: &str) -> Resp {
+    match GROUPS.iter().find(|(name, ..)| *name == g) {
+        Some((g, plural, kind, namespaced)) if v == "v1" => json_resp(
+            StatusCode::OK,
+            &json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/v1"), "resources": [resource(plural, kind, *namespaced)] }),
+        ),
+        _ => k8s_status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource", None),
+    }
+}
+
+fn namespace_object(name: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": name, "uid": format!("ns-{name}"), "resourceVersion": "1", "creationTimestamp": "2026-01-15T09:00:00Z",
+                          "labels": { "kubernetes.io/metadata.name": name } },
+            "spec": { "finalizers": ["kubernetes"] }, "status": { "phase": "Active" } })
+}
+
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-node-lease", "kube-public", "kube-system"];
+
+fn namespace_names(shared: &Shared) -> Vec<String> {
+    let mut names: std::collections::BTreeSet<String> = shared.secrets_read().namespaces.clone();
+    names.extend(SYSTEM_NAMESPACES.iter().map(|s| s.to_string()));
+    names.into_iter().collect()
+}
+
+fn namespaces(shared: &Shared, one: Option<&str>) -> Resp {
+    let names = namespace_names(shared);
+    match one {
+        Some(n) if names.iter().any(|x| x == n) => json_resp(StatusCode::OK, &namespace_object(n)),
+        Some(n) => k8s_not_found("namespaces", n),
+        None => {
+            let items: Vec<Value> = names.iter().map(|n| namespace_object(n)).collect();
+            json_resp(StatusCode::OK, &json!({ "kind": "NamespaceList", "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }))
+        }
+    }
+}
+
+fn store_error(kind: &str, name: &str, e: StoreError) -> Resp {
+    match e {
+        StoreError::NotFound => k8s_not_found(kind, name),
+        StoreError::Conflict => k8s_conflict(kind, name),
+        StoreError::AlreadyExists => k8s_exists(kind, name),
+        StoreError::Invalid(m) => k8s_status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} \"{name}\" is invalid: {m}"), None),
+        StoreError::Encrypt(e) => internal(&format!("Internal error occurred: failed to encrypt data: {e}")),
+        StoreError::Expired(token) => {
+            let r = json!({ "kind": "Status", "apiVersion": "v1", "metadata": { "continue": token }, "status": "Failure",
+                "message": "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                "reason": "Expired", "code": 410 });
+            json_resp(StatusCode::GONE, &r)
+        }
+    }
+}
+
+fn internal(message: &str) -> Resp {
+    k8s_status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message, None)
+}
+
+fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
+    let (view, ttl) = {
+        let w = shared.world();
+        (w.kms_view(), w.opts.continue_ttl_seconds * 1000)
+    };
+    let limit = req.query.get("limit").and_then(|l| l.parse::<usize>().ok());
+    let store = shared.secrets_read();
+    let after = match req.query.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => match decode_continue(c, ttl, store.revision) {
+            Ok(a) => Some(a),
+            Err(e) => return store_error("secrets", "", e),
+        },
+    };
+    let page = store.list(ns, limit, after.as_deref());
+    if let Some(e) = page.items.iter().find_map(|s| view.decrypt_error(&s.key)) {
+        return internal(&e);
+    }
+    let mut meta = json!({ "resourceVersion": page.revision.to_string() });
+    if let Some(c) = &page.continue_token {
+        meta["continue"] = json!(c);
+        meta["remainingItemCount"] = json!(page.remaining);
+    }
+    let mut out = Vec::with_capacity(page.items.len() * 2048 + 256);
+    out.extend_from_slice(b"{\"kind\":\"SecretList\",\"apiVersion\":\"v1\",\"metadata\":");
+    serde_json::to_writer(&mut out, &meta).expect("json serializes");
+    out.extend_from_slice(b",\"items\":[");
+    for (i, s) in page.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &s.obj).expect("json serializes");
+    }
+    out.extend_from_slice(b"]}");
+    drop(store);
+    bytes(StatusCode::OK, "application/json", out)
+}
+
+fn parse_body(req: &Req, kind: &str) -> Result<Value, Resp> {
+    let v: Value = req
+        .json()
+        .map_err(|e| k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &format!("the body of the request was in an unknown format: {e}"), None))?;
+    if !v["metadata"].is_object() {
+        return Err(k8s_status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} is invalid: metadata: Required value"), None));
+    }
+    Ok(v)
+}
+
+fn namespace_exists(shared: &Shared, ns: &str) -> bool {
+    SYSTEM_NAMESPACES.contains(&ns) || shared.secrets_read().namespaces.contains(ns)
+}
+
+fn create_secret(shared: &Shared, req: &Req, ns: &str) -> Resp {
+    let obj = match parse_body(req, "Secret") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !namespace_exists(shared, ns) {
+        return k8s_not_found("namespaces", ns);
+    }
+    let view = shared.world().kms_view();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    match shared.secrets_write().create(ns, obj, view.write, view.write_error.as_deref()) {
+        Ok(o) => json_resp(StatusCode::CREATED, &o),
+        Err(e) => store_error("secrets", &name, e),
+    }
+}
+
+fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
+    let view = shared.world().kms_view();
+    match req.method {
+        Method::GET => {
+            let store = shared.secrets_read();
+            match store.get(ns, name) {
+                None => k8s_not_found("secrets", name),
+                Some(s) => match view.decrypt_error(&s.key) {
+                    Some(e) => internal(&e),
+                    None => json_resp(StatusCode::OK, &s.obj),
+                },
+            }
+        }
+        Method::PUT => {
+            let obj = match parse_body(req, "Secret") {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            if obj["metadata"]["name"].as_str() != Some(name) {
+                return k8s_status(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL", None);
+            }
+            let mut store = shared.secrets_write();
+            if let Some(e) = store.get(ns, name).and_then(|s| view.decrypt_error(&s.key)) {
+                return internal(&e);
+            }
+            match store.replace(ns, name, obj, view.write, view.write_error.as_deref()) {
+                Ok((o, _)) => json_resp(StatusCode::OK, &o),
+                Err(e) => store_error("secrets", name, e),
+            }
+        }
+        Method::DELETE => match shared.secrets_write().delete(ns, name) {
+            Ok(o) => json_resp(StatusCode::OK, &o),
+            Err(e) => store_error("secrets", name, e),
+        },
+        _ => method_not_allowed(),
+    }
+}
+
+fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) -> Resp {
+    let mut w = shared.world();
+    let store = &mut w.objects;
+    let kind_list = match res {
+        "configmaps" => "ConfigMapList",
+        "pods" => "PodList",
+        "leases" => "LeaseList",
+        _ => "FlowSchemaList",
+    };
+    match (&req.method, name) {
+        (&Method::GET, None) => {
+            let ns_filter = (!ns.is_empty()).then_some(ns);
+            let items: Vec<&Value> = store.list(res, ns_filter, req.query.get("labelSelector").map(String::as_str));
+            json_resp(StatusCode::OK, &json!({ "kind": kind_list, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }))
+        }
+        (&Method::GET, Some(n)) => match store.get(res, ns, n) {
+            Some(o) => json_resp(StatusCode::OK, o),
+            None => k8s_not_found(res, n),
+        },
+        (&Method::POST, None) => match parse_body(req, res) {
+            Err(r) => r,
+            Ok(o) => {
+                let n = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                match store.create(res, ns, o) {
+                    Ok(o) => json_resp(StatusCode::CREATED, &o),
+                    Err(e) => store_error(res, &n, e),
+                }
+            }
+        },
+        (&Method::PUT, Some(n)) => match parse_body(req, res) {
+            Err(r) => r,
+            Ok(o) => match store.replace(res, ns, n, o) {
+                Ok(o) => json_resp(StatusCode::OK, &o),
+                Err(e) => store_error(res, n, e),
+            },
+        },
+        (&Method::DELETE, Some(n)) => match store.delete(res, ns, n) {
+            Ok(o) => json_resp(StatusCode::OK, &o),
+            Err(e) => store_error(res, n, e),
+        },
+        _ => method_not_allowed(),
+    }
+}

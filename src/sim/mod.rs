@@ -1,0 +1,223 @@
+//! `kmsctl sim`: a local, faithful twin of Azure Resource Manager (managedClusters, vaults, role
+//! assignments), the Key Vault keys data plane, Entra ID's token endpoint and a Kubernetes API
+//! server whose Secret storage remembers which key encrypted each object. Everything is served
+//! over TLS on one port under the real host names; see `Twin::env_lines` for what a client needs.
+
+mod admin;
+mod aks_rules;
+mod arm;
+mod entra;
+pub mod faults;
+mod http;
+mod keyvault;
+mod kubeapi;
+mod objects;
+mod ratelimit;
+mod resources;
+pub mod secrets;
+mod seed;
+mod server;
+mod tls;
+pub mod world;
+
+use anyhow::Context;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkAccess {
+    Public,
+    Private,
+}
+
+impl NetworkAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkAccess::Public => "Public",
+            NetworkAccess::Private => "Private",
+        }
+    }
+}
+
+/// How the twin's world starts and behaves.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub kubernetes_version: String,
+    pub kms: bool,
+    pub network_access: NetworkAccess,
+    pub vnet_integration: bool,
+    pub konnectivity: bool,
+    pub system_assigned_identity: bool,
+    pub apiserver_guard: bool,
+    pub namespaces: usize,
+    pub secrets: usize,
+    pub latency_ms: u64,
+    pub lro_seconds: u64,
+    pub kms_propagation_seconds: u64,
+    pub write_qps: Option<f64>,
+    pub key_expires_in: Option<Duration>,
+    pub continue_ttl_seconds: u64,
+    pub faults: Vec<faults::FaultRule>,
+    pub seed: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            kubernetes_version: "1.33.5".into(),
+            kms: true,
+            network_access: NetworkAccess::Public,
+            vnet_integration: false,
+            konnectivity: true,
+            system_assigned_identity: false,
+            apiserver_guard: false,
+            namespaces: 10,
+            secrets: 1000,
+            latency_ms: 0,
+            lro_seconds: 5,
+            kms_propagation_seconds: 0,
+            write_qps: None,
+            key_expires_in: None,
+            continue_ttl_seconds: 300,
+            faults: Vec::new(),
+            seed: 1,
+        }
+    }
+}
+
+/// A running twin.
+pub struct Twin {
+    pub addr: SocketAddr,
+    pub shared: world::Shared,
+    pub ca_pem: String,
+    pub ca_der: Vec<u8>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Twin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Twin {
+    pub async fn start(opts: SimOptions) -> anyhow::Result<Twin> {
+        let tls = tls::generate().context("generating the twin's certificates")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the twin's port")?;
+        let addr = listener.local_addr()?;
+        let ids = world::Ids::generate();
+        let write_limiter = Arc::new(ratelimit::WriteLimiter::new(opts.write_qps));
+        let (secret_count, namespace_count, seed_value) = (opts.secrets, opts.namespaces.max(1), opts.seed);
+        let w = world::World::new(ids, opts);
+        let label = w.label_for_cluster();
+        let mut store = secrets::SecretStore::default();
+        let mut rng = seed::Rng::new(seed_value);
+        for i in 0..secret_count {
+            let ns = seed::namespace_name(i % namespace_count);
+            store.insert_seeded(&ns, seed::secret(&mut rng, &ns, i / namespace_count), label.clone());
+        }
+        for i in 0..namespace_count.min(secret_count.max(namespace_count)) {
+            store.namespaces.insert(seed::namespace_name(i));
+        }
+        let shared = world::Shared {
+            world: Arc::new(std::sync::Mutex::new(w)),
+            secrets: Arc::new(std::sync::RwLock::new(store)),
+            write_limiter,
+        };
+        let task = tokio::spawn(server::serve(listener, tls.server.clone(), shared.clone()));
+        Ok(Twin { addr, shared, ca_pem: tls.ca_pem, ca_der: tls.ca_der, task })
+    }
+
+    pub fn ids(&self) -> world::Ids {
+        self.shared.world().ids.clone()
+    }
+
+    pub fn inspect(&self) -> Value {
+        admin::inspect(&self.shared)
+    }
+
+    pub fn add_faults(&self, rules: Vec<faults::FaultRule>) {
+        self.shared.world().faults.extend(rules);
+    }
+
+    pub fn kubeconfig(&self) -> String {
+        use base64::Engine;
+        let ids = self.ids();
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {c}\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\ncontexts:\n- name: {c}\n  context:\n    cluster: {c}\n    user: clusterUser_{rg}_{c}\n    namespace: default\ncurrent-context: {c}\nusers:\n- name: clusterUser_{rg}_{c}\n  user:\n    token: {t}\n",
+            c = ids.cluster,
+            addr = self.addr,
+            rg = ids.resource_group,
+            t = ids.kube_token
+        )
+    }
+
+    /// The variables kmsctl needs to target this twin, `KEY=value` each.
+    pub fn env_vars(&self, dir: &Path) -> Vec<(String, String)> {
+        let ids = self.ids();
+        vec![
+            ("AZURE_SUBSCRIPTION_ID".into(), ids.subscription),
+            ("AZURE_TENANT_ID".into(), ids.tenant),
+            ("AZURE_CLIENT_ID".into(), ids.client_id),
+            ("AZURE_CLIENT_SECRET".into(), ids.client_secret),
+            ("KMSCTL_RESOURCE_GROUP".into(), ids.resource_group),
+            ("KMSCTL_CLUSTER".into(), ids.cluster),
+            ("KUBECONFIG".into(), dir.join("kubeconfig").display().to_string()),
+            ("KMSCTL_AZURE_ROUTE".into(), self.addr.to_string()),
+            ("KMSCTL_CA_FILE".into(), dir.join("ca.pem").display().to_string()),
+        ]
+    }
+
+    /// Writes `ca.pem`, `kubeconfig`, `env` and `sim.json` (for `sim inspect` / `sim fault`).
+    pub fn write_files(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let private = |name: &str, text: &str| -> anyhow::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+        };
+        private("ca.pem", &self.ca_pem)?;
+        private("kubeconfig", &self.kubeconfig())?;
+        let env: String = self.env_vars(dir).iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+        private("env", &env)?;
+        let sim = serde_json::json!({ "address": self.addr.to_string(), "adminToken": self.ids().admin_token, "pid": std::process::id() });
+        private("sim.json", &sim.to_string())
+    }
+}
+
+/// Talks to a running twin's admin endpoints, from the files it wrote into DIR.
+pub async fn admin_request(dir: &Path, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let sim: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("sim.json")).with_context(|| format!("no running twin in {} (sim.json missing)", dir.display()))?)?;
+    let ca = std::fs::read(dir.join("ca.pem"))?;
+    let client = reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&ca)?]).build()?;
+    let url = format!("https://{}{path}", sim["address"].as_str().unwrap_or_default());
+    let mut req = client.request(method, url).bearer_auth(sim["adminToken"].as_str().unwrap_or_default());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.context("reaching the twin")?;
+    let status = resp.status();
+    let value: Value = resp.json().await?;
+    anyhow::ensure!(status.is_success(), "twin answered {status}: {value}");
+    Ok(value)
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 90m or 45s"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("'{s}' has an unknown unit: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}

@@ -1,0 +1,107 @@
+//! Plain Kubernetes objects the twin keeps besides Secrets (ConfigMaps, Leases, FlowSchemas,
+//! Pods): create, get, replace with optimistic concurrency, delete, and list by label.
+
+use super::SimOptions;
+use super::secrets::StoreError;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+#[derive(Default)]
+pub struct ObjectStore {
+    /// (resource, namespace or "", name) -> object.
+    items: BTreeMap<(String, String, String), Value>,
+    revision: u64,
+}
+
+fn key(resource: &str, ns: &str, name: &str) -> (String, String, String) {
+    (resource.to_string(), ns.to_string(), name.to_string())
+}
+
+pub fn matches_labels(obj: &Value, selector: Option<&str>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
+    sel.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => obj["metadata"]["labels"][k.trim()].as_str() == Some(v.trim_start_matches('=').trim()),
+        None => obj["metadata"]["labels"].get(term.trim()).is_some(),
+    })
+}
+
+impl ObjectStore {
+    pub fn seed_system(&mut self, opts: &SimOptions) {
+        if opts.konnectivity {
+            for i in 0..2 {
+                let pod = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": { "name": format!("konnectivity-agent-7d9c5b{i}"), "namespace": "kube-system",
+                                  "labels": { "app": "konnectivity-agent" } },
+                    "spec": { "containers": [{ "name": "konnectivity-agent", "image": "mcr.microsoft.com/oss/kubernetes/apiserver-network-proxy/agent:v0.30.3" }] },
+                    "status": { "phase": "Running" }
+                });
+                let _ = self.create("pods", "kube-system", pod);
+            }
+        }
+        if opts.apiserver_guard {
+            let fs = json!({
+                "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+                "metadata": { "name": "aks-managed-apiserver-guard" },
+                "spec": { "matchingPrecedence": 900, "priorityLevelConfiguration": { "name": "aks-managed-apiserver-guard" } }
+            });
+            let _ = self.create("flowschemas", "", fs);
+        }
+    }
+
+    fn stamp(&mut self, obj: &mut Value) {
+        self.revision += 1;
+        obj["metadata"]["resourceVersion"] = json!(format!("9{:09}", self.revision));
+    }
+
+    pub fn get(&self, resource: &str, ns: &str, name: &str) -> Option<&Value> {
+        self.items.get(&key(resource, ns, name))
+    }
+
+    pub fn list(&self, resource: &str, ns: Option<&str>, selector: Option<&str>) -> Vec<&Value> {
+        self.items
+            .iter()
+            .filter(|((r, n, _), _)| r == resource && ns.is_none_or(|want| want == n))
+            .map(|(_, v)| v)
+            .filter(|v| matches_labels(v, selector))
+            .collect()
+    }
+
+    pub fn create(&mut self, resource: &str, ns: &str, mut obj: Value) -> Result<Value, StoreError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if name.is_empty() {
+            return Err(StoreError::Invalid("metadata.name: Required value".into()));
+        }
+        let k = key(resource, ns, &name);
+        if self.items.contains_key(&k) {
+            return Err(StoreError::AlreadyExists);
+        }
+        if !ns.is_empty() {
+            obj["metadata"]["namespace"] = json!(ns);
+        }
+        obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        obj["metadata"]["creationTimestamp"] = json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        self.stamp(&mut obj);
+        self.items.insert(k, obj.clone());
+        Ok(obj)
+    }
+
+    pub fn replace(&mut self, resource: &str, ns: &str, name: &str, mut obj: Value) -> Result<Value, StoreError> {
+        let k = key(resource, ns, name);
+        let Some(current) = self.items.get(&k) else { return Err(StoreError::NotFound) };
+        let sent = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        if !sent.is_empty() && sent != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+            return Err(StoreError::Conflict);
+        }
+        for f in ["uid", "creationTimestamp"] {
+            obj["metadata"][f] = current["metadata"][f].clone();
+        }
+        self.stamp(&mut obj);
+        self.items.insert(k, obj.clone());
+        Ok(obj)
+    }
+
+    pub fn delete(&mut self, resource: &str, ns: &str, name: &str) -> Result<Value, StoreError> {
+        self.items.remove(&key(resource, ns, name)).ok_or(StoreError::NotFound)
+    }
+}

@@ -1,0 +1,115 @@
+//! The twin's one TLS port. Every host name (ARM, Entra ID, Key Vault, the Kubernetes API)
+//! reaches it; requests are routed by the host they name, after the configured network latency
+//! and any fault rule that matches.
+
+use super::http::{Req, Resp};
+use super::world::Shared;
+use super::{admin, arm, entra, faults, keyvault, kubeapi};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by a fault rule")
+    }
+}
+impl std::error::Error for Dropped {}
+
+pub async fn serve(listener: TcpListener, tls: std::sync::Arc<rustls::ServerConfig>, shared: Shared) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn roll() -> f64 {
+    static STATE: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn handle(shared: Shared, req: hyper::Request<hyper::body::Incoming>) -> Result<Resp, Dropped> {
+    let (parts, body) = req.into_parts();
+    let host = parts
+        .uri
+        .host()
+        .map(str::to_string)
+        .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let path = parts.uri.path().to_string();
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let (latency, action) = {
+        let w = shared.world();
+        let action = faults::decide(&w.faults, parts.method.as_str(), &host, &path, roll());
+        (w.opts.latency_ms + action.latency_ms, action)
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if action.drop {
+        return Err(Dropped);
+    }
+    let req = Req { method: parts.method, host, path, query, headers: parts.headers, body };
+    if let Some(code) = action.status {
+        return Ok(fault_response(&req, code));
+    }
+    tracing::debug!(method = %req.method, host = %req.host, path = %req.path, "twin request");
+    let resp = if req.host == "management.azure.com" {
+        arm::handle(&shared, &req, action.fail_operation)
+    } else if req.host == "login.microsoftonline.com" {
+        entra::handle(&shared, &req)
+    } else if req.host.ends_with(".vault.azure.net") {
+        keyvault::handle(&shared, &req)
+    } else if req.path.starts_with("/_sim/") {
+        admin::handle(&shared, &req)
+    } else {
+        kubeapi::handle(&shared, &req)
+    };
+    Ok(resp)
+}
+
+/// An injected failure, in the error shape of the service it stands in for.
+fn fault_response(req: &Req, code: u16) -> Resp {
+    use super::http::{arm_error, k8s_status, with_header};
+    let status = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let resp = if req.host.ends_with("azure.com") || req.host.ends_with("azure.net") {
+        arm_error(status, reason.replace(' ', "").as_str(), &format!("Injected fault: {reason}"))
+    } else {
+        let k8s_reason = match code {
+            429 => "TooManyRequests",
+            409 => "Conflict",
+            404 => "NotFound",
+            410 => "Expired",
+            503 => "ServiceUnavailable",
+            _ => "InternalError",
+        };
+        k8s_status(status, k8s_reason, &format!("injected fault: {reason}"), None)
+    };
+    if code == 429 || code == 503 { with_header(resp, "retry-after", "1") } else { resp }
+}

@@ -1,0 +1,368 @@
+//! The twin's state: one AKS cluster, its Key Vault (vault resource and keys), role
+//! assignments, issued tokens, and the Kubernetes storage. ARM resources are kept as raw JSON so
+//! that fields the twin does not understand survive a GET -> PUT round trip, as on the real service.
+
+use super::objects::ObjectStore;
+use super::secrets::SecretStore;
+use super::faults::FaultRule;
+use super::SimOptions;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const AKS_API_DEFAULT: &str = "2025-10-01";
+pub const KEY_NAME: &str = "kms-key";
+
+/// Names and credentials of this twin's tenant; written to DIR/env for kmsctl.
+#[derive(Clone, Debug)]
+pub struct Ids {
+    pub subscription: String,
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub resource_group: String,
+    pub cluster: String,
+    pub location: String,
+    pub vault: String,
+    pub kube_token: String,
+    pub admin_token: String,
+    pub identity_id: String,
+    pub identity_principal: String,
+    pub identity_client: String,
+}
+
+impl Ids {
+    pub fn generate() -> Self {
+        let u = || uuid::Uuid::new_v4().to_string();
+        let subscription = u();
+        let resource_group = "rg-kmsctl-twin".to_string();
+        let identity_id = format!(
+            "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aks-control-plane"
+        );
+        Ids {
+            subscription,
+            tenant: u(),
+            client_id: u(),
+            client_secret: format!("twin-secret-{}", uuid::Uuid::new_v4().simple()),
+            resource_group,
+            cluster: "aks-twin".into(),
+            location: "westeurope".into(),
+            vault: "kv-kmsctl-twin".into(),
+            kube_token: format!("twin-kube-{}", uuid::Uuid::new_v4().simple()),
+            admin_token: format!("twin-admin-{}", uuid::Uuid::new_v4().simple()),
+            identity_id,
+            identity_principal: u(),
+            identity_client: u(),
+        }
+    }
+    pub fn cluster_id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerService/managedClusters/{}",
+            self.subscription, self.resource_group, self.cluster
+        )
+    }
+    pub fn vault_id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/{}",
+            self.subscription, self.resource_group, self.vault
+        )
+    }
+    pub fn vault_host(&self) -> String {
+        format!("{}.vault.azure.net", self.vault)
+    }
+}
+
+/// One version of a Key Vault key.
+#[derive(Clone, Debug)]
+pub struct KeyVersion {
+    pub version: String,
+    pub kty: String,
+    pub key_ops: Vec<String>,
+    pub enabled: bool,
+    pub exp: Option<i64>,
+    pub nbf: Option<i64>,
+    pub created: i64,
+    pub updated: i64,
+    pub modulus: String,
+    pub tags: Value,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct KeyRecord {
+    /// Oldest first; the last one is the current version.
+    pub versions: Vec<KeyVersion>,
+    pub rotation_policy: Option<Value>,
+}
+
+/// Why the KMS plugin cannot use a key version right now (the texts are the ones AKS shows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyProblem {
+    Missing,
+    Disabled,
+    Expired,
+}
+
+/// A long-running ARM operation on the cluster.
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub id: String,
+    pub status: &'static str,
+    pub start: SystemTime,
+    pub end: Option<SystemTime>,
+    pub error: Option<Value>,
+}
+
+/// The key the API server writes with: a storage label (`identity`, `kms:v1:<kid>`,
+/// `kms:v2:<kid>`), and during a key switch the previous one, kept until `switch_at`.
+#[derive(Clone, Debug)]
+pub struct WriteKey {
+    pub current: Arc<str>,
+    pub previous: Option<(Arc<str>, Instant)>,
+}
+
+impl WriteKey {
+    pub fn effective(&self, now: Instant) -> Arc<str> {
+        match &self.previous {
+            Some((prev, until)) if now < *until => prev.clone(),
+            _ => self.current.clone(),
+        }
+    }
+}
+
+pub struct World {
+    pub ids: Ids,
+    pub opts: SimOptions,
+    pub cluster: Value,
+    pub operations: HashMap<String, Operation>,
+    pub running_op: Option<String>,
+    pub vault: Value,
+    pub keys: BTreeMap<String, KeyRecord>,
+    pub role_assignments: Vec<Value>,
+    pub tokens: HashMap<String, (String, Instant)>,
+    pub write_key: WriteKey,
+    pub objects: ObjectStore,
+    pub faults: Vec<FaultRule>,
+    pub fail_next_operations: u32,
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub fn new_etag() -> String {
+    format!("\"{}\"", uuid::Uuid::new_v4())
+}
+
+/// `1.33.2` -> (1, 33); tolerant of `1.33`.
+pub fn minor_of(version: &str) -> Option<(u32, u32)> {
+    let mut it = version.trim_start_matches('v').split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+pub fn random_modulus() -> String {
+    use base64::Engine;
+    let mut bytes = Vec::with_capacity(256);
+    while bytes.len() < 256 {
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    bytes[0] |= 0x80;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes)
+}
+
+pub fn new_key_version(kty: &str, exp: Option<i64>) -> KeyVersion {
+    let now = now_unix();
+    KeyVersion {
+        version: uuid::Uuid::new_v4().simple().to_string(),
+        kty: kty.to_string(),
+        key_ops: ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        enabled: true,
+        exp,
+        nbf: None,
+        created: now,
+        updated: now,
+        modulus: random_modulus(),
+        tags: json!({}),
+    }
+}
+
+impl World {
+    pub fn new(ids: Ids, opts: SimOptions) -> Self {
+        let exp = opts.key_expires_in.map(|d| now_unix() + d.as_secs() as i64);
+        let mut key = KeyRecord::default();
+        key.versions.push(new_key_version("RSA", exp));
+        let mut keys = BTreeMap::new();
+        keys.insert(KEY_NAME.to_string(), key);
+        let cluster = super::resources::initial_cluster(&ids, &opts, &keys);
+        let vault = super::resources::initial_vault(&ids, &opts);
+        let role_assignments = super::resources::initial_role_assignments(&ids);
+        let mut w = World {
+            ids,
+            opts,
+            cluster,
+            operations: HashMap::new(),
+            running_op: None,
+            vault,
+            keys,
+            role_assignments,
+            tokens: HashMap::new(),
+            write_key: WriteKey { current: Arc::from("identity"), previous: None },
+            objects: ObjectStore::default(),
+            faults: Vec::new(),
+            fail_next_operations: 0,
+        };
+        w.write_key.current = w.label_for_cluster();
+        w.objects.seed_system(&w.opts);
+        w
+    }
+
+    pub fn kms(&self) -> Value {
+        self.cluster
+            .pointer("/properties/securityProfile/azureKeyVaultKms")
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn kubernetes_version(&self) -> String {
+        let p = &self.cluster["properties"];
+        p["currentKubernetesVersion"]
+            .as_str()
+            .or(p["kubernetesVersion"].as_str())
+            .unwrap_or("1.33.0")
+            .to_string()
+    }
+
+    /// The storage label the API server uses with the cluster's current configuration.
+    pub fn label_for_cluster(&self) -> Arc<str> {
+        storage_label(&self.cluster)
+    }
+
+    /// Looks up the key version a storage label names, as the KMS plugin would.
+    pub fn key_problem(&self, label: &str, for_encrypt: bool) -> Option<KeyProblem> {
+        let kid = label.splitn(3, ':').nth(2)?;
+        let Some((name, version)) = parse_kid(kid, &self.ids.vault_host()) else {
+            return Some(KeyProblem::Missing);
+        };
+        let Some(v) = self.keys.get(&name).and_then(|k| k.versions.iter().find(|v| v.version == version)) else {
+            return Some(KeyProblem::Missing);
+        };
+        if !v.enabled {
+            return Some(KeyProblem::Disabled);
+        }
+        if for_encrypt && v.exp.is_some_and(|e| e <= now_unix()) {
+            return Some(KeyProblem::Expired);
+        }
+        None
+    }
+
+    pub fn issue_token(&mut self, audience: &str) -> String {
+        let token = format!("twin.{}", uuid::Uuid::new_v4().simple());
+        let until = Instant::now() + Duration::from_secs(3600);
+        self.tokens.insert(token.clone(), (audience.to_string(), until));
+        token
+    }
+
+    pub fn token_ok(&self, token: &str, audience: &str) -> bool {
+        self.tokens
+            .get(token)
+            .is_some_and(|(aud, until)| aud == audience && Instant::now() < *until)
+    }
+}
+
+/// The storage label a cluster resource's KMS configuration writes with: `identity` when KMS
+/// is off, else `kms:v1:<keyId>` below Kubernetes 1.27 and `kms:v2:<keyId>` from 1.27.
+pub fn storage_label(resource: &Value) -> Arc<str> {
+    let kms = resource.pointer("/properties/securityProfile/azureKeyVaultKms").unwrap_or(&Value::Null);
+    if kms["enabled"].as_bool() != Some(true) {
+        return Arc::from("identity");
+    }
+    let p = &resource["properties"];
+    let version = p["currentKubernetesVersion"].as_str().or(p["kubernetesVersion"].as_str()).unwrap_or_default();
+    let v2 = minor_of(version).is_some_and(|v| v >= (1, 27));
+    let key_id = kms["keyId"].as_str().unwrap_or_default();
+    Arc::from(format!("kms:{}:{key_id}", if v2 { "v2" } else { "v1" }).as_str())
+}
+
+/// `https://<vault>.vault.azure.net/keys/<name>/<version>` -> (name, version), when the host is ours.
+pub fn parse_kid(kid: &str, vault_host: &str) -> Option<(String, String)> {
+    let rest = kid.strip_prefix("https://")?;
+    let mut parts = rest.split('/');
+    let host = parts.next()?;
+    if !host.eq_ignore_ascii_case(vault_host) || parts.next()? != "keys" {
+        return None;
+    }
+    let name = parts.next()?.to_string();
+    let version = parts.next()?.to_string();
+    if version.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    Some((name, version))
+}
+
+/// Shared handle the server tasks use. Secrets live apart from the rest so that the hot
+/// re-encryption path does not contend with ARM and Key Vault traffic.
+#[derive(Clone)]
+pub struct Shared {
+    pub world: Arc<std::sync::Mutex<World>>,
+    pub secrets: Arc<std::sync::RwLock<SecretStore>>,
+    pub write_limiter: Arc<super::ratelimit::WriteLimiter>,
+}
+
+impl Shared {
+    pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn secrets_read(&self) -> std::sync::RwLockReadGuard<'_, SecretStore> {
+        self.secrets.read().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn secrets_write(&self) -> std::sync::RwLockWriteGuard<'_, SecretStore> {
+        self.secrets.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the KMS plugin can do right now, snapshotted for one request.
+pub struct KmsView {
+    /// The storage label new writes get.
+    pub write: Arc<str>,
+    /// Why writes fail, with the message the API server would return.
+    pub write_error: Option<String>,
+    /// Labels whose key version can no longer decrypt.
+    pub unreadable: Vec<String>,
+}
+
+impl World {
+    pub fn kms_view(&self) -> KmsView {
+        let write = self.write_key.effective(Instant::now());
+        let write_error = match self.key_problem(&write, true) {
+            None => None,
+            Some(KeyProblem::Expired) => Some("KeyExpired: Operation encrypt is not allowed on an expired key".to_string()),
+            Some(KeyProblem::Disabled) => Some("KeyDisabled: Operation encrypt is not allowed on a disabled key".to_string()),
+            Some(KeyProblem::Missing) => Some(format!("KeyNotFound: the key version of {} was not found in the key vault", &write)),
+        };
+        let mut unreadable = Vec::new();
+        for (name, k) in &self.keys {
+            for v in k.versions.iter().filter(|v| !v.enabled) {
+                let kid = super::resources::kid(&self.ids, name, &v.version);
+                unreadable.push(format!("kms:v1:{kid}"));
+                unreadable.push(format!("kms:v2:{kid}"));
+            }
+        }
+        KmsView { write, write_error, unreadable }
+    }
+}
+
+impl KmsView {
+    pub fn decrypt_error(&self, label: &str) -> Option<String> {
+        self.unreadable
+            .iter()
+            .any(|l| l == label)
+            .then(|| "Internal error occurred: failed to decrypt data: KeyDisabled: Operation decrypt is not allowed on a disabled key".to_string())
+    }
+}
