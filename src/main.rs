@@ -1,4 +1,7 @@
+//! kmsctl's entry point: parse, run, map the result onto the documented exit codes.
+
 use clap::Parser;
+use kmsctl::{commands, exit_codes};
 
 fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -7,12 +10,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = kmsctl::cli::Cli::parse();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let code = match rt.block_on(kmsctl::commands::run(cli.command)) {
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let code = match rt.block_on(commands::run(cli)) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<commands::Refusal>().is_some() => {
+            eprintln!("refused: {e}");
+            exit_codes::REFUSED
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            exit_codes::FAILED
         }
     };
     std::process::exit(code);

@@ -2,18 +2,177 @@
 
 pub mod sim;
 
-use clap::{Parser, Subcommand};
+use crate::azure::credential::AuthMode;
+use crate::output::Format;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(name = "kmsctl", version, about = "Runs the lifecycle of KMS etcd encryption on AKS: enable, rotate, re-encrypt, verify")]
 pub struct Cli {
+    /// Output: human text, or JSON on stdout.
+    #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]
+    pub output: Format,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Show the cluster's KMS configuration, key, vault and key ledger.
+    Status(TargetArgs),
+    /// Enable KMS etcd encryption with a versioned Key Vault key, then re-encrypt every Secret.
+    Enable(EnableArgs),
+    /// Disable KMS etcd encryption, then re-encrypt every Secret out of the key.
+    Disable(ChangeArgs),
+    /// Rotate the key (twice with --twice), re-encrypting every Secret after each rotation.
+    Rotate(RotateArgs),
+    /// Re-encrypt every Secret with the cluster's current key.
+    Reencrypt(ReencryptCommand),
+    /// Continue the newest unfinished run (or --run ID) from its journal.
+    Resume(ResumeArgs),
+    /// List runs and their state.
+    Runs(StateArgs),
+    /// Start a twin in-process and run `rotate --twice` on it.
+    Demo(DemoArgs),
     /// The local twin of AKS, Key Vault, Entra ID and the Kubernetes API.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// Where run journals live (default: $XDG_STATE_HOME/kmsctl, else ~/.local/state/kmsctl).
+    #[arg(long, env = "KMSCTL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// Kubeconfig file (default: KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    pub subscription: Option<String>,
+    #[arg(short = 'g', long, env = "KMSCTL_RESOURCE_GROUP")]
+    pub resource_group: Option<String>,
+    /// The AKS cluster's name.
+    #[arg(short = 'n', long = "name", env = "KMSCTL_CLUSTER")]
+    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// How to authenticate to Azure; `auto` tries env, workload, managed, then cli.
+    #[arg(long, value_enum, default_value = "auto", env = "KMSCTL_AUTH")]
+    pub auth: AuthMode,
+    /// The managedClusters API version.
+    #[arg(long, default_value = "2025-10-01", env = "KMSCTL_AKS_API_VERSION")]
+    pub aks_api_version: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReencryptArgs {
+    /// Only these namespaces (repeatable); all by default.
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Secrets per list page.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: u32,
+    /// Most requests in flight (lowered automatically on 429).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// A ceiling on writes per second.
+    #[arg(long)]
+    pub max_qps: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub reencrypt: ReencryptArgs,
+    /// Print the plan and every preflight result; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Key versions in use must not expire within this many days.
+    #[arg(long, default_value_t = 7)]
+    pub margin_days: u32,
+    /// How long to wait for the API server to write with the new key.
+    #[arg(long, default_value_t = 600)]
+    pub switch_timeout_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum NetworkAccess {
+    Public,
+    Private,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EnableArgs {
+    /// Versioned key id: https://<vault>.vault.azure.net/keys/<name>/<version>
+    #[arg(long)]
+    pub key_id: String,
+    #[arg(long, value_enum, default_value = "public")]
+    pub network_access: NetworkAccess,
+    /// The vault's resource id (required for a private vault).
+    #[arg(long)]
+    pub vault_resource_id: Option<String>,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RotateArgs {
+    /// Rotate twice, so the oldest version is no longer needed.
+    #[arg(long)]
+    pub twice: bool,
+    /// After a complete double rotation, disable (never delete) the oldest version.
+    #[arg(long, requires = "twice")]
+    pub retire_old: bool,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReencryptCommand {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub reencrypt: ReencryptArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    /// The run to continue (default: the newest unfinished one).
+    #[arg(long = "run")]
+    pub run_id: Option<String>,
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[arg(long, value_enum, default_value = "auto", env = "KMSCTL_AUTH")]
+    pub auth: AuthMode,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 5000)]
+    pub secrets: usize,
+    #[arg(long, default_value_t = 20)]
+    pub namespaces: usize,
 }

@@ -1,11 +1,29 @@
 //! Command bodies: each maps parsed arguments onto the engines and renders the result.
 
+pub mod demo;
+pub mod lifecycle;
+pub mod setup;
 pub mod sim;
+pub mod status;
 
-use crate::cli::Command;
+use crate::cli::{Cli, Command};
 
-pub async fn run(command: Command) -> anyhow::Result<i32> {
-    match command {
+/// An expected refusal (exit code 2): nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let format = cli.output;
+    match cli.command {
         Command::Sim(c) => sim::run(c).await,
+        Command::Status(t) => status::run(t, format).await,
+        Command::Enable(a) => lifecycle::enable(a, format).await,
+        Command::Disable(a) => lifecycle::disable(a, format).await,
+        Command::Rotate(a) => lifecycle::rotate(a, format).await,
+        Command::Reencrypt(a) => lifecycle::reencrypt(a, format).await,
+        Command::Resume(a) => lifecycle::resume(a, format).await,
+        Command::Runs(a) => lifecycle::runs(a, format),
+        Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -51,6 +51,12 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
     }
     let method = &req.method;
     match &s[2..] {
+        [] => json_resp(
+            StatusCode::OK,
+            &json!({ "id": format!("/subscriptions/{}", w.ids.subscription), "subscriptionId": w.ids.subscription, "tenantId": w.ids.tenant,
+                     "displayName": "kmsctl twin", "state": "Enabled" }),
+        ),
+        ["providers", p, "vaults"] if eq(p, "Microsoft.KeyVault") => json_resp(StatusCode::OK, &json!({ "value": [w.vault] })),
         ["providers", p, "locations", _, "operations", id] if eq(p, "Microsoft.ContainerService") => operation_status(&w, id),
         ["providers", p, "locations", _, "operationresults", id] if eq(p, "Microsoft.ContainerService") => operation_result(&w, id),
         ["providers", p, "managedClusters"] if eq(p, "Microsoft.ContainerService") => list(&w),

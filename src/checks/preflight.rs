@@ -1,0 +1,291 @@
+//! Preflight: every limit in shared/domain.md §3 that can be checked, before anything changes.
+//! Pure: facts in, findings out. A `Refuse` stops the run with exit code 2.
+
+use super::facts::{Facts, minor};
+use super::{Finding, Level};
+use crate::playbook::Intent;
+use serde_json::Value;
+
+pub const KMS_V1_SECRET_LIMIT: u64 = 2000;
+
+const CRYPTO_ROLES: &[(&str, &str)] = &[
+    ("12338af0-0e69-4776-bea7-57ae8d297424", "Key Vault Crypto User"),
+    ("14b46e9e-c2b7-41b4-b07b-48a6ebf60603", "Key Vault Crypto Officer"),
+    ("00482a5a-887f-4fb3-b363-3b7fe8e74483", "Key Vault Administrator"),
+];
+const CONTRIBUTOR_ROLES: &[(&str, &str)] = &[
+    ("f25e0fa2-a7c8-4377-a976-54943a77a395", "Key Vault Contributor"),
+    ("b24988ac-6180-42a0-ab88-20f7382dd24c", "Contributor"),
+    ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner"),
+];
+
+pub struct Inputs<'a> {
+    pub intent: Intent,
+    pub facts: &'a Facts,
+    pub margin_days: u32,
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn run(i: &Inputs) -> Vec<Finding> {
+    let mut out = Vec::new();
+    cluster_checks(i, &mut out);
+    if matches!(i.intent, Intent::Enable | Intent::Rotate) {
+        key_checks(i, &mut out);
+        vault_checks(i, &mut out);
+        network_checks(i, &mut out);
+    }
+    if i.intent == Intent::Disable {
+        out.push(Finding::warn(
+            "key-after-disable",
+            "after KMS is disabled, Secrets stay encrypted with the key until re-encrypted (kmsctl does that next)",
+            "keep the key and the identity's access until the run has finished; never delete the key",
+        ));
+    }
+    kube_checks(i, &mut out);
+    out
+}
+
+fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
+    let c = &i.facts.cluster;
+    let state = c.provisioning_state();
+    out.push(if state == "Succeeded" {
+        Finding::pass("cluster-state", "the cluster is Succeeded with no operation running")
+    } else {
+        Finding::refuse(
+            "cluster-state",
+            format!("the cluster's provisioningState is {state}: another operation is running or the last one failed"),
+            "wait for the running operation to finish (az aks show --query provisioningState), or fix and reconcile a Failed cluster (az aks update), then run again",
+        )
+    });
+    if c.uses_platform_managed_rotation() {
+        out.push(Finding::refuse(
+            "kms-experience",
+            "this cluster uses AKS's KMS with platform-managed rotation (versionless key, kubernetesResourceObjectEncryptionProfile): AKS rotates and re-encrypts by itself, and it cannot be disabled",
+            "nothing to do with kmsctl for this cluster: rotate the key in Key Vault and AKS picks it up within 6 hours",
+        ));
+    }
+    let enabled = c.kms_enabled();
+    match i.intent {
+        Intent::Rotate if !enabled => out.push(Finding::refuse("kms-enabled", "KMS is not enabled on this cluster: there is no key to rotate", "enable it first: kmsctl enable --key-id <versioned key id>")),
+        Intent::Disable if !enabled => out.push(Finding::warn("kms-enabled", "KMS is already disabled; kmsctl will only re-encrypt what is left under a key", "nothing needed")),
+        _ => {}
+    }
+    if matches!(i.intent, Intent::Enable | Intent::Rotate) {
+        let t = c.identity_type();
+        out.push(if t.contains("UserAssigned") {
+            Finding::pass("identity", "the cluster has a user-assigned control-plane identity")
+        } else {
+            Finding::refuse(
+                "identity",
+                format!("the cluster's identity is {t}: KMS etcd encryption does not work with a system-assigned managed identity"),
+                "give the cluster a user-assigned identity (az aks update --enable-managed-identity --assign-identity <identity resource id>) and grant it access to the key first",
+            )
+        });
+    }
+    if i.intent == Intent::Enable && enabled {
+        let same_vault = c.key_id().zip(i.facts.key_id.as_ref()).is_some_and(|(cur, new)| cur.to_ascii_lowercase().contains(new.vault_host()));
+        if same_vault && c.network_access() != i.facts.network_access {
+            out.push(Finding::refuse(
+                "vault-mode-change",
+                format!("KMS is enabled with this vault in {} mode; the mode cannot change while KMS is enabled", c.network_access()),
+                "disable KMS (kmsctl disable), change the vault's public network access, then enable KMS again with the new mode",
+            ));
+        }
+    }
+}
+
+fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
+    let Some(key) = &i.facts.key else {
+        let why = i.facts.key_error.clone().unwrap_or_else(|| "no key id".into());
+        out.push(Finding::refuse("key", format!("the key version could not be read: {why}"), "check the key id and that you may read the key (Key Vault Crypto User or an access policy with get)"));
+        return;
+    };
+    let id = &key.id;
+    match key.kty.as_deref() {
+        Some("RSA") | Some("RSA-HSM") | None => out.push(Finding::pass("key-type", format!("{id} is an RSA key"))),
+        Some(other) => out.push(Finding::refuse("key-type", format!("{id} is a {other} key; AKS's KMS needs an RSA key"), "create an RSA key (az keyvault key create --kty RSA --size 2048) and use its versioned id")),
+    }
+    if !key.enabled {
+        out.push(Finding::refuse("key-enabled", format!("{id} is disabled"), "enable it: az keyvault key set-attributes --enabled true"));
+    }
+    let margin = chrono::Duration::days(i.margin_days as i64);
+    match key.expires_on {
+        Some(exp) if exp <= i.now => out.push(Finding::refuse(
+            "key-expiry",
+            format!("{id} expired on {exp}: KeyExpired, the KMS plugin can no longer encrypt"),
+            "extend its expiry (az keyvault key set-attributes --expires ...) or rotate to a new version",
+        )),
+        Some(exp) if i.intent == Intent::Rotate && exp <= i.now + margin => out.push(Finding::refuse(
+            "key-expiry",
+            format!("{id} expires on {exp}, within the {}-day margin; after a rotation it stays in use by KMS and must stay valid until the next one", i.margin_days),
+            "extend its expiry first (az keyvault key set-attributes --expires ...)",
+        )),
+        Some(exp) if exp <= i.now + margin => out.push(Finding::warn("key-expiry", format!("{id} expires on {exp}, within {} days", i.margin_days), "extend its expiry or plan a rotation")),
+        Some(exp) => out.push(Finding::pass("key-expiry", format!("{id} expires on {exp}"))),
+        None => out.push(Finding::pass("key-expiry", format!("{id} has no expiry date"))),
+    }
+    if !key.key_ops.is_empty() {
+        let has = |op: &str| key.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op));
+        if !(has("encrypt") && has("decrypt")) {
+            out.push(Finding::refuse("key-operations", format!("{id} does not permit encrypt and decrypt (it permits {})", key.key_ops.join(", ")), "create or update the key with --ops encrypt decrypt"));
+        }
+    }
+}
+
+fn has_role(assignments: &[Value], roles: &[(&'static str, &'static str)]) -> Option<&'static str> {
+    let defs: Vec<String> = assignments.iter().map(|r| r["properties"]["roleDefinitionId"].as_str().unwrap_or_default().to_ascii_lowercase()).collect();
+    roles.iter().find(|(guid, _)| defs.iter().any(|d| d.ends_with(guid))).map(|(_, name)| *name)
+}
+
+fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
+    let f = i.facts;
+    let Some(vault) = &f.vault.resource else {
+        out.push(Finding::refuse(
+            "vault",
+            format!("the key's vault could not be read: {}", f.vault.error.clone().unwrap_or_default()),
+            "give kmsctl's identity Reader on the vault, or pass --vault-resource-id",
+        ));
+        return;
+    };
+    let p = &vault["properties"];
+    let vault_tenant = p["tenantId"].as_str().unwrap_or_default();
+    match &f.cluster.subscription_tenant {
+        Some(t) if !t.eq_ignore_ascii_case(vault_tenant) => out.push(Finding::refuse(
+            "vault-tenant",
+            format!("the vault is in tenant {vault_tenant}, the cluster's subscription in tenant {t}: a vault in another tenant is not supported"),
+            "use a vault in the cluster's own tenant",
+        )),
+        Some(_) => out.push(Finding::pass("vault-tenant", "the vault is in the cluster's tenant")),
+        None => out.push(Finding::warn("vault-tenant", "the subscription's tenant could not be read, so the vault's tenant was not compared", "make sure the vault is in the cluster's tenant")),
+    }
+    if p["enableSoftDelete"].as_bool() == Some(false) || p["enablePurgeProtection"].as_bool() != Some(true) {
+        out.push(Finding::warn(
+            "vault-recovery",
+            "soft delete or purge protection is off on the vault: a deleted key could not be recovered, and every Secret would be lost",
+            "az keyvault update --enable-purge-protection true",
+        ));
+    } else {
+        out.push(Finding::pass("vault-recovery", "soft delete and purge protection are on"));
+    }
+    let Some(principal) = f.cluster.identity_principal() else { return };
+    let private = f.network_access == "Private";
+    if p["enableRbacAuthorization"].as_bool() == Some(true) {
+        match has_role(&f.vault.role_assignments, CRYPTO_ROLES) {
+            Some(role) => out.push(Finding::pass("identity-access", format!("the identity has {role} on the vault"))),
+            None => out.push(Finding::refuse(
+                "identity-access",
+                format!("the cluster identity {principal} has no Key Vault Crypto User role on the vault"),
+                "az role assignment create --role \"Key Vault Crypto User\" --assignee-object-id <principal id> --scope <vault resource id>",
+            )),
+        }
+    } else {
+        let ok = p["accessPolicies"].as_array().is_some_and(|ps| {
+            ps.iter().any(|ap| {
+                ap["objectId"].as_str() == Some(principal.as_str()) && {
+                    let keys: Vec<String> = ap["permissions"]["keys"].as_array().map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_ascii_lowercase)).collect()).unwrap_or_default();
+                    keys.iter().any(|k| k == "all") || (keys.iter().any(|k| k == "encrypt") && keys.iter().any(|k| k == "decrypt"))
+                }
+            })
+        });
+        out.push(if ok {
+            Finding::pass("identity-access", "an access policy lets the identity encrypt and decrypt")
+        } else {
+            Finding::refuse(
+                "identity-access",
+                format!("no access policy lets the cluster identity {principal} encrypt and decrypt with keys"),
+                "az keyvault set-policy --name <vault> --key-permissions decrypt encrypt --object-id <principal id>",
+            )
+        });
+    }
+    if private {
+        match has_role(&f.vault.role_assignments, CONTRIBUTOR_ROLES) {
+            Some(role) => out.push(Finding::pass("identity-private-link", format!("the identity has {role} on the vault (needed to create the private link)"))),
+            None => out.push(Finding::refuse(
+                "identity-private-link",
+                "with a private vault AKS creates a private endpoint, which needs Key Vault Contributor for the cluster identity; AKS cannot check this for you",
+                "az role assignment create --role \"Key Vault Contributor\" --assignee-object-id <principal id> --scope <vault resource id>",
+            )),
+        }
+    }
+}
+
+fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
+    let f = i.facts;
+    let Some(vault) = &f.vault.resource else { return };
+    let p = &vault["properties"];
+    if f.network_access == "Public" {
+        let public = p["publicNetworkAccess"].as_str().unwrap_or("Enabled");
+        let default_action = p["networkAcls"]["defaultAction"].as_str().unwrap_or("Allow");
+        if !public.eq_ignore_ascii_case("Enabled") || !default_action.eq_ignore_ascii_case("Allow") {
+            out.push(Finding::refuse(
+                "vault-network",
+                format!("the vault's public network access is {public} with firewall default {default_action}: a public-mode KMS vault must allow public access, or it blocks the KMS plugin"),
+                "az keyvault update --public-network-access Enabled --default-action Allow, or enable KMS in private mode (--network-access private --vault-resource-id <id>)",
+            ));
+        } else {
+            out.push(Finding::pass("vault-network", "the vault allows public access"));
+        }
+    } else {
+        if !f.cluster.vnet_integration() {
+            out.push(Finding::refuse(
+                "vnet-integration",
+                "a private vault needs API Server VNet Integration; Konnectivity is not supported for private vaults",
+                "enable API Server VNet Integration (az aks update --enable-apiserver-vnet-integration --apiserver-subnet-id <subnet>)",
+            ));
+        } else if f.kube.konnectivity {
+            out.push(Finding::warn("vnet-integration", "konnectivity-agent pods still run in kube-system", "check that API Server VNet Integration is complete"));
+        } else {
+            out.push(Finding::pass("vnet-integration", "API Server VNet Integration is on"));
+        }
+        let vault_id = vault["id"].as_str().unwrap_or_default();
+        match &f.vault_resource_id {
+            None => out.push(Finding::refuse("vault-resource-id", "private mode needs the vault's resource id", "pass --vault-resource-id /subscriptions/.../providers/Microsoft.KeyVault/vaults/<vault>")),
+            Some(id) if !id.eq_ignore_ascii_case(vault_id) => out.push(Finding::refuse(
+                "vault-resource-id",
+                format!("--vault-resource-id {id} is not the vault of the key ({vault_id})"),
+                "pass the resource id of the vault that holds the key",
+            )),
+            Some(_) => out.push(Finding::pass("vault-resource-id", "the vault resource id matches the key's vault")),
+        }
+    }
+}
+
+fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
+    let f = i.facts;
+    let hosts = f.cluster.api_server_hosts();
+    if i.intent != Intent::Reencrypt {
+        out.push(if hosts.iter().any(|h| *h == f.kube.server_host) {
+            Finding::pass("kubeconfig-cluster", format!("the kubeconfig context's server {} is this cluster's API server", f.kube.server_host))
+        } else {
+            Finding::refuse(
+                "kubeconfig-cluster",
+                format!("the kubeconfig context's server {} is not this cluster's API server ({})", f.kube.server_host, hosts.join(" or ")),
+                "select the right context (--context, or az aks get-credentials -g <rg> -n <cluster>)",
+            )
+        });
+    }
+    let v1 = minor(&f.cluster.kubernetes_version()).is_some_and(|m| m < (1, 27));
+    if v1 && matches!(i.intent, Intent::Enable | Intent::Rotate) {
+        match f.kube.secret_count {
+            Some(n) if n > KMS_V1_SECRET_LIMIT => out.push(Finding::refuse(
+                "kms-v1-limit",
+                format!("the cluster runs Kubernetes {} (KMS v1), which supports at most {KMS_V1_SECRET_LIMIT} Secrets; it has {n}", f.cluster.kubernetes_version()),
+                "upgrade to 1.27 or later first (KMS v2 has no such limit), or reduce the number of Secrets",
+            )),
+            Some(n) => out.push(Finding::pass("kms-v1-limit", format!("{n} Secrets, within KMS v1's limit of {KMS_V1_SECRET_LIMIT}"))),
+            None => out.push(Finding::warn("kms-v1-limit", "the number of Secrets could not be counted", "make sure there are at most 2,000 Secrets")),
+        }
+    }
+    if f.kube.apiserver_guard {
+        out.push(Finding::warn(
+            "apiserver-guard",
+            "AKS's last-resort API server throttle (FlowSchema aks-managed-apiserver-guard) is in place: the API server has been overloaded",
+            "kmsctl re-encrypts with at most 4 requests in flight; find what overloads the API server first",
+        ));
+    }
+}
+
+/// The findings that matter for a summary line.
+pub fn worst(findings: &[Finding]) -> Level {
+    findings.iter().map(|f| f.level).max().unwrap_or(Level::Pass)
+}

@@ -1,0 +1,39 @@
+//! Turning command-line targets into a run context: the Kubernetes client, and (for commands
+//! that touch Azure) the credential, ARM client and transport.
+
+use super::Refusal;
+use crate::azure::arm::{ApiVersions, ArmClient};
+use crate::azure::credential::{self, AuthMode};
+use crate::azure::transport::Route;
+use crate::checks::facts::cluster_path;
+use crate::cli::TargetArgs;
+use crate::engine::context::{Azure, Context};
+use crate::engine::journal::Target;
+use crate::k8s::client;
+
+pub fn target(t: &TargetArgs) -> Target {
+    Target {
+        subscription: t.subscription.clone(),
+        resource_group: t.resource_group.clone(),
+        cluster: t.cluster.clone(),
+        kubeconfig: t.kube.kubeconfig.clone(),
+        context: t.kube.context.clone(),
+    }
+}
+
+pub async fn context(target: &Target, auth: AuthMode, aks_api: &str, need_azure: bool) -> anyhow::Result<Context> {
+    let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await?;
+    let azure = if need_azure {
+        let (Some(sub), Some(rg), Some(name)) = (&target.subscription, &target.resource_group, &target.cluster) else {
+            return Err(Refusal("name the cluster: --subscription (or AZURE_SUBSCRIPTION_ID), -g/--resource-group (or KMSCTL_RESOURCE_GROUP), -n/--name (or KMSCTL_CLUSTER)".into()).into());
+        };
+        let options = Route::from_env()?.client_options()?;
+        let credential = credential::credential(auth, &options)?;
+        let api = ApiVersions { aks: aks_api.to_string(), ..Default::default() };
+        let arm = ArmClient::new(credential.clone(), options.clone(), api);
+        Some(Azure { arm, credential, options, subscription: sub.clone(), cluster_path: cluster_path(sub, rg, name) })
+    } else {
+        None
+    };
+    Ok(Context { azure, kube_server_host: client::server_host(&cluster.server), kube: cluster.client, progress: true })
+}

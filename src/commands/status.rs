@@ -1,0 +1,94 @@
+//! `kmsctl status`: what the cluster says about KMS, the key version in use, the vault, and the
+//! key ledger's versions that must stay alive. Reads only.
+
+use super::setup;
+use crate::azure::keys::KeyId;
+use crate::checks::facts;
+use crate::cli::TargetArgs;
+use crate::exit_codes;
+use crate::k8s::ledger;
+use crate::output::{Format, print_json};
+use serde_json::{Value, json};
+
+pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
+    let target = setup::target(&t);
+    let ctx = setup::context(&target, t.auth, &t.aks_api_version, true).await?;
+    let az = ctx.azure()?;
+    let c = facts::cluster(&az.arm, &az.cluster_path, &az.subscription).await?;
+    let kms = c.kms().clone();
+    let mut key = Value::Null;
+    let mut vault = Value::Null;
+    if let Some(id) = c.key_id().and_then(|k| KeyId::parse(&k).ok()) {
+        key = match az.key_vault(&id)?.version(&id).await {
+            Ok(v) => json!({ "id": v.id.to_string(), "enabled": v.enabled, "expiresOn": v.expires_on, "createdOn": v.created_on, "kty": v.kty }),
+            Err(e) => json!({ "id": id.to_string(), "error": e.to_string() }),
+        };
+        let v = facts::vault(&az.arm, &az.subscription, &id, c.vault_resource_id().as_deref(), None).await;
+        vault = match v.resource {
+            Some(r) => {
+                let p = &r["properties"];
+                json!({
+                    "id": r["id"], "name": r["name"], "publicNetworkAccess": p["publicNetworkAccess"],
+                    "firewallDefaultAction": p["networkAcls"]["defaultAction"], "softDelete": p["enableSoftDelete"],
+                    "purgeProtection": p["enablePurgeProtection"], "rbacAuthorization": p["enableRbacAuthorization"], "tenantId": p["tenantId"]
+                })
+            }
+            None => json!({ "error": v.error }),
+        };
+    }
+    let (ledger, _) = ledger::load(&ctx.kube).await.unwrap_or_default();
+    let alive: Vec<&str> = ledger.must_stay_alive().iter().map(|e| e.key_id.as_str()).collect();
+    let doc = json!({
+        "cluster": c.resource["name"],
+        "resourceGroup": target.resource_group,
+        "provisioningState": c.provisioning_state(),
+        "kubernetesVersion": c.kubernetes_version(),
+        "kmsVersion": c.kms_version(),
+        "kmsExperience": if c.uses_platform_managed_rotation() { "platform-managed-rotation" } else { "versioned-key" },
+        "identityType": c.identity_type(),
+        "kms": {
+            "enabled": c.kms_enabled(),
+            "keyId": kms["keyId"],
+            "keyVaultNetworkAccess": kms["keyVaultNetworkAccess"],
+            "keyVaultResourceId": kms["keyVaultResourceId"],
+        },
+        "key": key,
+        "vault": vault,
+        "ledger": { "entries": ledger.entries, "mustStayAlive": alive },
+    });
+    match format {
+        Format::Json => print_json(&doc),
+        Format::Text => print!("{}", render(&doc)),
+    }
+    Ok(exit_codes::OK)
+}
+
+fn render(d: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    out.push_str(&format!("cluster:            {} ({})\n", s(&d["cluster"]), s(&d["provisioningState"])));
+    out.push_str(&format!("kubernetes:         {} (KMS {})\n", s(&d["kubernetesVersion"]), s(&d["kmsVersion"])));
+    out.push_str(&format!("kms experience:     {}\n", s(&d["kmsExperience"])));
+    out.push_str(&format!("identity:           {}\n", s(&d["identityType"])));
+    out.push_str(&format!("kms enabled:        {}\n", s(&d["kms"]["enabled"])));
+    out.push_str(&format!("key id:             {}\n", s(&d["kms"]["keyId"])));
+    out.push_str(&format!("network access:     {}\n", s(&d["kms"]["keyVaultNetworkAccess"])));
+    out.push_str(&format!("key enabled:        {}   expires: {}\n", s(&d["key"]["enabled"]), s(&d["key"]["expiresOn"])));
+    out.push_str(&format!(
+        "vault:              {} public access {}, firewall {}, soft delete {}, purge protection {}\n",
+        s(&d["vault"]["name"]),
+        s(&d["vault"]["publicNetworkAccess"]),
+        s(&d["vault"]["firewallDefaultAction"]),
+        s(&d["vault"]["softDelete"]),
+        s(&d["vault"]["purgeProtection"])
+    ));
+    out.push_str("key versions that must stay alive (ledger):\n");
+    for k in d["ledger"]["mustStayAlive"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  {}\n", s(k)));
+    }
+    out
+}

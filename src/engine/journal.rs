@@ -1,0 +1,299 @@
+//! The run journal: one JSON Lines file per run under the state directory (files 0600,
+//! directory 0700), appended and fsync'd before and after every step, so a run killed at any
+//! instant (SIGKILL included) can be replayed and continued. It holds run parameters, step
+//! outputs (key ids, resourceVersions) and re-encryption checkpoints; never Secret data or tokens.
+//!
+//! Format history: v1 (this one).
+
+use crate::playbook::Procedure;
+use crate::reencrypt::{Checkpoint, Event};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Which cluster a run is for, as given on the command line or by the environment.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub subscription: Option<String>,
+    pub resource_group: Option<String>,
+    pub cluster: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// The re-encryption settings of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReencryptParams {
+    pub namespaces: Vec<String>,
+    pub batch_size: u32,
+    pub concurrency: usize,
+    pub max_qps: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunParams {
+    pub key_id: Option<String>,
+    pub network_access: Option<String>,
+    pub vault_resource_id: Option<String>,
+    pub retire_old: bool,
+    pub margin_days: u32,
+    pub barrier_timeout_seconds: u64,
+    pub reencrypt: ReencryptParams,
+}
+
+impl RunParams {
+    pub fn flag(&self, name: &str) -> bool {
+        match name {
+            "retireOld" => self.retire_old,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunHeader {
+    pub format: u32,
+    pub run_id: String,
+    pub procedure: Procedure,
+    pub params: RunParams,
+    pub target: Target,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Entry {
+    Run(RunHeader),
+    StepStarted { index: usize, at: chrono::DateTime<chrono::Utc>, data: Value },
+    StepFinished { index: usize, at: chrono::DateTime<chrono::Utc>, output: Value },
+    StepSkipped { index: usize, reason: String },
+    StepFailed { index: usize, at: chrono::DateTime<chrono::Utc>, message: String },
+    Reencrypt { index: usize, event: Event },
+    Finished { at: chrono::DateTime<chrono::Utc>, status: RunStatus, message: Option<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StepRecord {
+    pub started: Option<Value>,
+    pub finished: Option<Value>,
+    pub skipped: bool,
+    pub failed: Option<String>,
+    pub checkpoint: Checkpoint,
+}
+
+/// A run, replayed from its journal.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub path: PathBuf,
+    pub header: RunHeader,
+    pub steps: Vec<StepRecord>,
+    pub finished: Option<(RunStatus, Option<String>)>,
+}
+
+impl Record {
+    pub fn state(&self) -> &'static str {
+        match &self.finished {
+            Some((RunStatus::Succeeded, _)) => "succeeded",
+            Some((RunStatus::Failed, _)) => "failed",
+            None => "interrupted",
+        }
+    }
+    /// The first step not yet done.
+    pub fn next_step(&self) -> Option<usize> {
+        self.steps.iter().position(|s| s.finished.is_none() && !s.skipped)
+    }
+}
+
+pub struct Journal {
+    file: std::fs::File,
+    pub path: PathBuf,
+}
+
+pub fn runs_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("runs")
+}
+
+impl Journal {
+    pub fn create(state_dir: &Path, header: RunHeader) -> anyhow::Result<Journal> {
+        let dir = runs_dir(state_dir);
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{}.jsonl", header.run_id));
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating the journal {}", path.display()))?;
+        let mut j = Journal { file, path };
+        j.append(&Entry::Run(header))?;
+        Ok(j)
+    }
+
+    pub fn open(path: &Path) -> anyhow::Result<(Journal, Record)> {
+        let record = replay(path)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok((Journal { file, path: path.to_path_buf() }, record))
+    }
+
+    /// Appends one entry and makes it durable before returning.
+    pub fn append(&mut self, entry: &Entry) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(entry)?;
+        line.push(b'\n');
+        self.file.write_all(&line).with_context(|| format!("writing {}", self.path.display()))?;
+        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))
+    }
+}
+
+pub fn replay(path: &Path) -> anyhow::Result<Record> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut record: Option<Record> = None;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A kill during a write can leave a torn last line: everything before it is intact.
+        let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+            tracing::warn!(path = %path.display(), line = n + 1, "ignoring a torn journal line");
+            continue;
+        };
+        match entry {
+            Entry::Run(h) => {
+                anyhow::ensure!(h.format <= FORMAT_VERSION, "{} was written by a newer kmsctl (format {})", path.display(), h.format);
+                let steps = vec![StepRecord::default(); h.procedure.steps.len()];
+                record = Some(Record { path: path.to_path_buf(), header: h, steps, finished: None });
+            }
+            other => {
+                let r = record.as_mut().with_context(|| format!("{} does not start with a run header", path.display()))?;
+                apply(r, other);
+            }
+        }
+    }
+    record.with_context(|| format!("{} is empty", path.display()))
+}
+
+fn step(r: &mut Record, i: usize) -> Option<&mut StepRecord> {
+    r.steps.get_mut(i)
+}
+
+fn apply(r: &mut Record, e: Entry) {
+    match e {
+        Entry::Run(_) => {}
+        Entry::StepStarted { index, data, .. } => {
+            if let Some(s) = step(r, index) {
+                s.started = Some(data);
+                s.failed = None;
+            }
+            r.finished = None;
+        }
+        Entry::StepFinished { index, output, .. } => {
+            if let Some(s) = step(r, index) {
+                s.finished = Some(output);
+            }
+        }
+        Entry::StepSkipped { index, .. } => {
+            if let Some(s) = step(r, index) {
+                s.skipped = true;
+            }
+        }
+        Entry::StepFailed { index, message, .. } => {
+            if let Some(s) = step(r, index) {
+                s.failed = Some(message);
+            }
+        }
+        Entry::Reencrypt { index, event } => {
+            if let Some(s) = step(r, index) {
+                s.checkpoint.apply(&event);
+            }
+        }
+        Entry::Finished { status, message, .. } => r.finished = Some((status, message)),
+    }
+}
+
+/// Every run in the state directory, newest first.
+pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
+    let dir = runs_dir(state_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut out: Vec<Record> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .filter_map(|p| replay(&p).ok())
+        .collect();
+    out.sort_by(|a, b| b.header.created_at.cmp(&a.header.created_at).then(b.header.run_id.cmp(&a.header.run_id)));
+    Ok(out)
+}
+
+/// `--state-dir`, else $XDG_STATE_HOME/kmsctl, else ~/.local/state/kmsctl.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("kmsctl");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/kmsctl")
+}
+
+pub fn new_run_id(procedure: &str) -> String {
+    format!("{}-{procedure}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::playbook::built_in;
+
+    fn header() -> RunHeader {
+        RunHeader {
+            format: FORMAT_VERSION,
+            run_id: new_run_id("rotate"),
+            procedure: built_in("rotate").unwrap(),
+            params: RunParams {
+                key_id: None,
+                network_access: None,
+                vault_resource_id: None,
+                retire_old: false,
+                margin_days: 7,
+                barrier_timeout_seconds: 600,
+                reencrypt: ReencryptParams { namespaces: vec![], batch_size: 100, concurrency: 32, max_qps: None },
+            },
+            target: Target::default(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn replays_steps_checkpoints_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), header()).unwrap();
+        let now = chrono::Utc::now();
+        j.append(&Entry::StepStarted { index: 0, at: now, data: Value::Null }).unwrap();
+        j.append(&Entry::StepFinished { index: 0, at: now, output: serde_json::json!({"x": 1}) }).unwrap();
+        j.append(&Entry::StepStarted { index: 1, at: now, data: Value::Null }).unwrap();
+        let counts = crate::reencrypt::Counts { rewritten: 3, ..Default::default() };
+        j.append(&Entry::Reencrypt { index: 1, event: Event::PageDone { namespace: "a".into(), next: Some("t".into()), counts } }).unwrap();
+        std::io::Write::write_all(&mut j.file, b"{\"type\":\"step-fin").unwrap();
+        let r = replay(&j.path).unwrap();
+        assert_eq!(r.next_step(), Some(1));
+        assert_eq!(r.steps[1].checkpoint.namespaces["a"].counts.rewritten, 3);
+        assert_eq!(r.state(), "interrupted");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&j.path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(list(dir.path()).unwrap().len(), 1);
+    }
+}

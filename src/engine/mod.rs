@@ -1,0 +1,46 @@
+//! The lifecycle engine: one runner executes a procedure's typed steps (from a playbook),
+//! journaling each before and after it runs, verifying the cluster after every change, and
+//! continuing a killed run from its journal.
+
+pub mod context;
+pub mod journal;
+pub mod kms;
+pub mod preflight;
+pub mod runner;
+pub mod state;
+pub mod steps;
+
+use crate::exit_codes;
+
+/// Why a step stopped the run; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("verification failed: {0}")]
+    Verification(String),
+    #[error("{} Secrets could not be re-encrypted; they stay under the old key, which must stay alive. Fix the cause and run `kmsctl resume`", .0.totals.failed)]
+    Incomplete(crate::reencrypt::Summary),
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
+impl StepError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StepError::Refused(_) => exit_codes::REFUSED,
+            StepError::Verification(_) => exit_codes::VERIFICATION_FAILED,
+            StepError::Incomplete(_) => exit_codes::REENCRYPT_INCOMPLETE,
+            StepError::Failed(_) => exit_codes::FAILED,
+        }
+    }
+}
+
+/// What the engine tells its reporters.
+pub trait RunObserver: Send + Sync {
+    fn step_started(&self, index: usize, total: usize, name: &str);
+    fn step_status(&self, message: &str);
+    fn step_finished(&self, index: usize, name: &str, detail: &str);
+    fn step_skipped(&self, index: usize, name: &str, reason: &str);
+    fn reencrypt(&self) -> &dyn crate::reencrypt::Observer;
+}

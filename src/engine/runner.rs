@@ -1,0 +1,194 @@
+//! Runs a procedure from wherever its journal says it stands. Each step is journaled as started
+//! (with what it needs to resume safely) and as finished (with its output) around its execution.
+
+use super::context::Context;
+use super::journal::{Entry, Journal, Record, RunStatus};
+use super::state::RunState;
+use super::{RunObserver, StepError, steps};
+use crate::playbook::Step;
+use crate::reencrypt::{Event, Observer, Summary};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Mutex;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    pub index: usize,
+    pub step: String,
+    pub status: String,
+    pub output: Value,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub run_id: String,
+    pub procedure: String,
+    pub status: String,
+    pub journal: String,
+    pub steps: Vec<StepReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reencrypt: Vec<Summary>,
+}
+
+/// Journals the engine's checkpoint events and passes every event on to the progress display.
+struct JournalObserver<'a> {
+    journal: &'a Mutex<Journal>,
+    index: usize,
+    inner: &'a dyn Observer,
+}
+
+impl Observer for JournalObserver<'_> {
+    fn event(&self, event: &Event) {
+        if matches!(event, Event::PageDone { .. } | Event::NamespaceDone { .. }) {
+            let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = j.append(&Entry::Reencrypt { index: self.index, event: event.clone() }) {
+                tracing::warn!(error = %e, "could not write a re-encryption checkpoint");
+            }
+        }
+        self.inner.event(event);
+    }
+}
+
+fn append(journal: &Mutex<Journal>, entry: Entry) -> Result<(), StepError> {
+    journal.lock().unwrap_or_else(|e| e.into_inner()).append(&entry).map_err(StepError::Failed)
+}
+
+pub async fn execute(ctx: &Context, journal: Journal, record: Record, observer: &dyn RunObserver) -> (RunReport, Result<(), StepError>) {
+    let journal = Mutex::new(journal);
+    let header = &record.header;
+    let steps = &header.procedure.steps;
+    let mut state = RunState::default();
+    let mut reports = Vec::new();
+    let mut summaries = Vec::new();
+    let mut result = Ok(());
+    for (index, step) in steps.iter().enumerate() {
+        let rec = &record.steps[index];
+        if let Some(output) = &rec.finished {
+            state.apply(step, output);
+            reports.push(StepReport { index, step: step.name().into(), status: "done".into(), output: output.clone() });
+            continue;
+        }
+        if rec.skipped || step.condition().is_some_and(|c| !header.params.flag(c)) {
+            if !rec.skipped {
+                if let Err(e) = append(&journal, Entry::StepSkipped { index, reason: "condition not set".into() }) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            observer.step_skipped(index, step.name(), "not asked for");
+            reports.push(StepReport { index, step: step.name().into(), status: "skipped".into(), output: Value::Null });
+            continue;
+        }
+        observer.step_started(index, steps.len(), step.name());
+        let outcome = run_step(ctx, &journal, &record, index, step, &state, observer).await;
+        match outcome {
+            Ok((output, summary)) => {
+                summaries.extend(summary);
+                if let Err(e) = append(&journal, Entry::StepFinished { index, at: chrono::Utc::now(), output: output.clone() }) {
+                    result = Err(e);
+                    break;
+                }
+                state.apply(step, &output);
+                observer.step_finished(index, step.name(), &describe(step, &output));
+                reports.push(StepReport { index, step: step.name().into(), status: "done".into(), output });
+            }
+            Err(e) => {
+                if let StepError::Incomplete(s) = &e {
+                    summaries.push(s.clone());
+                }
+                let _ = append(&journal, Entry::StepFailed { index, at: chrono::Utc::now(), message: e.to_string() });
+                reports.push(StepReport { index, step: step.name().into(), status: "failed".into(), output: Value::Null });
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let (status, message) = match &result {
+        Ok(()) => (RunStatus::Succeeded, None),
+        Err(e) => (RunStatus::Failed, Some(e.to_string())),
+    };
+    let _ = append(&journal, Entry::Finished { at: chrono::Utc::now(), status, message: message.clone() });
+    let path = journal.into_inner().map(|j| j.path).unwrap_or_else(|e| e.into_inner().path.clone());
+    let report = RunReport {
+        run_id: header.run_id.clone(),
+        procedure: header.procedure.name.clone(),
+        status: if result.is_ok() { "succeeded".into() } else { "failed".into() },
+        journal: path.display().to_string(),
+        steps: reports,
+        error: message,
+        reencrypt: summaries,
+    };
+    (report, result)
+}
+
+async fn run_step(
+    ctx: &Context,
+    journal: &Mutex<Journal>,
+    record: &Record,
+    index: usize,
+    step: &Step,
+    state: &RunState,
+    observer: &dyn RunObserver,
+) -> Result<(Value, Option<Summary>), StepError> {
+    let params = &record.header.params;
+    // What a step needs to resume safely is read before it acts, and journaled with its start;
+    // a resumed step reuses what the interrupted one journaled.
+    let prepared = match (&record.steps[index].started, step) {
+        (Some(data), _) => data.clone(),
+        (None, Step::RotateKey) => steps::rotate_key_prepare(ctx, state).await?,
+        (None, _) => Value::Null,
+    };
+    append(journal, Entry::StepStarted { index, at: chrono::Utc::now(), data: prepared.clone() })?;
+    let status = |m: &str| observer.step_status(m);
+    let output = match step {
+        Step::Preflight => {
+            let p = super::preflight::run(ctx, record.header.procedure.intent, params).await?;
+            if crate::checks::refused(&p.findings) {
+                let why: Vec<String> = p.findings.iter().filter(|f| f.level == crate::checks::Level::Refuse).map(|f| f.message.clone()).collect();
+                return Err(StepError::Refused(why.join("; ")));
+            }
+            p.output
+        }
+        Step::PlantCanary => steps::plant_canary(ctx).await?,
+        Step::RotateKey => steps::rotate_key(ctx, state, &prepared).await?,
+        Step::UpdateKms { enabled } => steps::update_kms(ctx, state, *enabled, status).await?,
+        Step::VerifyKms => steps::verify_kms(ctx, state).await?,
+        Step::ProveKeySwitch => {
+            status("proving the key switch with the canary Secret");
+            steps::prove_key_switch(ctx, state, params).await?
+        }
+        Step::Reencrypt => {
+            let obs = JournalObserver { journal, index, inner: observer.reencrypt() };
+            let checkpoint = record.steps[index].checkpoint.clone();
+            let (out, summary) = steps::reencrypt(ctx, state, params, checkpoint, &obs).await?;
+            return Ok((out, Some(summary)));
+        }
+        Step::CheckRotationWindow => steps::check_rotation_window(ctx, state, params).await?,
+        Step::RetireOldest { .. } => steps::retire_oldest(ctx, state).await?,
+    };
+    Ok((output, None))
+}
+
+fn describe(step: &Step, output: &Value) -> String {
+    match step {
+        Step::RotateKey => format!("new version {}", output["keyId"].as_str().unwrap_or_default()),
+        Step::UpdateKms { .. } => {
+            if output["report"]["changed"].as_bool() == Some(true) { "cluster updated".into() } else { "already as asked".into() }
+        }
+        Step::VerifyKms => "securityProfile.azureKeyVaultKms is as asked".into(),
+        Step::ProveKeySwitch => match output["skipped"].as_str() {
+            Some(s) => s.to_string(),
+            None => format!("the API server writes with the new key (after {:.0}s)", output["waitedSeconds"].as_f64().unwrap_or(0.0)),
+        },
+        Step::Reencrypt => {
+            let t = &output["totals"];
+            format!("{} rewritten, {} already current, {} deleted meanwhile", t["rewritten"], t["unchanged"], t["deleted"])
+        }
+        Step::RetireOldest { .. } => format!("disabled {}", output["disabled"].as_str().unwrap_or("nothing")),
+        _ => String::new(),
+    }
+}

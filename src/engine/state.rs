@@ -1,0 +1,76 @@
+//! A run's state, derived only from the journal's step outputs: what preflight found, which key
+//! version this run put in service, the canary's planted resourceVersion. Nothing else is kept,
+//! so a resumed run knows exactly what the killed one knew.
+
+use super::kms::DesiredKms;
+use crate::playbook::Step;
+use crate::reencrypt::Counts;
+use serde_json::Value;
+
+#[derive(Clone, Debug, Default)]
+pub struct RunState {
+    /// The key version in use when the run started (the one to retire after two rotations).
+    pub original_key_id: Option<String>,
+    pub network_access: Option<String>,
+    pub vault_resource_id: Option<String>,
+    /// The key version the next update-kms puts in service.
+    pub key_id: Option<String>,
+    pub planted_rv: Option<String>,
+    pub kms_at_plant: Option<DesiredKms>,
+    pub desired: Option<DesiredKms>,
+    pub concurrency_cap: Option<usize>,
+    pub reencrypts: Vec<Counts>,
+}
+
+fn string(v: &Value, k: &str) -> Option<String> {
+    v[k].as_str().map(str::to_string)
+}
+
+impl RunState {
+    pub fn apply(&mut self, step: &Step, output: &Value) {
+        match step {
+            Step::Preflight => {
+                self.original_key_id = string(output, "originalKeyId");
+                self.network_access = string(output, "networkAccess");
+                self.vault_resource_id = string(output, "vaultResourceId");
+                self.key_id = string(output, "keyId");
+                self.concurrency_cap = output["concurrencyCap"].as_u64().map(|c| c as usize);
+            }
+            Step::PlantCanary => {
+                self.planted_rv = string(output, "plantedRv");
+                self.kms_at_plant = serde_json::from_value(output["kmsAtPlant"].clone()).ok();
+            }
+            Step::RotateKey => self.key_id = string(output, "keyId"),
+            Step::UpdateKms { .. } => self.desired = serde_json::from_value(output["desired"].clone()).ok(),
+            Step::Reencrypt => {
+                if let Ok(c) = serde_json::from_value(output["totals"].clone()) {
+                    self.reencrypts.push(c);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn desired(&self, enabled: bool) -> DesiredKms {
+        if !enabled {
+            return DesiredKms { enabled: false, key_id: None, network_access: None, vault_resource_id: None };
+        }
+        let private = self.network_access.as_deref() == Some("Private");
+        DesiredKms {
+            enabled: true,
+            key_id: self.key_id.clone(),
+            network_access: Some(self.network_access.clone().unwrap_or_else(|| "Public".into())),
+            vault_resource_id: if private { self.vault_resource_id.clone() } else { None },
+        }
+    }
+
+    /// Whether the last update-kms changed what the API server writes with, relative to the
+    /// configuration when the canary was planted.
+    pub fn key_switch_expected(&self) -> bool {
+        let same = |a: &DesiredKms, b: &DesiredKms| a.enabled == b.enabled && (!a.enabled || a.key_id.as_deref().map(str::to_ascii_lowercase) == b.key_id.as_deref().map(str::to_ascii_lowercase));
+        match (&self.kms_at_plant, &self.desired) {
+            (Some(p), Some(d)) => !same(p, d),
+            _ => true,
+        }
+    }
+}

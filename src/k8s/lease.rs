@@ -1,0 +1,108 @@
+//! One kmsctl run per cluster: a coordination.k8s.io Lease in kube-system, renewed while the run
+//! lives. A run that was killed leaves a lease that expires on its own, and the same run may
+//! take its own lease back on `resume`.
+
+use super::KubeError;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
+use serde_json::json;
+use std::time::Duration;
+
+pub const NAME: &str = "kmsctl-run";
+pub const NAMESPACE: &str = "kube-system";
+const DURATION_SECONDS: i64 = 60;
+
+fn resource() -> ApiResource {
+    ApiResource {
+        group: "coordination.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        plural: "leases".into(),
+    }
+}
+
+fn now_micro() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("another kmsctl run ({holder}) holds this cluster's lease kube-system/{NAME}, renewed {age}s ago; wait for it to finish, or if it died, for the lease to expire ({DURATION_SECONDS}s after its last renewal), or continue that run with `kmsctl resume`")]
+    Held { holder: String, age: i64 },
+    #[error(transparent)]
+    Api(#[from] KubeError),
+}
+
+pub struct Lease {
+    api: Api<DynamicObject>,
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+fn holder_of(obj: &DynamicObject) -> (String, Option<chrono::DateTime<chrono::Utc>>, i64) {
+    let spec = &obj.data["spec"];
+    let holder = spec["holderIdentity"].as_str().unwrap_or_default().to_string();
+    let renewed = spec["renewTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc));
+    (holder, renewed, spec["leaseDurationSeconds"].as_i64().unwrap_or(DURATION_SECONDS))
+}
+
+fn lease_object(holder: &str, rv: Option<String>) -> DynamicObject {
+    let mut obj = DynamicObject::new(NAME, &resource()).within(NAMESPACE);
+    obj.metadata.resource_version = rv;
+    obj.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "kmsctl".to_string())].into());
+    let now = now_micro();
+    obj.data = json!({ "spec": { "holderIdentity": holder, "leaseDurationSeconds": DURATION_SECONDS, "acquireTime": now, "renewTime": now } });
+    obj
+}
+
+impl Lease {
+    /// Takes the lease for `run_id`, or refuses while another live run holds it.
+    pub async fn acquire(client: kube::Client, run_id: &str) -> Result<Lease, LeaseError> {
+        let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &resource());
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        let holder = format!("{run_id}@{host}");
+        match api.get_opt(NAME).await.map_err(KubeError::from)? {
+            None => {
+                api.create(&PostParams::default(), &lease_object(&holder, None)).await.map_err(KubeError::from)?;
+            }
+            Some(existing) => {
+                let (current, renewed, duration) = holder_of(&existing);
+                let age = renewed.map(|r| (chrono::Utc::now() - r).num_seconds()).unwrap_or(i64::MAX);
+                let ours = current.split('@').next() == Some(run_id);
+                if !ours && !current.is_empty() && age < duration {
+                    return Err(LeaseError::Held { holder: current, age });
+                }
+                api.replace(NAME, &PostParams::default(), &lease_object(&holder, existing.metadata.resource_version.clone()))
+                    .await
+                    .map_err(KubeError::from)?;
+            }
+        }
+        let renewer = tokio::spawn(renew_loop(api.clone(), holder.clone()));
+        Ok(Lease { api, holder, renewer })
+    }
+
+    /// Gives the lease up (deleting it: it holds nothing but the lock).
+    pub async fn release(self) {
+        self.renewer.abort();
+        if let Ok(Some(obj)) = self.api.get_opt(NAME).await {
+            if holder_of(&obj).0 == self.holder {
+                let _ = self.api.delete(NAME, &DeleteParams::default()).await;
+            }
+        }
+    }
+}
+
+async fn renew_loop(api: Api<DynamicObject>, holder: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs((DURATION_SECONDS / 4) as u64)).await;
+        let Ok(Some(mut obj)) = api.get_opt(NAME).await else { continue };
+        if holder_of(&obj).0 != holder {
+            tracing::warn!("the run lease was taken over by another holder");
+            return;
+        }
+        obj.data["spec"]["renewTime"] = json!(now_micro());
+        if let Err(e) = api.replace(NAME, &PostParams::default(), &obj).await {
+            tracing::warn!(error = %KubeError::from(e), "renewing the run lease failed; will retry");
+        }
+    }
+}

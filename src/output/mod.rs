@@ -1,0 +1,43 @@
+//! Everything kmsctl shows: progress on stderr (indicatif, hidden when stderr is not a
+//! terminal), human summaries, and machine-readable JSON on stdout (`-o json`).
+
+pub mod progress;
+pub mod run;
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+pub fn print_json<T: Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+}
+
+pub fn render_reencrypt(summary: &crate::reencrypt::Summary) -> String {
+    let t = &summary.totals;
+    let mut out = String::new();
+    out.push_str(&format!("{:<32} {:>10} {:>10} {:>8} {:>7}\n", "NAMESPACE", "REWRITTEN", "UNCHANGED", "DELETED", "FAILED"));
+    for (ns, c) in &summary.namespaces {
+        out.push_str(&format!("{ns:<32} {:>10} {:>10} {:>8} {:>7}\n", c.rewritten, c.unchanged, c.deleted, c.failed));
+    }
+    out.push_str(&format!(
+        "total: {} rewritten (new resourceVersion), {} already under the current key, {} deleted meanwhile, {} failed in {:.1}s ({:.0}/s; {} requests, {:.1}% answered 429, {} conflicts retried)\n",
+        t.rewritten,
+        t.unchanged,
+        t.deleted,
+        t.failed,
+        summary.seconds,
+        summary.per_second,
+        summary.requests,
+        summary.throttled_share * 100.0,
+        t.conflicts
+    ));
+    for f in summary.failures.iter().take(50) {
+        out.push_str(&format!("failed: {f}\n"));
+    }
+    out
+}
