@@ -188,12 +188,13 @@ fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
     bytes(StatusCode::OK, "application/json", out)
 }
 
-fn parse_body(req: &Req, kind: &str) -> Result<Value, Resp> {
-    let v: Value = req
-        .json()
-        .map_err(|e| k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &format!("the body of the request was in an unknown format: {e}"), None))?;
+fn parse_body(req: &Req, kind: &str) -> Result<Value, Box<Resp>> {
+    let protobuf = req.header("content-type").is_some_and(|c| c.starts_with("application/vnd.kubernetes.protobuf"));
+    let decoded = if protobuf { super::protobuf::decode_secret(&req.body) } else { req.json() };
+    let v: Value = decoded
+        .map_err(|e| Box::new(k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &format!("the body of the request was in an unknown format: {e}"), None)))?;
     if !v["metadata"].is_object() {
-        return Err(k8s_status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} is invalid: metadata: Required value"), None));
+        return Err(Box::new(k8s_status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} is invalid: metadata: Required value"), None)));
     }
     Ok(v)
 }
@@ -205,7 +206,7 @@ fn namespace_exists(shared: &Shared, ns: &str) -> bool {
 fn create_secret(shared: &Shared, req: &Req, ns: &str) -> Resp {
     let obj = match parse_body(req, "Secret") {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !namespace_exists(shared, ns) {
         return k8s_not_found("namespaces", ns);
@@ -234,7 +235,7 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
         Method::PUT => {
             let obj = match parse_body(req, "Secret") {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             if obj["metadata"]["name"].as_str() != Some(name) {
                 return k8s_status(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL", None);
@@ -276,7 +277,7 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
             None => k8s_not_found(res, n),
         },
         (&Method::POST, None) => match parse_body(req, res) {
-            Err(r) => r,
+            Err(r) => *r,
             Ok(o) => {
                 let n = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 match store.create(res, ns, o) {
@@ -286,7 +287,7 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
             }
         },
         (&Method::PUT, Some(n)) => match parse_body(req, res) {
-            Err(r) => r,
+            Err(r) => *r,
             Ok(o) => match store.replace(res, ns, n, o) {
                 Ok(o) => json_resp(StatusCode::OK, &o),
                 Err(e) => store_error(res, n, e),

@@ -12,6 +12,7 @@ mod http;
 mod keyvault;
 mod kubeapi;
 mod objects;
+mod protobuf;
 mod ratelimit;
 mod resources;
 pub mod secrets;
