@@ -83,11 +83,11 @@ pub struct ReencryptArgs {
     /// Only these namespaces (repeatable); all by default.
     #[arg(long = "namespace", value_name = "NS")]
     pub namespaces: Vec<String>,
-    /// Secrets per list page.
-    #[arg(long, default_value_t = 100)]
+    /// Secrets per list page at most (fewer for large Secrets: pages aim at 1 MiB).
+    #[arg(long, default_value_t = 50)]
     pub batch_size: u32,
     /// Most requests in flight (lowered automatically on 429).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// A ceiling on writes per second.
     #[arg(long)]

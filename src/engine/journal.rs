@@ -123,6 +123,7 @@ impl Record {
 pub struct Journal {
     file: std::fs::File,
     pub path: PathBuf,
+    last_sync: std::time::Instant,
 }
 
 pub fn runs_dir(state_dir: &Path) -> PathBuf {
@@ -140,7 +141,7 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating the journal {}", path.display()))?;
-        let mut j = Journal { file, path };
+        let mut j = Journal { file, path, last_sync: std::time::Instant::now() };
         j.append(&Entry::Run(header))?;
         Ok(j)
     }
@@ -148,14 +149,34 @@ impl Journal {
     pub fn open(path: &Path) -> anyhow::Result<(Journal, Record)> {
         let record = replay(path)?;
         let file = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok((Journal { file, path: path.to_path_buf() }, record))
+        Ok((Journal { file, path: path.to_path_buf(), last_sync: std::time::Instant::now() }, record))
     }
 
     /// Appends one entry and makes it durable before returning.
     pub fn append(&mut self, entry: &Entry) -> anyhow::Result<()> {
+        self.write(entry)?;
+        self.sync()
+    }
+
+    /// Appends a re-encryption checkpoint. The write alone survives a killed process (the data is
+    /// in the kernel); the fsync, for a machine crash, happens at most once a second, since a
+    /// lost checkpoint only means redoing pages whose rewrites are idempotent.
+    pub fn append_checkpoint(&mut self, entry: &Entry) -> anyhow::Result<()> {
+        self.write(entry)?;
+        if self.last_sync.elapsed() >= std::time::Duration::from_secs(1) {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, entry: &Entry) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
-        self.file.write_all(&line).with_context(|| format!("writing {}", self.path.display()))?;
+        self.file.write_all(&line).with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    fn sync(&mut self) -> anyhow::Result<()> {
+        self.last_sync = std::time::Instant::now();
         self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))
     }
 }

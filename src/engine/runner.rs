@@ -45,7 +45,7 @@ impl Observer for JournalObserver<'_> {
     fn event(&self, event: &Event) {
         if matches!(event, Event::PageDone { .. } | Event::NamespaceDone { .. }) {
             let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = j.append(&Entry::Reencrypt { index: self.index, event: event.clone() }) {
+            if let Err(e) = j.append_checkpoint(&Entry::Reencrypt { index: self.index, event: event.clone() }) {
                 tracing::warn!(error = %e, "could not write a re-encryption checkpoint");
             }
         }

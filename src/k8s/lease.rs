@@ -3,7 +3,7 @@
 //! take its own lease back on `resume`.
 
 use super::KubeError;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams, Preconditions};
 use serde_json::json;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ pub enum LeaseError {
 
 pub struct Lease {
     api: Api<DynamicObject>,
-    holder: String,
+    uid: Option<String>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -61,11 +61,16 @@ impl Lease {
         let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &resource());
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         let holder = format!("{run_id}@{host}");
-        match api.get_opt(NAME).await.map_err(KubeError::from)? {
+        // Creating first saves a round trip in the usual case, where no lease exists.
+        let created = match api.create(&PostParams::default(), &lease_object(&holder, None)).await.map_err(KubeError::from) {
+            Ok(l) => Some(l),
+            Err(e) if e.code() == Some(409) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let taken = match created {
+            Some(l) => l,
             None => {
-                api.create(&PostParams::default(), &lease_object(&holder, None)).await.map_err(KubeError::from)?;
-            }
-            Some(existing) => {
+                let existing = api.get(NAME).await.map_err(KubeError::from)?;
                 let (current, renewed, duration) = holder_of(&existing);
                 let age = renewed.map(|r| (chrono::Utc::now() - r).num_seconds()).unwrap_or(i64::MAX);
                 let ours = current.split('@').next() == Some(run_id);
@@ -74,21 +79,19 @@ impl Lease {
                 }
                 api.replace(NAME, &PostParams::default(), &lease_object(&holder, existing.metadata.resource_version.clone()))
                     .await
-                    .map_err(KubeError::from)?;
+                    .map_err(KubeError::from)?
             }
-        }
-        let renewer = tokio::spawn(renew_loop(api.clone(), holder.clone()));
-        Ok(Lease { api, holder, renewer })
+        };
+        let renewer = tokio::spawn(renew_loop(api.clone(), holder));
+        Ok(Lease { api, uid: taken.metadata.uid, renewer })
     }
 
-    /// Gives the lease up (deleting it: it holds nothing but the lock).
+    /// Gives the lease up (deleting it: it holds nothing but the lock). The uid precondition
+    /// makes sure only the lease this run took is deleted.
     pub async fn release(self) {
         self.renewer.abort();
-        if let Ok(Some(obj)) = self.api.get_opt(NAME).await {
-            if holder_of(&obj).0 == self.holder {
-                let _ = self.api.delete(NAME, &DeleteParams::default()).await;
-            }
-        }
+        let dp = DeleteParams { preconditions: Some(Preconditions { uid: self.uid.clone(), resource_version: None }), ..Default::default() };
+        let _ = self.api.delete(NAME, &dp).await;
     }
 }
 

@@ -7,14 +7,17 @@
 //! moves each one to the current key, and a new resourceVersion proves it moved.
 
 pub mod adapt;
+pub mod budget;
 pub mod progress;
 mod rewrite;
+mod stream;
 
 pub use progress::{Checkpoint, Counts, Event, NamespaceState, Summary};
 
 use crate::k8s::KubeError;
 use crate::retry::RetryPolicy;
 use adapt::Controller;
+use budget::Budget;
 use futures::stream::{FuturesUnordered, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
@@ -40,7 +43,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespaces: Vec::new(), batch_size: 100, concurrency: 32, max_qps: None, namespaces_in_flight: 4 }
+        Options { namespaces: Vec::new(), batch_size: 50, concurrency: 64, max_qps: None, namespaces_in_flight: 8 }
     }
 }
 
@@ -71,13 +74,16 @@ struct Shared<'a> {
     throttled: AtomicU64,
     failures: Mutex<Vec<String>>,
     fatal: Mutex<Option<KubeError>>,
+    pages: Budget,
+    lists: tokio::sync::Semaphore,
+    large: tokio::sync::Semaphore,
 }
 
 pub async fn run(client: kube::Client, options: &Options, checkpoint: Checkpoint, observer: &dyn Observer) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let retry = RetryPolicy::default();
-    let namespaces = select_namespaces(&client, options, &retry).await?;
-    let total = count_secrets(&client, options, &retry).await;
+    let (namespaces, total) = futures::join!(select_namespaces(&client, options, &retry), count_secrets(&client, options, &retry));
+    let namespaces = namespaces?;
     let already: u64 = checkpoint.namespaces.values().map(|n| n.counts.processed()).sum();
     observer.event(&Event::Started { total, already_done: already });
     let shared = Shared {
@@ -90,6 +96,9 @@ pub async fn run(client: kube::Client, options: &Options, checkpoint: Checkpoint
         throttled: AtomicU64::new(0),
         failures: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
+        pages: Budget::new(budget::PAGES_MAX_BYTES),
+        lists: tokio::sync::Semaphore::new(budget::LISTS_IN_FLIGHT),
+        large: tokio::sync::Semaphore::new(budget::LARGE_IN_FLIGHT),
     };
     let mut per_ns: BTreeMap<String, Counts> = BTreeMap::new();
     let todo: Vec<(String, NamespaceState)> = namespaces
@@ -178,17 +187,37 @@ async fn count_secrets(client: &kube::Client, options: &Options, retry: &RetryPo
     Some(total)
 }
 
-async fn list_page(shared: &Shared<'_>, api: &Api<DynamicObject>, ns: &str, token: Option<String>) -> Result<ObjectList<DynamicObject>, EngineError> {
+/// A page, with the bytes it holds reserved in the budget until its writes are done.
+struct Page {
+    items: Vec<DynamicObject>,
+    next: Option<String>,
+    bytes: u64,
+}
+
+async fn fetch(shared: &Shared<'_>, ns: &str, limit: u32, token: Option<&str>) -> Result<(ObjectList<DynamicObject>, u64), KubeError> {
+    let mut lp = ListParams::default().limit(limit);
+    if let Some(t) = token {
+        lp = lp.continue_token(t);
+    }
+    let request = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/secrets")).list(&lp).map_err(|e| KubeError::Other(e.to_string()))?;
+    let _slot = shared.lists.acquire().await.map_err(|e| KubeError::Other(e.to_string()))?;
+    stream::get_json(&shared.client, request).await
+}
+
+async fn list_page(shared: &Shared<'_>, ns: &str, token: Option<String>, bytes_per_secret: Option<u64>) -> Result<Page, EngineError> {
+    let limit = budget::page_limit(shared.options.batch_size, bytes_per_secret);
+    let expected = limit as u64 * bytes_per_secret.unwrap_or(8 << 10);
+    shared.pages.reserve(expected).await;
     let mut token = token;
     let mut restarts = 0;
     loop {
-        let mut lp = ListParams::default().limit(shared.options.batch_size.max(1));
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let result = shared.retry.run("list secrets", || async { api.list(&lp).await.map_err(KubeError::from) }).await;
+        let result = shared.retry.run("list secrets", || fetch(shared, ns, limit, token.as_deref())).await;
         match result {
-            Ok(page) => return Ok(page),
+            Ok((list, bytes)) => {
+                shared.pages.adjust(expected, bytes);
+                let next = list.metadata.continue_.clone().filter(|c| !c.is_empty());
+                return Ok(Page { items: list.items, next, bytes });
+            }
             // The continue token outlived the server's compaction window: go on from the position
             // the server hands back (or from the start of the namespace: unchanged Secrets are cheap no-ops).
             Err(KubeError::Api { code: 410, continue_token, .. }) if restarts < 3 => {
@@ -196,8 +225,10 @@ async fn list_page(shared: &Shared<'_>, api: &Api<DynamicObject>, ns: &str, toke
                 tracing::info!(namespace = ns, "continue token expired (410); listing again from the last checkpoint");
                 token = continue_token;
             }
-            Err(e) if e.is_kms_failure() => return Err(EngineError::KmsUnavailable(e)),
-            Err(source) => return Err(EngineError::List { what: format!("secrets in {ns}"), source }),
+            Err(e) => {
+                shared.pages.release(expected);
+                return Err(if e.is_kms_failure() { EngineError::KmsUnavailable(e) } else { EngineError::List { what: format!("secrets in {ns}"), source: e } });
+            }
         }
     }
 }
@@ -206,29 +237,37 @@ async fn namespace(shared: &Shared<'_>, ns: &str, start: Option<String>) -> Resu
     shared.observer.event(&Event::NamespaceStarted { namespace: ns.to_string() });
     let api: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), ns, &secret_resource());
     let mut counts = Counts::default();
-    let mut page = list_page(shared, &api, ns, start).await?;
+    let mut page = list_page(shared, ns, start, None).await?;
     loop {
-        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-        // Fetch the next page while this one is written: one page ahead, never more.
-        let prefetch = next.clone().map(|t| {
-            let api = api.clone();
-            async move { list_page(shared, &api, ns, Some(t)).await }
-        });
-        let writes = write_page(shared, &api, ns, std::mem::take(&mut page.items));
+        let per_secret = (!page.items.is_empty()).then(|| page.bytes / page.items.len() as u64);
+        let next = page.next.clone();
+        // Fetch the next page while this one is written: one page ahead, within the byte budget.
+        let prefetch = next.clone().map(|t| list_page(shared, ns, Some(t), per_secret));
+        let (items, bytes) = (std::mem::take(&mut page.items), page.bytes);
+        // The page's bytes go back to the budget as soon as its writes are done, so the prefetch
+        // waiting for room is never waiting on itself.
+        let writes = async {
+            let c = write_page(shared, &api, ns, items).await;
+            shared.pages.release(bytes);
+            c
+        };
         let (page_counts, following) = match prefetch {
             Some(p) => {
                 let (c, f) = futures::join!(writes, p);
-                (c, Some(f?))
+                (c, Some(f))
             }
             None => (writes.await, None),
         };
         counts.add(&page_counts);
         if shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            if let Some(Ok(f)) = following {
+                shared.pages.release(f.bytes);
+            }
             return Ok(counts);
         }
         shared.observer.event(&Event::PageDone { namespace: ns.to_string(), next: next.clone(), counts: page_counts });
         match following {
-            Some(f) => page = f,
+            Some(f) => page = f?,
             None => break,
         }
     }
@@ -238,11 +277,14 @@ async fn namespace(shared: &Shared<'_>, ns: &str, start: Option<String>) -> Resu
 
 async fn write_page(shared: &Shared<'_>, api: &Api<DynamicObject>, ns: &str, items: Vec<DynamicObject>) -> Counts {
     let mut counts = Counts::default();
+    let collection = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/secrets"));
+    let target = rewrite::Target { api, client: &shared.client, collection: &collection, large: &shared.large };
+    let target = &target;
     let mut pending: FuturesUnordered<_> = items
         .into_iter()
         .map(|obj| async move {
             let name = obj.metadata.name.clone().unwrap_or_default();
-            let (outcome, stats) = rewrite::rewrite(api, &shared.ctl, &shared.retry, obj).await;
+            let (outcome, stats) = rewrite::rewrite(target, &shared.ctl, &shared.retry, obj).await;
             (name, outcome, stats)
         })
         .collect();

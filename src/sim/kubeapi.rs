@@ -245,7 +245,7 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
                 return internal(&e);
             }
             match store.replace(ns, name, obj, view.write, view.write_error.as_deref()) {
-                Ok((o, _)) => json_resp(StatusCode::OK, &o),
+                Ok(o) => bytes(StatusCode::OK, "application/json", o),
                 Err(e) => store_error("secrets", name, e),
             }
         }
@@ -293,10 +293,24 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
                 Err(e) => store_error(res, n, e),
             },
         },
-        (&Method::DELETE, Some(n)) => match store.delete(res, ns, n) {
-            Ok(o) => json_resp(StatusCode::OK, &o),
-            Err(e) => store_error(res, n, e),
-        },
+        (&Method::DELETE, Some(n)) => {
+            let want_uid = req.json().ok().and_then(|o| o["preconditions"]["uid"].as_str().map(str::to_string));
+            let have_uid = store.get(res, ns, n).and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string));
+            if let (Some(want), Some(have)) = (&want_uid, &have_uid) {
+                if want != have {
+                    let msg = format!("Precondition failed: UID in precondition: {want}, UID in object meta: {have}");
+                    return k8s_status(StatusCode::CONFLICT, "Conflict", &msg, None);
+                }
+            }
+            objects_delete(store, res, ns, n)
+        }
         _ => method_not_allowed(),
+    }
+}
+
+fn objects_delete(store: &mut super::objects::ObjectStore, res: &str, ns: &str, n: &str) -> Resp {
+    match store.delete(res, ns, n) {
+        Ok(o) => json_resp(StatusCode::OK, &o),
+        Err(e) => store_error(res, n, e),
     }
 }

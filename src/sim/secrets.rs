@@ -184,8 +184,9 @@ impl SecretStore {
     }
 
     /// An update. Returns the stored object and whether it was written.
-    /// `encrypt_error` is returned only when the update would be written.
-    pub fn replace(&mut self, ns: &str, name: &str, mut obj: Value, key: Arc<str>, encrypt_error: Option<&str>) -> Result<(Value, bool), StoreError> {
+    /// An update; answers the stored object, serialized. `encrypt_error` is returned only when
+    /// the update would be written.
+    pub fn replace(&mut self, ns: &str, name: &str, mut obj: Value, key: Arc<str>, encrypt_error: Option<&str>) -> Result<Vec<u8>, StoreError> {
         merge_string_data(&mut obj);
         let id = format!("{ns}/{name}");
         let Some(current) = self.items.get(&id) else { return Err(StoreError::NotFound) };
@@ -195,7 +196,7 @@ impl SecretStore {
             return Err(StoreError::Conflict);
         }
         if content_equal(&current.obj, &obj) && current.key == key {
-            return Ok((current.obj.clone(), false));
+            return Ok(serde_json::to_vec(&current.obj).unwrap_or_default());
         }
         if let Some(e) = encrypt_error {
             return Err(StoreError::Encrypt(e.to_string()));
@@ -210,8 +211,9 @@ impl SecretStore {
         obj["kind"] = json!("Secret");
         obj["apiVersion"] = json!("v1");
         self.stamp(&mut obj);
-        self.items.insert(id, Stored { obj: obj.clone(), key });
-        Ok((obj, true))
+        let answer = serde_json::to_vec(&obj).unwrap_or_default();
+        self.items.insert(id, Stored { obj, key });
+        Ok(answer)
     }
 
     pub fn delete(&mut self, ns: &str, name: &str) -> Result<Value, StoreError> {
@@ -243,11 +245,9 @@ mod tests {
         let old: Arc<str> = Arc::from("kms:v2:old");
         let new: Arc<str> = Arc::from("kms:v2:new");
         let created = s.create("ns", secret("a", "eA=="), old.clone(), None).unwrap();
-        let (same, written) = s.replace("ns", "a", created.clone(), old.clone(), Some("expired")).unwrap();
-        assert!(!written);
+        let same: Value = serde_json::from_slice(&s.replace("ns", "a", created.clone(), old.clone(), Some("expired")).unwrap()).unwrap();
         assert_eq!(same["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
-        let (moved, written) = s.replace("ns", "a", created.clone(), new.clone(), None).unwrap();
-        assert!(written);
+        let moved: Value = serde_json::from_slice(&s.replace("ns", "a", created.clone(), new.clone(), None).unwrap()).unwrap();
         assert_ne!(moved["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
         assert_eq!(s.by_key().get("kms:v2:new"), Some(&1));
         assert!(matches!(s.replace("ns", "a", created, new, None), Err(StoreError::Conflict)));
