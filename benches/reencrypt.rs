@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 const DEFAULT_CONCURRENCY: usize = 64;
+/// The one-at-a-time arms run on this many Secrets at most; their rate is what counts.
+const SLOW_SAMPLE: usize = 2000;
 
 struct Args {
     secrets: usize,
@@ -31,7 +33,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { secrets: 10_000, latency_ms: 20, write_qps: None, skip_kubectl: false, namespaces: 20 };
+    let mut a = Args {
+        secrets: 10_000,
+        latency_ms: 20,
+        write_qps: None,
+        skip_kubectl: false,
+        namespaces: 20,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = || it.next().unwrap_or_default();
@@ -62,18 +70,39 @@ impl Drop for Twin {
     }
 }
 
-fn start_twin(secrets: usize, namespaces: usize, latency_ms: u64, write_qps: Option<f64>) -> anyhow::Result<Twin> {
+fn start_twin(
+    secrets: usize,
+    namespaces: usize,
+    latency_ms: u64,
+    write_qps: Option<f64>,
+) -> anyhow::Result<Twin> {
     let dir = std::env::temp_dir().join(format!("kmsctl-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let mut cmd = Command::new(KMSCTL);
     cmd.args(["sim", "serve", "--dir"]).arg(&dir);
-    cmd.args(["--secrets", &secrets.to_string(), "--namespaces", &namespaces.to_string(), "--latency-ms", &latency_ms.to_string(), "--lro-seconds", "0"]);
+    cmd.args([
+        "--secrets",
+        &secrets.to_string(),
+        "--namespaces",
+        &namespaces.to_string(),
+        "--latency-ms",
+        &latency_ms.to_string(),
+        "--lro-seconds",
+        "0",
+    ]);
     if let Some(q) = write_qps {
         cmd.args(["--write-qps", &q.to_string()]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("starting the twin")?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the twin")?;
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("piped")), &mut line)?;
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut line,
+    )?;
     anyhow::ensure!(line.trim() == "ready", "the twin did not say ready: {line}");
     let env = std::fs::read_to_string(dir.join("env"))?
         .lines()
@@ -85,7 +114,11 @@ fn start_twin(secrets: usize, namespaces: usize, latency_ms: u64, write_qps: Opt
 
 impl Twin {
     fn var(&self, k: &str) -> String {
-        self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default()
+        self.env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
     }
     fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
@@ -93,35 +126,65 @@ impl Twin {
     async fn inspect(&self) -> anyhow::Result<Value> {
         kmsctl::sim::admin_request(&self.dir, reqwest::Method::GET, "/_sim/inspect", None).await
     }
-    async fn azure(&self) -> anyhow::Result<(ArmClient, azure_core::http::ClientOptions, std::sync::Arc<dyn azure_core::credentials::TokenCredential>)> {
-        let route = Route { address: Some(self.var("KMSCTL_AZURE_ROUTE").parse()?), ca_pem: Some(std::fs::read(self.dir.join("ca.pem"))?) };
+    async fn azure(
+        &self,
+    ) -> anyhow::Result<(
+        ArmClient,
+        azure_core::http::ClientOptions,
+        std::sync::Arc<dyn azure_core::credentials::TokenCredential>,
+    )> {
+        let route = Route {
+            address: Some(self.var("KMSCTL_AZURE_ROUTE").parse()?),
+            ca_pem: Some(std::fs::read(self.dir.join("ca.pem"))?),
+        };
         let options = route.client_options()?;
-        let cred: std::sync::Arc<dyn azure_core::credentials::TokenCredential> = azure_identity::ClientSecretCredential::new(
-            &self.var("AZURE_TENANT_ID"),
-            self.var("AZURE_CLIENT_ID"),
-            self.var("AZURE_CLIENT_SECRET").into(),
-            Some(azure_identity::ClientSecretCredentialOptions { client_options: options.clone() }),
-        )?;
-        Ok((ArmClient::new(cred.clone(), options.clone(), ApiVersions::default()), options, cred))
+        let cred: std::sync::Arc<dyn azure_core::credentials::TokenCredential> =
+            azure_identity::ClientSecretCredential::new(
+                &self.var("AZURE_TENANT_ID"),
+                self.var("AZURE_CLIENT_ID"),
+                self.var("AZURE_CLIENT_SECRET").into(),
+                Some(azure_identity::ClientSecretCredentialOptions {
+                    client_options: options.clone(),
+                }),
+            )?;
+        Ok((
+            ArmClient::new(cred.clone(), options.clone(), ApiVersions::default()),
+            options,
+            cred,
+        ))
     }
 
     /// Rotates the key and moves the cluster to the new version; returns its storage label.
     async fn change_key(&self) -> anyhow::Result<String> {
         let (arm, options, cred) = self.azure().await?;
-        let path = kmsctl::checks::facts::cluster_path(&self.var("AZURE_SUBSCRIPTION_ID"), &self.var("KMSCTL_RESOURCE_GROUP"), &self.var("KMSCTL_CLUSTER"));
+        let path = kmsctl::checks::facts::cluster_path(
+            &self.var("AZURE_SUBSCRIPTION_ID"),
+            &self.var("KMSCTL_RESOURCE_GROUP"),
+            &self.var("KMSCTL_CLUSTER"),
+        );
         let cluster = arm.get(&path, &arm.api.aks).await?;
-        let current = cluster.body["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"].as_str().context("no keyId")?;
+        let current = cluster.body["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"]
+            .as_str()
+            .context("no keyId")?;
         let id = KeyId::parse(current).map_err(anyhow::Error::msg)?;
         let kv = KeyVault::new(&id.vault_url, cred, options, arm.retry.clone())?;
         let new = kv.rotate(&id.name).await?;
-        let desired = DesiredKms { enabled: true, key_id: Some(new.id.to_string()), network_access: Some("Public".into()), vault_resource_id: None };
+        let desired = DesiredKms {
+            enabled: true,
+            key_id: Some(new.id.to_string()),
+            network_access: Some("Public".into()),
+            vault_resource_id: None,
+        };
         update(&arm, &path, &desired, |_| {}).await?;
         Ok(format!("kms:v2:{}", new.id))
     }
 
     async fn under(&self, label: &str) -> anyhow::Result<(u64, u64)> {
         let doc = self.inspect().await?;
-        Ok((doc["storage"]["byKey"][label].as_u64().unwrap_or(0), doc["storage"]["total"].as_u64().unwrap_or(0)))
+        Ok((
+            doc["storage"]["byKey"][label].as_u64().unwrap_or(0),
+            doc["storage"]["total"].as_u64().unwrap_or(0),
+        ))
     }
 }
 
@@ -129,7 +192,10 @@ impl Twin {
 /// wait4's ru_maxrss it does not inherit the spawning process's high-water mark across exec).
 fn hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Waits for children, sampling their peak RSS; returns whether all succeeded and the largest peak.
@@ -166,39 +232,71 @@ impl Arm {
         self.secrets as f64 / self.seconds
     }
     fn print(&self, name: &str) {
-        let rss = if self.rss_kib > 0 { format!("{:.1} MiB", self.rss_kib as f64 / 1024.0) } else { "-".into() };
-        println!("{name:<28} {:>8.2} s {:>9.0} Secrets/s  peak RSS {rss}  ({} Secrets)", self.seconds, self.rate(), self.secrets);
+        let rss = if self.rss_kib > 0 {
+            format!("{:.1} MiB", self.rss_kib as f64 / 1024.0)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{name:<28} {:>8.2} s {:>9.0} Secrets/s  peak RSS {rss}  ({} Secrets)",
+            self.seconds,
+            self.rate(),
+            self.secrets
+        );
     }
 }
 
 async fn namespace_counts(twin: &Twin) -> anyhow::Result<Vec<(String, usize)>> {
     let kc = kube::config::Kubeconfig::read_from(twin.kubeconfig())?;
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?,
+    )?;
     let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::all(client);
     let mut counts = std::collections::BTreeMap::new();
     for s in api.list_metadata(&Default::default()).await?.items {
-        *counts.entry(s.metadata.namespace.unwrap_or_default()).or_insert(0) += 1;
+        *counts
+            .entry(s.metadata.namespace.unwrap_or_default())
+            .or_insert(0) += 1;
     }
     Ok(counts.into_iter().collect())
 }
 
-/// (a) The documented pipeline, namespace by namespace on at most 2,000 Secrets.
-async fn kubectl_arm(twin: &Twin) -> anyhow::Result<Arm> {
+/// Namespaces holding about `want` Secrets (all when there are fewer): the slow arms' sample.
+async fn sample(twin: &Twin, want: usize) -> anyhow::Result<(Vec<String>, usize, bool)> {
+    let counts = namespace_counts(twin).await?;
     let mut chosen = Vec::new();
     let mut n = 0;
-    for (ns, c) in namespace_counts(twin).await? {
-        if n >= 2000 {
+    for (ns, c) in &counts {
+        if n >= want {
             break;
         }
         n += c;
-        chosen.push(ns);
+        chosen.push(ns.clone());
     }
-    let all = chosen.len() == namespace_counts(twin).await?.len();
+    Ok((chosen.clone(), n, chosen.len() == counts.len()))
+}
+
+/// (a) The documented pipeline, namespace by namespace on at most 2,000 Secrets.
+async fn kubectl_arm(twin: &Twin) -> anyhow::Result<Arm> {
+    let (chosen, n, all) = sample(twin, SLOW_SAMPLE).await?;
     let start = Instant::now();
     let mut peak = 0;
-    let scopes: Vec<Vec<String>> = if all { vec![vec!["-A".into()]] } else { chosen.iter().map(|ns| vec!["-n".into(), ns.clone()]).collect() };
+    let scopes: Vec<Vec<String>> = if all {
+        vec![vec!["-A".into()]]
+    } else {
+        chosen
+            .iter()
+            .map(|ns| vec!["-n".into(), ns.clone()])
+            .collect()
+    };
     for scope in scopes {
-        let mut get = Command::new("kubectl").arg("--kubeconfig").arg(twin.kubeconfig()).args(["get", "secrets", "-o", "json"]).args(&scope).stdout(Stdio::piped()).spawn()?;
+        let mut get = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(twin.kubeconfig())
+            .args(["get", "secrets", "-o", "json"])
+            .args(&scope)
+            .stdout(Stdio::piped())
+            .spawn()?;
         let mut replace = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(twin.kubeconfig())
@@ -210,12 +308,18 @@ async fn kubectl_arm(twin: &Twin) -> anyhow::Result<Arm> {
         anyhow::ensure!(ok, "the kubectl pipeline failed");
         peak = peak.max(rss);
     }
-    Ok(Arm { seconds: start.elapsed().as_secs_f64(), secrets: n as u64, rss_kib: peak })
+    Ok(Arm {
+        seconds: start.elapsed().as_secs_f64(),
+        secrets: n as u64,
+        rss_kib: peak,
+    })
 }
 
 /// (b), (c): kmsctl reencrypt as a user runs it.
 fn kmsctl_arm(twin: &Twin, extra: &[&str]) -> anyhow::Result<(Arm, Value)> {
-    let state = twin.dir.join(format!("state-{}", uuid::Uuid::new_v4().simple()));
+    let state = twin
+        .dir
+        .join(format!("state-{}", uuid::Uuid::new_v4().simple()));
     let start = Instant::now();
     let mut child = Command::new(KMSCTL)
         .args(["reencrypt", "-o", "json", "--kubeconfig"])
@@ -231,13 +335,23 @@ fn kmsctl_arm(twin: &Twin, extra: &[&str]) -> anyhow::Result<(Arm, Value)> {
         std::io::Read::read_to_string(&mut stdout, &mut out).map(|_| out)
     });
     let (ok, rss) = wait_peak(&mut [&mut child])?;
-    let out = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let out = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let seconds = start.elapsed().as_secs_f64();
     anyhow::ensure!(ok, "kmsctl reencrypt failed: {out}");
     let report: Value = serde_json::from_str(&out)?;
     let summary = report["reencrypt"][0].clone();
-    let done = summary["totals"]["rewritten"].as_u64().unwrap_or(0) + summary["totals"]["unchanged"].as_u64().unwrap_or(0);
-    Ok((Arm { seconds, secrets: done, rss_kib: rss }, summary))
+    let done = summary["totals"]["rewritten"].as_u64().unwrap_or(0)
+        + summary["totals"]["unchanged"].as_u64().unwrap_or(0);
+    Ok((
+        Arm {
+            seconds,
+            secrets: done,
+            rss_kib: rss,
+        },
+        summary,
+    ))
 }
 
 /// (d) The ceiling: everything listed beforehand; only the PUTs are timed.
@@ -245,15 +359,33 @@ async fn ceiling_arm(twin: &Twin, in_flight: usize) -> anyhow::Result<Arm> {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(twin.dir.join("ca.pem"))?)?;
     let client = reqwest::Client::builder().tls_certs_only([ca]).build()?;
     let kc = std::fs::read_to_string(twin.kubeconfig())?;
-    let server = kc.lines().find_map(|l| l.trim().strip_prefix("server: ")).context("server")?.to_string();
-    let token = kc.lines().find_map(|l| l.trim().strip_prefix("token: ")).context("token")?.to_string();
-    let list: Value = client.get(format!("{server}/api/v1/secrets")).bearer_auth(&token).send().await?.json().await?;
+    let server = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .context("server")?
+        .to_string();
+    let token = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .context("token")?
+        .to_string();
+    let list: Value = client
+        .get(format!("{server}/api/v1/secrets"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
     let bodies: Vec<(String, Vec<u8>)> = list["items"]
         .as_array()
         .context("items")?
         .iter()
         .map(|s| {
-            let url = format!("{server}/api/v1/namespaces/{}/secrets/{}", s["metadata"]["namespace"].as_str().unwrap_or_default(), s["metadata"]["name"].as_str().unwrap_or_default());
+            let url = format!(
+                "{server}/api/v1/namespaces/{}/secrets/{}",
+                s["metadata"]["namespace"].as_str().unwrap_or_default(),
+                s["metadata"]["name"].as_str().unwrap_or_default()
+            );
             (url, serde_json::to_vec(s).unwrap_or_default())
         })
         .collect();
@@ -262,13 +394,26 @@ async fn ceiling_arm(twin: &Twin, in_flight: usize) -> anyhow::Result<Arm> {
     let results: Vec<bool> = futures::stream::iter(bodies)
         .map(|(url, body)| {
             let (client, token) = (client.clone(), token.clone());
-            async move { client.put(url).bearer_auth(token).header("content-type", "application/json").body(body).send().await.is_ok_and(|r| r.status().is_success()) }
+            async move {
+                client
+                    .put(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
         })
         .buffer_unordered(in_flight)
         .collect()
         .await;
     anyhow::ensure!(results.iter().all(|ok| *ok), "some ceiling PUTs failed");
-    Ok(Arm { seconds: start.elapsed().as_secs_f64(), secrets: n, rss_kib: 0 })
+    Ok(Arm {
+        seconds: start.elapsed().as_secs_f64(),
+        secrets: n,
+        rss_kib: 0,
+    })
 }
 
 async fn moved(twin: &Twin, label: &str, want: u64, arm: &str) -> anyhow::Result<()> {
@@ -282,7 +427,10 @@ async fn moved(twin: &Twin, label: &str, want: u64, arm: &str) -> anyhow::Result
 async fn main_scenario(a: &Args) -> anyhow::Result<()> {
     let twin = start_twin(a.secrets, a.namespaces, a.latency_ms, None)?;
     let total = twin.under("").await?.1;
-    println!("twin: {total} Secrets in {} namespaces, {} ms latency per request", a.namespaces, a.latency_ms);
+    println!(
+        "twin: {total} Secrets in {} namespaces, {} ms latency per request",
+        a.namespaces, a.latency_ms
+    );
     let kubectl = if a.skip_kubectl {
         None
     } else {
@@ -297,16 +445,27 @@ async fn main_scenario(a: &Args) -> anyhow::Result<()> {
     moved(&twin, &label, total, "kmsctl").await?;
     kmsctl.print("(b) kmsctl reencrypt");
     let label = twin.change_key().await?;
-    let (sequential, _) = kmsctl_arm(&twin, &["--concurrency", "1"])?;
-    moved(&twin, &label, total, "sequential").await?;
+    let (chosen, n, _) = sample(&twin, SLOW_SAMPLE).await?;
+    let mut flags = vec!["--concurrency".to_string(), "1".to_string()];
+    for ns in &chosen {
+        flags.extend(["--namespace".to_string(), ns.clone()]);
+    }
+    let (sequential, _) = kmsctl_arm(&twin, &flags.iter().map(String::as_str).collect::<Vec<_>>())?;
+    moved(&twin, &label, n as u64, "sequential").await?;
     sequential.print("(c) one in flight");
     let label = twin.change_key().await?;
     let ceiling = ceiling_arm(&twin, DEFAULT_CONCURRENCY).await?;
     moved(&twin, &label, total, "ceiling").await?;
     ceiling.print("(d) ceiling");
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let (k_rate, k_rss) = kubectl.as_ref().map(|k| (format!("{:.0}", k.rate()), format!("{:.0}", mib(k.rss_kib)))).unwrap_or(("-".into(), "-".into()));
-    let speedup = kubectl.as_ref().map(|k| format!("{:.1}", kmsctl.rate() / k.rate())).unwrap_or_else(|| "-".into());
+    let (k_rate, k_rss) = kubectl
+        .as_ref()
+        .map(|k| (format!("{:.0}", k.rate()), format!("{:.0}", mib(k.rss_kib))))
+        .unwrap_or(("-".into(), "-".into()));
+    let speedup = kubectl
+        .as_ref()
+        .map(|k| format!("{:.1}", kmsctl.rate() / k.rate()))
+        .unwrap_or_else(|| "-".into());
     println!(
         "speedup over one-in-flight: {:.1}x",
         kmsctl.rate() / sequential.rate()

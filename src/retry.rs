@@ -27,13 +27,21 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 8, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(30), max_elapsed: Duration::from_secs(180) }
+        RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(180),
+        }
     }
 }
 
 fn jitter(d: Duration) -> Duration {
     // A cheap per-call jitter in [0.5, 1.0) of the delay, so parallel retries spread out.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
     d.mul_f64(0.5 + (nanos % 1000) as f64 / 2000.0)
 }
 
@@ -42,7 +50,11 @@ impl RetryPolicy {
     pub fn delay(&self, attempt: u32, server: Option<Duration>) -> Duration {
         match server {
             Some(d) => d.min(self.max_delay.max(Duration::from_secs(60))),
-            None => jitter(self.base_delay.saturating_mul(1u32 << attempt.min(16)).min(self.max_delay)),
+            None => jitter(
+                self.base_delay
+                    .saturating_mul(1u32 << attempt.min(16))
+                    .min(self.max_delay),
+            ),
         }
     }
 
@@ -58,7 +70,9 @@ impl RetryPolicy {
             match call().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let RetryHint::After(server) = e.retry_hint() else { return Err(e) };
+                    let RetryHint::After(server) = e.retry_hint() else {
+                        return Err(e);
+                    };
                     let delay = self.delay(attempt, server);
                     attempt += 1;
                     if attempt >= self.max_attempts || start.elapsed() + delay > self.max_elapsed {
@@ -74,7 +88,9 @@ impl RetryPolicy {
 
 /// Parses Retry-After as seconds (the only form ARM, Key Vault and kube-apiserver send).
 pub fn parse_retry_after(v: Option<&str>) -> Option<Duration> {
-    v.and_then(|s| s.trim().parse::<f64>().ok()).filter(|s| *s >= 0.0).map(Duration::from_secs_f64)
+    v.and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 #[cfg(test)]
@@ -89,19 +105,36 @@ mod tests {
     }
     impl Retryable for E {
         fn retry_hint(&self) -> RetryHint {
-            if self.0 { RetryHint::After(Some(Duration::ZERO)) } else { RetryHint::No }
+            if self.0 {
+                RetryHint::After(Some(Duration::ZERO))
+            } else {
+                RetryHint::No
+            }
         }
     }
 
     #[tokio::test]
     async fn retries_only_what_may_be_retried() {
-        let p = RetryPolicy { max_attempts: 3, ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
         let mut n = 0;
-        let r: Result<(), E> = p.run("t", || { n += 1; async { Err(E(true)) } }).await;
+        let r: Result<(), E> = p
+            .run("t", || {
+                n += 1;
+                async { Err(E(true)) }
+            })
+            .await;
         assert!(r.is_err());
         assert_eq!(n, 3);
         let mut m = 0;
-        let r: Result<(), E> = p.run("t", || { m += 1; async { Err(E(false)) } }).await;
+        let r: Result<(), E> = p
+            .run("t", || {
+                m += 1;
+                async { Err(E(false)) }
+            })
+            .await;
         assert!(r.is_err());
         assert_eq!(m, 1);
         assert!(p.delay(3, None) <= Duration::from_millis(1600));

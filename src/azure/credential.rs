@@ -10,8 +10,9 @@ use anyhow::{Context, bail};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::ClientOptions;
 use azure_identity::{
-    AzureCliCredential, ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
-    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    AzureCliCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
+    ClientSecretCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use std::sync::Arc;
 
@@ -45,24 +46,46 @@ pub fn resolve(mode: AuthMode) -> AuthMode {
     }
 }
 
-pub fn credential(mode: AuthMode, options: &ClientOptions) -> anyhow::Result<Arc<dyn TokenCredential>> {
+pub fn credential(
+    mode: AuthMode,
+    options: &ClientOptions,
+) -> anyhow::Result<Arc<dyn TokenCredential>> {
     Ok(match resolve(mode) {
         AuthMode::Env => {
-            let (Some(tenant), Some(client), Some(secret)) = (var("AZURE_TENANT_ID"), var("AZURE_CLIENT_ID"), var("AZURE_CLIENT_SECRET")) else {
+            let (Some(tenant), Some(client), Some(secret)) = (
+                var("AZURE_TENANT_ID"),
+                var("AZURE_CLIENT_ID"),
+                var("AZURE_CLIENT_SECRET"),
+            ) else {
                 bail!("--auth env needs AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET");
             };
-            let opts = ClientSecretCredentialOptions { client_options: options.clone() };
-            ClientSecretCredential::new(&tenant, client, Secret::new(secret), Some(opts)).context("building the client-secret credential")?
+            let opts = ClientSecretCredentialOptions {
+                client_options: options.clone(),
+            };
+            ClientSecretCredential::new(&tenant, client, Secret::new(secret), Some(opts))
+                .context("building the client-secret credential")?
         }
         AuthMode::Workload => {
-            let opts = WorkloadIdentityCredentialOptions { credential_options: ClientAssertionCredentialOptions { client_options: options.clone() }, ..Default::default() };
+            let opts = WorkloadIdentityCredentialOptions {
+                credential_options: ClientAssertionCredentialOptions {
+                    client_options: options.clone(),
+                },
+                ..Default::default()
+            };
             WorkloadIdentityCredential::new(Some(opts)).context("building the workload identity credential (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE)")?
         }
         AuthMode::Managed => {
             let user_assigned_id = var("AZURE_CLIENT_ID").map(UserAssignedId::ClientId);
-            let opts = ManagedIdentityCredentialOptions { user_assigned_id, client_options: options.clone(), ..Default::default() };
-            ManagedIdentityCredential::new(Some(opts)).context("building the managed identity credential")?
+            let opts = ManagedIdentityCredentialOptions {
+                user_assigned_id,
+                client_options: options.clone(),
+                ..Default::default()
+            };
+            ManagedIdentityCredential::new(Some(opts))
+                .context("building the managed identity credential")?
         }
-        AuthMode::Cli | AuthMode::Auto => AzureCliCredential::new(None).context("building the Azure CLI credential")?,
+        AuthMode::Cli | AuthMode::Auto => {
+            AzureCliCredential::new(None).context("building the Azure CLI credential")?
+        }
     })
 }

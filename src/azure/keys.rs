@@ -5,7 +5,9 @@ use super::{RemoteError, from_azure};
 use crate::retry::{RetryHint, RetryPolicy, Retryable};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::ClientOptions;
-use azure_security_keyvault_keys::models::{Key, KeyAttributes, KeyProperties, UpdateKeyPropertiesParameters};
+use azure_security_keyvault_keys::models::{
+    Key, KeyAttributes, KeyProperties, UpdateKeyPropertiesParameters,
+};
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use futures::TryStreamExt;
 use std::sync::Arc;
@@ -23,13 +25,21 @@ pub struct KeyId {
 impl KeyId {
     /// Parses the forms AKS accepts: https, exactly `keys/<name>/<version>` after the host.
     pub fn parse(id: &str) -> Result<KeyId, String> {
-        let bad = || format!("'{id}' is not a versioned Key Vault key id (https://<vault>.vault.azure.net/keys/<name>/<version>)");
+        let bad = || {
+            format!(
+                "'{id}' is not a versioned Key Vault key id (https://<vault>.vault.azure.net/keys/<name>/<version>)"
+            )
+        };
         let rest = id.strip_prefix("https://").ok_or_else(bad)?;
         let parts: Vec<&str> = rest.split('/').collect();
         if parts.len() != 4 || parts[1] != "keys" || parts.iter().any(|p| p.is_empty()) {
             return Err(bad());
         }
-        Ok(KeyId { vault_url: format!("https://{}", parts[0].to_ascii_lowercase()), name: parts[2].to_string(), version: parts[3].to_string() })
+        Ok(KeyId {
+            vault_url: format!("https://{}", parts[0].to_ascii_lowercase()),
+            name: parts[2].to_string(),
+            version: parts[3].to_string(),
+        })
     }
     pub fn vault_host(&self) -> &str {
         self.vault_url.trim_start_matches("https://")
@@ -38,7 +48,10 @@ impl KeyId {
         self.vault_host().split('.').next().unwrap_or_default()
     }
     pub fn with_version(&self, version: &str) -> KeyId {
-        KeyId { version: version.to_string(), ..self.clone() }
+        KeyId {
+            version: version.to_string(),
+            ..self.clone()
+        }
     }
 }
 
@@ -78,9 +91,15 @@ fn from_attributes(id: KeyId, a: Option<&KeyAttributes>) -> KeyVersionInfo {
 fn from_key(key: &Key) -> Result<KeyVersionInfo, RemoteError> {
     let jwk = key.key.as_ref();
     let kid = jwk.and_then(|k| k.kid.clone()).unwrap_or_default();
-    let id = KeyId::parse(&kid).map_err(|detail| RemoteError::Other { service: SERVICE, detail })?;
+    let id = KeyId::parse(&kid).map_err(|detail| RemoteError::Other {
+        service: SERVICE,
+        detail,
+    })?;
     let mut info = from_attributes(id, key.attributes.as_ref());
-    info.kty = jwk.and_then(|k| k.kty.as_ref()).and_then(|t| serde_json::to_value(t).ok()).and_then(|v| v.as_str().map(str::to_string));
+    info.kty = jwk
+        .and_then(|k| k.kty.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_string));
     info.key_ops = jwk.and_then(|k| k.key_ops.clone()).unwrap_or_default();
     Ok(info)
 }
@@ -95,7 +114,11 @@ impl std::fmt::Display for Throttled {
 impl Retryable for Throttled {
     fn retry_hint(&self) -> RetryHint {
         match &self.0 {
-            RemoteError::Status { status: 429, retry_after, .. } => RetryHint::After(*retry_after),
+            RemoteError::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => RetryHint::After(*retry_after),
             _ => RetryHint::No,
         }
     }
@@ -109,17 +132,33 @@ pub struct KeyVault {
 }
 
 impl KeyVault {
-    pub fn new(vault_url: &str, credential: Arc<dyn TokenCredential>, options: ClientOptions, retry: RetryPolicy) -> Result<Self, RemoteError> {
-        let opts = KeyClientOptions { client_options: options, ..Default::default() };
-        let client = KeyClient::new(&format!("{vault_url}/"), credential, Some(opts)).map_err(|e| from_azure(SERVICE, e))?;
-        Ok(KeyVault { client: Arc::new(client), retry, vault_url: vault_url.to_string() })
+    pub fn new(
+        vault_url: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: ClientOptions,
+        retry: RetryPolicy,
+    ) -> Result<Self, RemoteError> {
+        let opts = KeyClientOptions {
+            client_options: options,
+            ..Default::default()
+        };
+        let client = KeyClient::new(&format!("{vault_url}/"), credential, Some(opts))
+            .map_err(|e| from_azure(SERVICE, e))?;
+        Ok(KeyVault {
+            client: Arc::new(client),
+            retry,
+            vault_url: vault_url.to_string(),
+        })
     }
 
     /// All versions of a key, with their attributes (works for disabled versions too).
     pub async fn versions(&self, name: &str) -> Result<Vec<KeyVersionInfo>, RemoteError> {
         self.retry
             .run("Key Vault list versions", || async {
-                let mut pager = self.client.list_key_properties_versions(name, None).map_err(|e| from_azure(SERVICE, e))?;
+                let mut pager = self
+                    .client
+                    .list_key_properties_versions(name, None)
+                    .map_err(|e| from_azure(SERVICE, e))?;
                 let mut out = Vec::new();
                 while let Some(p) = pager.try_next().await.map_err(|e| from_azure(SERVICE, e))? {
                     let p: KeyProperties = p;
@@ -139,15 +178,24 @@ impl KeyVault {
         let got = self
             .retry
             .run("Key Vault get key", || async {
-                let opts = azure_security_keyvault_keys::models::KeyClientGetKeyOptions { key_version: Some(id.version.clone()), ..Default::default() };
-                let rsp = self.client.get_key(&id.name, Some(opts)).await.map_err(|e| from_azure(SERVICE, e))?;
+                let opts = azure_security_keyvault_keys::models::KeyClientGetKeyOptions {
+                    key_version: Some(id.version.clone()),
+                    ..Default::default()
+                };
+                let rsp = self
+                    .client
+                    .get_key(&id.name, Some(opts))
+                    .await
+                    .map_err(|e| from_azure(SERVICE, e))?;
                 from_key(&rsp.into_model().map_err(|e| from_azure(SERVICE, e))?)
             })
             .await;
         match got {
             Err(e) if e.status() == Some(403) => {
                 let all = self.versions(&id.name).await?;
-                all.into_iter().find(|v| v.id.version == id.version).ok_or(e)
+                all.into_iter()
+                    .find(|v| v.id.version == id.version)
+                    .ok_or(e)
             }
             other => other,
         }
@@ -157,8 +205,16 @@ impl KeyVault {
     pub async fn rotate(&self, name: &str) -> Result<KeyVersionInfo, RemoteError> {
         self.retry
             .run("Key Vault rotate", || async {
-                let rsp = self.client.rotate_key(name, None).await.map_err(|e| Throttled(from_azure(SERVICE, e)))?;
-                from_key(&rsp.into_model().map_err(|e| Throttled(from_azure(SERVICE, e)))?).map_err(Throttled)
+                let rsp = self
+                    .client
+                    .rotate_key(name, None)
+                    .await
+                    .map_err(|e| Throttled(from_azure(SERVICE, e)))?;
+                from_key(
+                    &rsp.into_model()
+                        .map_err(|e| Throttled(from_azure(SERVICE, e)))?,
+                )
+                .map_err(Throttled)
             })
             .await
             .map_err(|t| t.0)
@@ -168,10 +224,23 @@ impl KeyVault {
     pub async fn set_enabled(&self, id: &KeyId, enabled: bool) -> Result<(), RemoteError> {
         self.retry
             .run("Key Vault update key", || async {
-                let params = UpdateKeyPropertiesParameters { key_attributes: Some(KeyAttributes { enabled: Some(enabled), ..Default::default() }), ..Default::default() };
+                let params = UpdateKeyPropertiesParameters {
+                    key_attributes: Some(KeyAttributes {
+                        enabled: Some(enabled),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
                 let body = params.try_into().map_err(|e| from_azure(SERVICE, e))?;
-                let opts = azure_security_keyvault_keys::models::KeyClientUpdateKeyPropertiesOptions { key_version: Some(id.version.clone()), ..Default::default() };
-                self.client.update_key_properties(&id.name, body, Some(opts)).await.map_err(|e| from_azure(SERVICE, e))?;
+                let opts =
+                    azure_security_keyvault_keys::models::KeyClientUpdateKeyPropertiesOptions {
+                        key_version: Some(id.version.clone()),
+                        ..Default::default()
+                    };
+                self.client
+                    .update_key_properties(&id.name, body, Some(opts))
+                    .await
+                    .map_err(|e| from_azure(SERVICE, e))?;
                 Ok(())
             })
             .await
@@ -185,7 +254,10 @@ mod tests {
     #[test]
     fn key_ids_must_be_versioned() {
         let k = KeyId::parse("https://kv1.vault.azure.net/keys/k/abc").unwrap();
-        assert_eq!((k.vault_name(), k.name.as_str(), k.version.as_str()), ("kv1", "k", "abc"));
+        assert_eq!(
+            (k.vault_name(), k.name.as_str(), k.version.as_str()),
+            ("kv1", "k", "abc")
+        );
         assert_eq!(k.to_string(), "https://kv1.vault.azure.net/keys/k/abc");
         assert!(KeyId::parse("https://kv1.vault.azure.net/keys/k").is_err());
         assert!(KeyId::parse("https://kv1.vault.azure.net/keys/k/").is_err());

@@ -14,11 +14,23 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("{service} answered HTTP {status} {code}: {message}")]
-    Status { service: &'static str, status: u16, code: String, message: String, retry_after: Option<Duration> },
+    Status {
+        service: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{service} could not be reached: {detail}")]
-    Transport { service: &'static str, detail: String },
+    Transport {
+        service: &'static str,
+        detail: String,
+    },
     #[error("{service}: {detail}")]
-    Other { service: &'static str, detail: String },
+    Other {
+        service: &'static str,
+        detail: String,
+    },
 }
 
 impl RemoteError {
@@ -39,7 +51,11 @@ impl RemoteError {
 impl Retryable for RemoteError {
     fn retry_hint(&self) -> RetryHint {
         match self {
-            RemoteError::Status { status: 408 | 429 | 500 | 502 | 503 | 504, retry_after, .. } => RetryHint::After(*retry_after),
+            RemoteError::Status {
+                status: 408 | 429 | 500 | 502 | 503 | 504,
+                retry_after,
+                ..
+            } => RetryHint::After(*retry_after),
             RemoteError::Transport { .. } => RetryHint::After(None),
             _ => RetryHint::No,
         }
@@ -79,19 +95,46 @@ pub fn error_body(body: &[u8]) -> (String, String) {
 pub fn from_azure(service: &'static str, e: azure_core::Error) -> RemoteError {
     use azure_core::error::ErrorKind;
     match e.kind() {
-        ErrorKind::HttpResponse { status, error_code, raw_response } => {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
             let (code, message, retry_after) = match raw_response {
                 Some(r) => {
                     let (c, m) = error_body(r.body());
-                    let ra = parse_retry_after(r.headers().get_optional_str(&azure_core::http::headers::RETRY_AFTER));
+                    let ra = parse_retry_after(
+                        r.headers()
+                            .get_optional_str(&azure_core::http::headers::RETRY_AFTER),
+                    );
                     (c, m, ra)
                 }
-                None => (error_code.clone().unwrap_or_default(), error_chain(&e), None),
+                None => (
+                    error_code.clone().unwrap_or_default(),
+                    error_chain(&e),
+                    None,
+                ),
             };
-            let code = if code.is_empty() { error_code.clone().unwrap_or_default() } else { code };
-            RemoteError::Status { service, status: u16::from(*status), code, message, retry_after }
+            let code = if code.is_empty() {
+                error_code.clone().unwrap_or_default()
+            } else {
+                code
+            };
+            RemoteError::Status {
+                service,
+                status: u16::from(*status),
+                code,
+                message,
+                retry_after,
+            }
         }
-        ErrorKind::Io | ErrorKind::Connection => RemoteError::Transport { service, detail: error_chain(&e) },
-        _ => RemoteError::Other { service, detail: error_chain(&e) },
+        ErrorKind::Io | ErrorKind::Connection => RemoteError::Transport {
+            service,
+            detail: error_chain(&e),
+        },
+        _ => RemoteError::Other {
+            service,
+            detail: error_chain(&e),
+        },
     }
 }

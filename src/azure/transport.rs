@@ -27,11 +27,16 @@ pub struct Route {
 impl Route {
     pub fn from_env() -> anyhow::Result<Route> {
         let address = match std::env::var("KMSCTL_AZURE_ROUTE") {
-            Ok(a) if !a.is_empty() => Some(a.parse().with_context(|| format!("KMSCTL_AZURE_ROUTE '{a}' is not host:port"))?),
+            Ok(a) if !a.is_empty() => Some(
+                a.parse()
+                    .with_context(|| format!("KMSCTL_AZURE_ROUTE '{a}' is not host:port"))?,
+            ),
             _ => None,
         };
         let ca_pem = match std::env::var("KMSCTL_CA_FILE") {
-            Ok(p) if !p.is_empty() => Some(std::fs::read(&p).with_context(|| format!("reading KMSCTL_CA_FILE {p}"))?),
+            Ok(p) if !p.is_empty() => {
+                Some(std::fs::read(&p).with_context(|| format!("reading KMSCTL_CA_FILE {p}"))?)
+            }
             _ => None,
         };
         Ok(Route { address, ca_pem })
@@ -48,7 +53,8 @@ impl Route {
             .connect_timeout(Duration::from_secs(20))
             .read_timeout(Duration::from_secs(120));
         if let Some(pem) = &self.ca_pem {
-            b = b.tls_certs_merge([reqwest::Certificate::from_pem(pem).context("KMSCTL_CA_FILE is not a PEM certificate")?]);
+            b = b.tls_certs_merge([reqwest::Certificate::from_pem(pem)
+                .context("KMSCTL_CA_FILE is not a PEM certificate")?]);
         }
         if let Some(addr) = self.address {
             b = b.dns_resolver(Arc::new(RouteResolver(addr)));
@@ -59,6 +65,10 @@ impl Route {
     /// Client options for every Azure client. Retries are ours (crate::retry), not the pipeline's.
     pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
         let transport = self.http_client()?.map(|c| Transport::new(Arc::new(c)));
-        Ok(ClientOptions { transport, retry: RetryOptions::none(), ..Default::default() })
+        Ok(ClientOptions {
+            transport,
+            retry: RetryOptions::none(),
+            ..Default::default()
+        })
     }
 }

@@ -2,9 +2,9 @@
 //! Vault (the key version) and the cluster (Secret count, AKS's API server guard, Konnectivity).
 //! Reading them changes nothing.
 
+use crate::azure::RemoteError;
 use crate::azure::arm::ArmClient;
 use crate::azure::keys::{KeyId, KeyVault, KeyVersionInfo};
-use crate::azure::RemoteError;
 use crate::k8s::KubeError;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
@@ -18,41 +18,69 @@ pub struct ClusterFacts {
 
 impl ClusterFacts {
     pub fn kms(&self) -> &Value {
-        self.resource.pointer("/properties/securityProfile/azureKeyVaultKms").unwrap_or(&Value::Null)
+        self.resource
+            .pointer("/properties/securityProfile/azureKeyVaultKms")
+            .unwrap_or(&Value::Null)
     }
     pub fn kms_enabled(&self) -> bool {
         self.kms()["enabled"].as_bool() == Some(true)
     }
     pub fn key_id(&self) -> Option<String> {
-        self.kms()["keyId"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
+        self.kms()["keyId"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
     }
     pub fn network_access(&self) -> String {
-        self.kms()["keyVaultNetworkAccess"].as_str().unwrap_or("Public").to_string()
+        self.kms()["keyVaultNetworkAccess"]
+            .as_str()
+            .unwrap_or("Public")
+            .to_string()
     }
     pub fn vault_resource_id(&self) -> Option<String> {
-        self.kms()["keyVaultResourceId"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
+        self.kms()["keyVaultResourceId"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
     }
     pub fn kubernetes_version(&self) -> String {
         let p = &self.resource["properties"];
-        p["currentKubernetesVersion"].as_str().or(p["kubernetesVersion"].as_str()).unwrap_or_default().to_string()
+        p["currentKubernetesVersion"]
+            .as_str()
+            .or(p["kubernetesVersion"].as_str())
+            .unwrap_or_default()
+            .to_string()
     }
     /// "v1" below 1.27, "v2" from 1.27, when KMS is on.
     pub fn kms_version(&self) -> Option<&'static str> {
         if !self.kms_enabled() {
             return None;
         }
-        Some(if minor(&self.kubernetes_version()).is_some_and(|m| m >= (1, 27)) { "v2" } else { "v1" })
+        Some(
+            if minor(&self.kubernetes_version()).is_some_and(|m| m >= (1, 27)) {
+                "v2"
+            } else {
+                "v1"
+            },
+        )
     }
     pub fn provisioning_state(&self) -> String {
-        self.resource["properties"]["provisioningState"].as_str().unwrap_or("Unknown").to_string()
+        self.resource["properties"]["provisioningState"]
+            .as_str()
+            .unwrap_or("Unknown")
+            .to_string()
     }
     pub fn identity_type(&self) -> String {
-        self.resource["identity"]["type"].as_str().unwrap_or("None").to_string()
+        self.resource["identity"]["type"]
+            .as_str()
+            .unwrap_or("None")
+            .to_string()
     }
     /// The control-plane identity's principal (object) id, for a user-assigned identity.
     pub fn identity_principal(&self) -> Option<String> {
         let ids = self.resource["identity"]["userAssignedIdentities"].as_object()?;
-        ids.values().find_map(|v| v["principalId"].as_str().map(str::to_string))
+        ids.values()
+            .find_map(|v| v["principalId"].as_str().map(str::to_string))
     }
     /// The preview KMS experience with a versionless key that AKS rotates by itself.
     pub fn uses_platform_managed_rotation(&self) -> bool {
@@ -60,10 +88,17 @@ impl ClusterFacts {
             == Some("Enabled")
     }
     pub fn vnet_integration(&self) -> bool {
-        self.resource.pointer("/properties/apiServerAccessProfile/enableVnetIntegration").and_then(Value::as_bool) == Some(true)
+        self.resource
+            .pointer("/properties/apiServerAccessProfile/enableVnetIntegration")
+            .and_then(Value::as_bool)
+            == Some(true)
     }
     pub fn api_server_hosts(&self) -> Vec<String> {
-        ["fqdn", "privateFQDN"].iter().filter_map(|f| self.resource["properties"][*f].as_str()).map(|s| s.to_ascii_lowercase()).collect()
+        ["fqdn", "privateFQDN"]
+            .iter()
+            .filter_map(|f| self.resource["properties"][*f].as_str())
+            .map(|s| s.to_ascii_lowercase())
+            .collect()
     }
 }
 
@@ -103,34 +138,82 @@ pub struct Facts {
 }
 
 pub fn cluster_path(subscription: &str, resource_group: &str, name: &str) -> String {
-    format!("/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.ContainerService/managedClusters/{name}")
+    format!(
+        "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.ContainerService/managedClusters/{name}"
+    )
 }
 
-pub async fn cluster(arm: &ArmClient, path: &str, subscription: &str) -> Result<ClusterFacts, RemoteError> {
+pub async fn cluster(
+    arm: &ArmClient,
+    path: &str,
+    subscription: &str,
+) -> Result<ClusterFacts, RemoteError> {
     let answer = arm.get(path, &arm.api.aks).await?;
-    let tenant = arm.get(&format!("/subscriptions/{subscription}"), "2022-12-01").await.ok().and_then(|a| a.body["tenantId"].as_str().map(str::to_string));
-    Ok(ClusterFacts { resource: answer.body, etag: answer.etag, subscription_tenant: tenant })
+    let tenant = arm
+        .get(&format!("/subscriptions/{subscription}"), "2022-12-01")
+        .await
+        .ok()
+        .and_then(|a| a.body["tenantId"].as_str().map(str::to_string));
+    Ok(ClusterFacts {
+        resource: answer.body,
+        etag: answer.etag,
+        subscription_tenant: tenant,
+    })
 }
 
 /// Finds the vault a key lives in: by resource id when given, else by name in the subscription.
-pub async fn vault(arm: &ArmClient, subscription: &str, key: &KeyId, resource_id: Option<&str>, principal: Option<&str>) -> VaultFacts {
+pub async fn vault(
+    arm: &ArmClient,
+    subscription: &str,
+    key: &KeyId,
+    resource_id: Option<&str>,
+    principal: Option<&str>,
+) -> VaultFacts {
     let found = match resource_id {
         Some(id) => arm.get(id, &arm.api.key_vault).await.map(|a| Some(a.body)),
         None => arm
-            .get(&format!("/subscriptions/{subscription}/providers/Microsoft.KeyVault/vaults"), &arm.api.key_vault)
+            .get(
+                &format!("/subscriptions/{subscription}/providers/Microsoft.KeyVault/vaults"),
+                &arm.api.key_vault,
+            )
             .await
-            .map(|a| a.body["value"].as_array().and_then(|v| v.iter().find(|x| x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(key.vault_name()))).cloned())),
+            .map(|a| {
+                a.body["value"].as_array().and_then(|v| {
+                    v.iter()
+                        .find(|x| {
+                            x["name"]
+                                .as_str()
+                                .is_some_and(|n| n.eq_ignore_ascii_case(key.vault_name()))
+                        })
+                        .cloned()
+                })
+            }),
     };
     match found {
-        Err(e) => VaultFacts { error: Some(e.to_string()), ..Default::default() },
-        Ok(None) => VaultFacts { error: Some(format!("no vault named {} in subscription {subscription}", key.vault_name())), ..Default::default() },
+        Err(e) => VaultFacts {
+            error: Some(e.to_string()),
+            ..Default::default()
+        },
+        Ok(None) => VaultFacts {
+            error: Some(format!(
+                "no vault named {} in subscription {subscription}",
+                key.vault_name()
+            )),
+            ..Default::default()
+        },
         Ok(Some(v)) => {
             let id = v["id"].as_str().unwrap_or_default().to_string();
             let role_assignments = match principal {
-                Some(p) if !id.is_empty() => arm.role_assignments(&id, Some(p)).await.unwrap_or_default(),
+                Some(p) if !id.is_empty() => {
+                    arm.role_assignments(&id, Some(p)).await.unwrap_or_default()
+                }
                 _ => Vec::new(),
             };
-            VaultFacts { resource: Some(v), role_assignments, error: None }
+            VaultFacts {
+                resource: Some(v),
+                role_assignments,
+                error: None,
+            }
         }
     }
 }
@@ -142,10 +225,21 @@ pub async fn key(vault: &KeyVault, id: &KeyId) -> Result<KeyVersionInfo, RemoteE
 pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFacts, KubeError> {
     let secrets: Api<DynamicObject> = Api::all_with(
         client.clone(),
-        &ApiResource { group: String::new(), version: "v1".into(), api_version: "v1".into(), kind: "Secret".into(), plural: "secrets".into() },
+        &ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            plural: "secrets".into(),
+        },
     );
-    let page = secrets.list_metadata(&ListParams::default().limit(1)).await.map_err(KubeError::from)?;
-    let secret_count = Some(page.items.len() as u64 + page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64);
+    let page = secrets
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(KubeError::from)?;
+    let secret_count = Some(
+        page.items.len() as u64 + page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64,
+    );
     let flowschemas: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource {
@@ -156,8 +250,25 @@ pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFact
             plural: "flowschemas".into(),
         },
     );
-    let apiserver_guard = flowschemas.get_opt("aks-managed-apiserver-guard").await.map(|f| f.is_some()).unwrap_or(false);
+    let apiserver_guard = flowschemas
+        .get_opt("aks-managed-apiserver-guard")
+        .await
+        .map(|f| f.is_some())
+        .unwrap_or(false);
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "kube-system");
-    let konnectivity = pods.list(&ListParams::default().labels("app=konnectivity-agent").limit(1)).await.map(|l| !l.items.is_empty()).unwrap_or(false);
-    Ok(KubeFacts { server_host, secret_count, apiserver_guard, konnectivity })
+    let konnectivity = pods
+        .list(
+            &ListParams::default()
+                .labels("app=konnectivity-agent")
+                .limit(1),
+        )
+        .await
+        .map(|l| !l.items.is_empty())
+        .unwrap_or(false);
+    Ok(KubeFacts {
+        server_host,
+        secret_count,
+        apiserver_guard,
+        konnectivity,
+    })
 }

@@ -26,13 +26,28 @@ pub struct Finding {
 
 impl Finding {
     pub fn pass(check: &'static str, message: impl Into<String>) -> Self {
-        Finding { check, level: Level::Pass, message: message.into(), fix: None }
+        Finding {
+            check,
+            level: Level::Pass,
+            message: message.into(),
+            fix: None,
+        }
     }
     pub fn warn(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding { check, level: Level::Warn, message: message.into(), fix: Some(fix.into()) }
+        Finding {
+            check,
+            level: Level::Warn,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
     }
     pub fn refuse(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding { check, level: Level::Refuse, message: message.into(), fix: Some(fix.into()) }
+        Finding {
+            check,
+            level: Level::Refuse,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 

@@ -9,12 +9,24 @@ use serde_json::Value;
 pub const KMS_V1_SECRET_LIMIT: u64 = 2000;
 
 const CRYPTO_ROLES: &[(&str, &str)] = &[
-    ("12338af0-0e69-4776-bea7-57ae8d297424", "Key Vault Crypto User"),
-    ("14b46e9e-c2b7-41b4-b07b-48a6ebf60603", "Key Vault Crypto Officer"),
-    ("00482a5a-887f-4fb3-b363-3b7fe8e74483", "Key Vault Administrator"),
+    (
+        "12338af0-0e69-4776-bea7-57ae8d297424",
+        "Key Vault Crypto User",
+    ),
+    (
+        "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
+        "Key Vault Crypto Officer",
+    ),
+    (
+        "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+        "Key Vault Administrator",
+    ),
 ];
 const CONTRIBUTOR_ROLES: &[(&str, &str)] = &[
-    ("f25e0fa2-a7c8-4377-a976-54943a77a395", "Key Vault Contributor"),
+    (
+        "f25e0fa2-a7c8-4377-a976-54943a77a395",
+        "Key Vault Contributor",
+    ),
     ("b24988ac-6180-42a0-ab88-20f7382dd24c", "Contributor"),
     ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner"),
 ];
@@ -66,8 +78,16 @@ fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
     }
     let enabled = c.kms_enabled();
     match i.intent {
-        Intent::Rotate if !enabled => out.push(Finding::refuse("kms-enabled", "KMS is not enabled on this cluster: there is no key to rotate", "enable it first: kmsctl enable --key-id <versioned key id>")),
-        Intent::Disable if !enabled => out.push(Finding::warn("kms-enabled", "KMS is already disabled; kmsctl will only re-encrypt what is left under a key", "nothing needed")),
+        Intent::Rotate if !enabled => out.push(Finding::refuse(
+            "kms-enabled",
+            "KMS is not enabled on this cluster: there is no key to rotate",
+            "enable it first: kmsctl enable --key-id <versioned key id>",
+        )),
+        Intent::Disable if !enabled => out.push(Finding::warn(
+            "kms-enabled",
+            "KMS is already disabled; kmsctl will only re-encrypt what is left under a key",
+            "nothing needed",
+        )),
         _ => {}
     }
     if matches!(i.intent, Intent::Enable | Intent::Rotate) {
@@ -83,7 +103,10 @@ fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
         });
     }
     if i.intent == Intent::Enable && enabled {
-        let same_vault = c.key_id().zip(i.facts.key_id.as_ref()).is_some_and(|(cur, new)| cur.to_ascii_lowercase().contains(new.vault_host()));
+        let same_vault = c
+            .key_id()
+            .zip(i.facts.key_id.as_ref())
+            .is_some_and(|(cur, new)| cur.to_ascii_lowercase().contains(new.vault_host()));
         if same_vault && c.network_access() != i.facts.network_access {
             out.push(Finding::refuse(
                 "vault-mode-change",
@@ -96,7 +119,11 @@ fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
 
 fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let Some(key) = &i.facts.key else {
-        let why = i.facts.key_error.clone().unwrap_or_else(|| "no key id".into());
+        let why = i
+            .facts
+            .key_error
+            .clone()
+            .unwrap_or_else(|| "no key id".into());
         out.push(Finding::refuse("key", format!("the key version could not be read: {why}"), "check the key id and that you may read the key (Key Vault Crypto User or an access policy with get)"));
         return;
     };
@@ -106,7 +133,11 @@ fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
         Some(other) => out.push(Finding::refuse("key-type", format!("{id} is a {other} key; AKS's KMS needs an RSA key"), "create an RSA key (az keyvault key create --kty RSA --size 2048) and use its versioned id")),
     }
     if !key.enabled {
-        out.push(Finding::refuse("key-enabled", format!("{id} is disabled"), "enable it: az keyvault key set-attributes --enabled true"));
+        out.push(Finding::refuse(
+            "key-enabled",
+            format!("{id} is disabled"),
+            "enable it: az keyvault key set-attributes --enabled true",
+        ));
     }
     let margin = chrono::Duration::days(i.margin_days as i64);
     match key.expires_on {
@@ -127,14 +158,32 @@ fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
     if !key.key_ops.is_empty() {
         let has = |op: &str| key.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op));
         if !(has("encrypt") && has("decrypt")) {
-            out.push(Finding::refuse("key-operations", format!("{id} does not permit encrypt and decrypt (it permits {})", key.key_ops.join(", ")), "create or update the key with --ops encrypt decrypt"));
+            out.push(Finding::refuse(
+                "key-operations",
+                format!(
+                    "{id} does not permit encrypt and decrypt (it permits {})",
+                    key.key_ops.join(", ")
+                ),
+                "create or update the key with --ops encrypt decrypt",
+            ));
         }
     }
 }
 
 fn has_role(assignments: &[Value], roles: &[(&'static str, &'static str)]) -> Option<&'static str> {
-    let defs: Vec<String> = assignments.iter().map(|r| r["properties"]["roleDefinitionId"].as_str().unwrap_or_default().to_ascii_lowercase()).collect();
-    roles.iter().find(|(guid, _)| defs.iter().any(|d| d.ends_with(guid))).map(|(_, name)| *name)
+    let defs: Vec<String> = assignments
+        .iter()
+        .map(|r| {
+            r["properties"]["roleDefinitionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    roles
+        .iter()
+        .find(|(guid, _)| defs.iter().any(|d| d.ends_with(guid)))
+        .map(|(_, name)| *name)
 }
 
 fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
@@ -142,7 +191,10 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let Some(vault) = &f.vault.resource else {
         out.push(Finding::refuse(
             "vault",
-            format!("the key's vault could not be read: {}", f.vault.error.clone().unwrap_or_default()),
+            format!(
+                "the key's vault could not be read: {}",
+                f.vault.error.clone().unwrap_or_default()
+            ),
             "give kmsctl's identity Reader on the vault, or pass --vault-resource-id",
         ));
         return;
@@ -158,16 +210,23 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
         Some(_) => out.push(Finding::pass("vault-tenant", "the vault is in the cluster's tenant")),
         None => out.push(Finding::warn("vault-tenant", "the subscription's tenant could not be read, so the vault's tenant was not compared", "make sure the vault is in the cluster's tenant")),
     }
-    if p["enableSoftDelete"].as_bool() == Some(false) || p["enablePurgeProtection"].as_bool() != Some(true) {
+    if p["enableSoftDelete"].as_bool() == Some(false)
+        || p["enablePurgeProtection"].as_bool() != Some(true)
+    {
         out.push(Finding::warn(
             "vault-recovery",
             "soft delete or purge protection is off on the vault: a deleted key could not be recovered, and every Secret would be lost",
             "az keyvault update --enable-purge-protection true",
         ));
     } else {
-        out.push(Finding::pass("vault-recovery", "soft delete and purge protection are on"));
+        out.push(Finding::pass(
+            "vault-recovery",
+            "soft delete and purge protection are on",
+        ));
     }
-    let Some(principal) = f.cluster.identity_principal() else { return };
+    let Some(principal) = f.cluster.identity_principal() else {
+        return;
+    };
     let private = f.network_access == "Private";
     if p["enableRbacAuthorization"].as_bool() == Some(true) {
         match has_role(&f.vault.role_assignments, CRYPTO_ROLES) {
@@ -182,8 +241,17 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
         let ok = p["accessPolicies"].as_array().is_some_and(|ps| {
             ps.iter().any(|ap| {
                 ap["objectId"].as_str() == Some(principal.as_str()) && {
-                    let keys: Vec<String> = ap["permissions"]["keys"].as_array().map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_ascii_lowercase)).collect()).unwrap_or_default();
-                    keys.iter().any(|k| k == "all") || (keys.iter().any(|k| k == "encrypt") && keys.iter().any(|k| k == "decrypt"))
+                    let keys: Vec<String> = ap["permissions"]["keys"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|k| k.as_str().map(str::to_ascii_lowercase))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    keys.iter().any(|k| k == "all")
+                        || (keys.iter().any(|k| k == "encrypt")
+                            && keys.iter().any(|k| k == "decrypt"))
                 }
             })
         });
@@ -211,19 +279,27 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
 
 fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let f = i.facts;
-    let Some(vault) = &f.vault.resource else { return };
+    let Some(vault) = &f.vault.resource else {
+        return;
+    };
     let p = &vault["properties"];
     if f.network_access == "Public" {
         let public = p["publicNetworkAccess"].as_str().unwrap_or("Enabled");
-        let default_action = p["networkAcls"]["defaultAction"].as_str().unwrap_or("Allow");
-        if !public.eq_ignore_ascii_case("Enabled") || !default_action.eq_ignore_ascii_case("Allow") {
+        let default_action = p["networkAcls"]["defaultAction"]
+            .as_str()
+            .unwrap_or("Allow");
+        if !public.eq_ignore_ascii_case("Enabled") || !default_action.eq_ignore_ascii_case("Allow")
+        {
             out.push(Finding::refuse(
                 "vault-network",
                 format!("the vault's public network access is {public} with firewall default {default_action}: a public-mode KMS vault must allow public access, or it blocks the KMS plugin"),
                 "az keyvault update --public-network-access Enabled --default-action Allow, or enable KMS in private mode (--network-access private --vault-resource-id <id>)",
             ));
         } else {
-            out.push(Finding::pass("vault-network", "the vault allows public access"));
+            out.push(Finding::pass(
+                "vault-network",
+                "the vault allows public access",
+            ));
         }
     } else {
         if !f.cluster.vnet_integration() {
@@ -233,9 +309,16 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
                 "enable API Server VNet Integration (az aks update --enable-apiserver-vnet-integration --apiserver-subnet-id <subnet>)",
             ));
         } else if f.kube.konnectivity {
-            out.push(Finding::warn("vnet-integration", "konnectivity-agent pods still run in kube-system", "check that API Server VNet Integration is complete"));
+            out.push(Finding::warn(
+                "vnet-integration",
+                "konnectivity-agent pods still run in kube-system",
+                "check that API Server VNet Integration is complete",
+            ));
         } else {
-            out.push(Finding::pass("vnet-integration", "API Server VNet Integration is on"));
+            out.push(Finding::pass(
+                "vnet-integration",
+                "API Server VNet Integration is on",
+            ));
         }
         let vault_id = vault["id"].as_str().unwrap_or_default();
         match &f.vault_resource_id {
@@ -287,5 +370,9 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
 
 /// The findings that matter for a summary line.
 pub fn worst(findings: &[Finding]) -> Level {
-    findings.iter().map(|f| f.level).max().unwrap_or(Level::Pass)
+    findings
+        .iter()
+        .map(|f| f.level)
+        .max()
+        .unwrap_or(Level::Pass)
 }

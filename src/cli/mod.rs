@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "kmsctl", version, about = "Runs the lifecycle of KMS etcd encryption on AKS: enable, rotate, re-encrypt, verify")]
+#[command(
+    name = "kmsctl",
+    version,
+    about = "Runs the lifecycle of KMS etcd encryption on AKS: enable, rotate, re-encrypt, verify"
+)]
 pub struct Cli {
     /// Output: human text, or JSON on stdout.
     #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]

@@ -19,20 +19,38 @@ fn storage_line(twin: &Twin) -> String {
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
     let dir = tempfile_dir()?;
-    let opts = SimOptions { namespaces: a.namespaces, secrets: a.secrets, lro_seconds: 3, kms_propagation_seconds: 5, latency_ms: 2, ..Default::default() };
-    eprintln!("starting a twin: AKS {} with KMS on a public vault, {} namespaces, {} Secrets", opts.kubernetes_version, opts.namespaces, opts.secrets);
+    let opts = SimOptions {
+        namespaces: a.namespaces,
+        secrets: a.secrets,
+        lro_seconds: 3,
+        kms_propagation_seconds: 5,
+        latency_ms: 2,
+        ..Default::default()
+    };
+    eprintln!(
+        "starting a twin: AKS {} with KMS on a public vault, {} namespaces, {} Secrets",
+        opts.kubernetes_version, opts.namespaces, opts.secrets
+    );
     let twin = Twin::start(opts).await?;
     twin.write_files(&dir)?;
-    eprintln!("twin files in {} (source {}/env to use it from a shell)", dir.display(), dir.display());
+    eprintln!(
+        "twin files in {} (source {}/env to use it from a shell)",
+        dir.display(),
+        dir.display()
+    );
     eprintln!("before:\n  {}", storage_line(&twin));
     let exe = std::env::current_exe().context("finding the kmsctl binary")?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["rotate", "--twice", "--yes"]).env("XDG_STATE_HOME", dir.join("state"));
+    cmd.args(["rotate", "--twice", "--yes"])
+        .env("XDG_STATE_HOME", dir.join("state"));
     for (k, v) in twin.env_vars(&dir) {
         cmd.env(k, v);
     }
     eprintln!("running: kmsctl rotate --twice --yes");
-    let status = cmd.status().await.context("running kmsctl rotate --twice")?;
+    let status = cmd
+        .status()
+        .await
+        .context("running kmsctl rotate --twice")?;
     eprintln!("after:\n  {}", storage_line(&twin));
     Ok(status.code().unwrap_or(1))
 }

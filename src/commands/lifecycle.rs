@@ -3,7 +3,10 @@
 
 use super::{Refusal, setup};
 use crate::checks;
-use crate::cli::{ChangeArgs, EnableArgs, NetworkAccess, ReencryptArgs, ReencryptCommand, ResumeArgs, RotateArgs, StateArgs};
+use crate::cli::{
+    ChangeArgs, EnableArgs, NetworkAccess, ReencryptArgs, ReencryptCommand, ResumeArgs, RotateArgs,
+    StateArgs,
+};
 use crate::engine::context::Context;
 use crate::engine::journal::{self, Entry, Journal, ReencryptParams, RunHeader, RunParams, Target};
 use crate::engine::{preflight, runner};
@@ -15,7 +18,12 @@ use crate::playbook::{self, Intent};
 use std::io::IsTerminal;
 
 fn reencrypt_params(r: &ReencryptArgs) -> ReencryptParams {
-    ReencryptParams { namespaces: r.namespaces.clone(), batch_size: r.batch_size, concurrency: r.concurrency.max(1), max_qps: r.max_qps }
+    ReencryptParams {
+        namespaces: r.namespaces.clone(),
+        batch_size: r.batch_size,
+        concurrency: r.concurrency.max(1),
+        max_qps: r.max_qps,
+    }
 }
 
 fn params(c: &ChangeArgs) -> RunParams {
@@ -31,7 +39,9 @@ fn params(c: &ChangeArgs) -> RunParams {
 }
 
 fn state_dir(s: &StateArgs) -> std::path::PathBuf {
-    s.state_dir.clone().unwrap_or_else(journal::default_state_dir)
+    s.state_dir
+        .clone()
+        .unwrap_or_else(journal::default_state_dir)
 }
 
 pub async fn enable(a: EnableArgs, format: Format) -> anyhow::Result<i32> {
@@ -43,7 +53,10 @@ pub async fn enable(a: EnableArgs, format: Format) -> anyhow::Result<i32> {
         NetworkAccess::Private => "Private".into(),
     });
     if a.network_access == NetworkAccess::Public && a.vault_resource_id.is_some() {
-        return Err(Refusal("--vault-resource-id must be empty with --network-access public".into()).into());
+        return Err(Refusal(
+            "--vault-resource-id must be empty with --network-access public".into(),
+        )
+        .into());
     }
     if a.network_access == NetworkAccess::Private && a.vault_resource_id.is_none() {
         return Err(Refusal("--network-access private needs --vault-resource-id".into()).into());
@@ -60,11 +73,21 @@ pub async fn disable(a: ChangeArgs, format: Format) -> anyhow::Result<i32> {
 pub async fn rotate(a: RotateArgs, format: Format) -> anyhow::Result<i32> {
     let mut p = params(&a.change);
     p.retire_old = a.retire_old;
-    start(if a.twice { "rotate-twice" } else { "rotate" }, &a.change, p, format).await
+    start(
+        if a.twice { "rotate-twice" } else { "rotate" },
+        &a.change,
+        p,
+        format,
+    )
+    .await
 }
 
 pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i32> {
-    let target = Target { kubeconfig: a.kube.kubeconfig.clone(), context: a.kube.context.clone(), ..Default::default() };
+    let target = Target {
+        kubeconfig: a.kube.kubeconfig.clone(),
+        context: a.kube.context.clone(),
+        ..Default::default()
+    };
     let p = RunParams {
         key_id: None,
         network_access: None,
@@ -76,8 +99,17 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
     };
     let ctx = setup::context(&target, crate::azure::credential::AuthMode::Auto, "", false).await?;
     let procedure = playbook::built_in("reencrypt")?;
-    let header = RunHeader { format: journal::FORMAT_VERSION, run_id: journal::new_run_id("reencrypt"), procedure, params: p, target, created_at: chrono::Utc::now() };
-    let lease = Lease::acquire(ctx.kube.clone(), &header.run_id).await.map_err(|e| Refusal(e.to_string()))?;
+    let header = RunHeader {
+        format: journal::FORMAT_VERSION,
+        run_id: journal::new_run_id("reencrypt"),
+        procedure,
+        params: p,
+        target,
+        created_at: chrono::Utc::now(),
+    };
+    let lease = Lease::acquire(ctx.kube.clone(), &header.run_id)
+        .await
+        .map_err(|e| Refusal(e.to_string()))?;
     let j = Journal::create(&state_dir(&a.state), header)?;
     let record = journal::replay(&j.path)?;
     finish_run(&ctx, j, record, lease, format).await
@@ -90,7 +122,15 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
     let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
     let run_id = journal::new_run_id(name);
     // The dry run only looks; a real run takes the cluster's lease before it reads anything.
-    let lease = if c.dry_run { None } else { Some(Lease::acquire(ctx.kube.clone(), &run_id).await.map_err(|e| Refusal(e.to_string()))?) };
+    let lease = if c.dry_run {
+        None
+    } else {
+        Some(
+            Lease::acquire(ctx.kube.clone(), &run_id)
+                .await
+                .map_err(|e| Refusal(e.to_string()))?,
+        )
+    };
     let pre = preflight::run(&ctx, procedure.intent, &p).await;
     let pre = match pre {
         Ok(pre) => pre,
@@ -105,12 +145,22 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
     match format {
         Format::Json => {
             if c.dry_run || refused {
-                print_json(&serde_json::json!({ "plan": procedure, "preflight": pre.findings, "refused": refused, "dryRun": c.dry_run }));
+                print_json(
+                    &serde_json::json!({ "plan": procedure, "preflight": pre.findings, "refused": refused, "dryRun": c.dry_run }),
+                );
             }
         }
         Format::Text => {
-            let text = format!("{}{}", render_plan(&procedure, |f| p.flag(f)), render_findings(&pre.findings));
-            if c.dry_run { print!("{text}") } else { eprint!("{text}") }
+            let text = format!(
+                "{}{}",
+                render_plan(&procedure, |f| p.flag(f)),
+                render_findings(&pre.findings)
+            );
+            if c.dry_run {
+                print!("{text}")
+            } else {
+                eprint!("{text}")
+            }
         }
     }
     if refused || c.dry_run {
@@ -118,21 +168,44 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
             l.release().await;
         }
         if refused {
-            eprintln!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
+            eprintln!(
+                "refused: nothing was changed. Fix what is marked REFUSE above and run again."
+            );
             return Ok(exit_codes::REFUSED);
         }
         return Ok(exit_codes::OK);
     }
     let lease = lease.expect("a real run holds the lease");
-    if !c.yes && !confirm(&format!("{} cluster {}?", procedure.description, c.target.cluster.as_deref().unwrap_or_default()))? {
+    if !c.yes
+        && !confirm(&format!(
+            "{} cluster {}?",
+            procedure.description,
+            c.target.cluster.as_deref().unwrap_or_default()
+        ))?
+    {
         lease.release().await;
         return Ok(exit_codes::REFUSED);
     }
-    let header = RunHeader { format: journal::FORMAT_VERSION, run_id, procedure, params: p, target, created_at: chrono::Utc::now() };
+    let header = RunHeader {
+        format: journal::FORMAT_VERSION,
+        run_id,
+        procedure,
+        params: p,
+        target,
+        created_at: chrono::Utc::now(),
+    };
     let mut j = Journal::create(&state_dir(&c.target.state), header)?;
     let now = chrono::Utc::now();
-    j.append(&Entry::StepStarted { index: 0, at: now, data: serde_json::Value::Null })?;
-    j.append(&Entry::StepFinished { index: 0, at: now, output: pre.output })?;
+    j.append(&Entry::StepStarted {
+        index: 0,
+        at: now,
+        data: serde_json::Value::Null,
+    })?;
+    j.append(&Entry::StepFinished {
+        index: 0,
+        at: now,
+        output: pre.output,
+    })?;
     let record = journal::replay(&j.path)?;
     finish_run(&ctx, j, record, lease, format).await
 }
@@ -147,7 +220,13 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-async fn finish_run(ctx: &Context, j: Journal, record: journal::Record, lease: Lease, format: Format) -> anyhow::Result<i32> {
+async fn finish_run(
+    ctx: &Context,
+    j: Journal,
+    record: journal::Record,
+    lease: Lease,
+    format: Format,
+) -> anyhow::Result<i32> {
     let display = RunDisplay::default();
     let (report, result) = runner::execute(ctx, j, record, &display).await;
     display.finish();
@@ -171,18 +250,38 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
     let dir = state_dir(&a.state);
     let runs = journal::list(&dir)?;
     let chosen = match &a.run_id {
-        Some(id) => runs.into_iter().find(|r| &r.header.run_id == id).ok_or_else(|| Refusal(format!("no run {id} in {}", dir.display())))?,
-        None => runs.into_iter().find(|r| r.state() != "succeeded").ok_or_else(|| Refusal(format!("no unfinished run in {}", dir.display())))?,
+        Some(id) => runs
+            .into_iter()
+            .find(|r| &r.header.run_id == id)
+            .ok_or_else(|| Refusal(format!("no run {id} in {}", dir.display())))?,
+        None => runs
+            .into_iter()
+            .find(|r| r.state() != "succeeded")
+            .ok_or_else(|| Refusal(format!("no unfinished run in {}", dir.display())))?,
     };
     if chosen.state() == "succeeded" {
         return Err(Refusal(format!("run {} already succeeded", chosen.header.run_id)).into());
     }
     let h = &chosen.header;
     let need_azure = h.procedure.intent != Intent::Reencrypt;
-    let ctx = setup::context(&h.target, a.auth, &crate::azure::arm::ApiVersions::default().aks, need_azure).await?;
-    let lease = Lease::acquire(ctx.kube.clone(), &h.run_id).await.map_err(|e| Refusal(e.to_string()))?;
-    let next = chosen.next_step().map(|i| h.procedure.steps[i].name()).unwrap_or("the end");
-    eprintln!("resuming run {} ({}) at step {next}", h.run_id, h.procedure.name);
+    let ctx = setup::context(
+        &h.target,
+        a.auth,
+        &crate::azure::arm::ApiVersions::default().aks,
+        need_azure,
+    )
+    .await?;
+    let lease = Lease::acquire(ctx.kube.clone(), &h.run_id)
+        .await
+        .map_err(|e| Refusal(e.to_string()))?;
+    let next = chosen
+        .next_step()
+        .map(|i| h.procedure.steps[i].name())
+        .unwrap_or("the end");
+    eprintln!(
+        "resuming run {} ({}) at step {next}",
+        h.run_id, h.procedure.name
+    );
     if !a.yes && !confirm(&format!("Continue run {}?", h.run_id))? {
         lease.release().await;
         return Ok(exit_codes::REFUSED);
@@ -210,7 +309,10 @@ pub fn runs(a: StateArgs, format: Format) -> anyhow::Result<i32> {
     match format {
         Format::Json => print_json(&rows),
         Format::Text => {
-            println!("{:<44} {:<13} {:<12} {:<12} NEXT STEP", "RUN", "PROCEDURE", "CLUSTER", "STATE");
+            println!(
+                "{:<44} {:<13} {:<12} {:<12} NEXT STEP",
+                "RUN", "PROCEDURE", "CLUSTER", "STATE"
+            );
             for r in &rows {
                 println!(
                     "{:<44} {:<13} {:<12} {:<12} {}",

@@ -21,19 +21,42 @@ pub fn target(t: &TargetArgs) -> Target {
     }
 }
 
-pub async fn context(target: &Target, auth: AuthMode, aks_api: &str, need_azure: bool) -> anyhow::Result<Context> {
+pub async fn context(
+    target: &Target,
+    auth: AuthMode,
+    aks_api: &str,
+    need_azure: bool,
+) -> anyhow::Result<Context> {
     let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await?;
     let azure = if need_azure {
-        let (Some(sub), Some(rg), Some(name)) = (&target.subscription, &target.resource_group, &target.cluster) else {
+        let (Some(sub), Some(rg), Some(name)) = (
+            &target.subscription,
+            &target.resource_group,
+            &target.cluster,
+        ) else {
             return Err(Refusal("name the cluster: --subscription (or AZURE_SUBSCRIPTION_ID), -g/--resource-group (or KMSCTL_RESOURCE_GROUP), -n/--name (or KMSCTL_CLUSTER)".into()).into());
         };
         let options = Route::from_env()?.client_options()?;
         let credential = credential::credential(auth, &options)?;
-        let api = ApiVersions { aks: aks_api.to_string(), ..Default::default() };
+        let api = ApiVersions {
+            aks: aks_api.to_string(),
+            ..Default::default()
+        };
         let arm = ArmClient::new(credential.clone(), options.clone(), api);
-        Some(Azure { arm, credential, options, subscription: sub.clone(), cluster_path: cluster_path(sub, rg, name) })
+        Some(Azure {
+            arm,
+            credential,
+            options,
+            subscription: sub.clone(),
+            cluster_path: cluster_path(sub, rg, name),
+        })
     } else {
         None
     };
-    Ok(Context { azure, kube_server_host: client::server_host(&cluster.server), kube: cluster.client, progress: true })
+    Ok(Context {
+        azure,
+        kube_server_host: client::server_host(&cluster.server),
+        kube: cluster.client,
+        progress: true,
+    })
 }

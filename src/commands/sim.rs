@@ -9,11 +9,16 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         Access::Public => NetworkAccess::Public,
         Access::Private => NetworkAccess::Private,
     };
-    let vnet = a.vnet_integration.map(|v| v == OnOff::On).unwrap_or(network_access == NetworkAccess::Private);
+    let vnet = a
+        .vnet_integration
+        .map(|v| v == OnOff::On)
+        .unwrap_or(network_access == NetworkAccess::Private);
     let faults = match &a.faults {
         None => Vec::new(),
-        Some(p) => faults::load(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        Some(p) => faults::load(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
     };
     Ok(SimOptions {
         kubernetes_version: a.kubernetes_version.clone(),
@@ -45,7 +50,8 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
             use std::io::Write;
             std::io::stdout().flush()?;
             tracing::info!(address = %twin.addr, dir = %a.dir.display(), "twin serving");
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -78,7 +84,13 @@ async fn fault(f: FaultArgs) -> anyhow::Result<i32> {
         fail_operation: f.fail_operation,
         hits: Default::default(),
     };
-    let doc = admin_request(&f.dir, reqwest::Method::POST, "/_sim/faults", Some(serde_json::to_value(&rule)?)).await?;
+    let doc = admin_request(
+        &f.dir,
+        reqwest::Method::POST,
+        "/_sim/faults",
+        Some(serde_json::to_value(&rule)?),
+    )
+    .await?;
     println!("{doc}");
     Ok(0)
 }

@@ -20,10 +20,19 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
     let mut vault = Value::Null;
     if let Some(id) = c.key_id().and_then(|k| KeyId::parse(&k).ok()) {
         key = match az.key_vault(&id)?.version(&id).await {
-            Ok(v) => json!({ "id": v.id.to_string(), "enabled": v.enabled, "expiresOn": v.expires_on, "createdOn": v.created_on, "kty": v.kty }),
+            Ok(v) => {
+                json!({ "id": v.id.to_string(), "enabled": v.enabled, "expiresOn": v.expires_on, "createdOn": v.created_on, "kty": v.kty })
+            }
             Err(e) => json!({ "id": id.to_string(), "error": e.to_string() }),
         };
-        let v = facts::vault(&az.arm, &az.subscription, &id, c.vault_resource_id().as_deref(), None).await;
+        let v = facts::vault(
+            &az.arm,
+            &az.subscription,
+            &id,
+            c.vault_resource_id().as_deref(),
+            None,
+        )
+        .await;
         vault = match v.resource {
             Some(r) => {
                 let p = &r["properties"];
@@ -37,7 +46,11 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
         };
     }
     let (ledger, _) = ledger::load(&ctx.kube).await.unwrap_or_default();
-    let alive: Vec<&str> = ledger.must_stay_alive().iter().map(|e| e.key_id.as_str()).collect();
+    let alive: Vec<&str> = ledger
+        .must_stay_alive()
+        .iter()
+        .map(|e| e.key_id.as_str())
+        .collect();
     let doc = json!({
         "cluster": c.resource["name"],
         "resourceGroup": target.resource_group,
@@ -70,14 +83,32 @@ fn render(d: &Value) -> String {
         other => other.to_string(),
     };
     let mut out = String::new();
-    out.push_str(&format!("cluster:            {} ({})\n", s(&d["cluster"]), s(&d["provisioningState"])));
-    out.push_str(&format!("kubernetes:         {} (KMS {})\n", s(&d["kubernetesVersion"]), s(&d["kmsVersion"])));
+    out.push_str(&format!(
+        "cluster:            {} ({})\n",
+        s(&d["cluster"]),
+        s(&d["provisioningState"])
+    ));
+    out.push_str(&format!(
+        "kubernetes:         {} (KMS {})\n",
+        s(&d["kubernetesVersion"]),
+        s(&d["kmsVersion"])
+    ));
     out.push_str(&format!("kms experience:     {}\n", s(&d["kmsExperience"])));
     out.push_str(&format!("identity:           {}\n", s(&d["identityType"])));
-    out.push_str(&format!("kms enabled:        {}\n", s(&d["kms"]["enabled"])));
+    out.push_str(&format!(
+        "kms enabled:        {}\n",
+        s(&d["kms"]["enabled"])
+    ));
     out.push_str(&format!("key id:             {}\n", s(&d["kms"]["keyId"])));
-    out.push_str(&format!("network access:     {}\n", s(&d["kms"]["keyVaultNetworkAccess"])));
-    out.push_str(&format!("key enabled:        {}   expires: {}\n", s(&d["key"]["enabled"]), s(&d["key"]["expiresOn"])));
+    out.push_str(&format!(
+        "network access:     {}\n",
+        s(&d["kms"]["keyVaultNetworkAccess"])
+    ));
+    out.push_str(&format!(
+        "key enabled:        {}   expires: {}\n",
+        s(&d["key"]["enabled"]),
+        s(&d["key"]["expiresOn"])
+    ));
     out.push_str(&format!(
         "vault:              {} public access {}, firewall {}, soft delete {}, purge protection {}\n",
         s(&d["vault"]["name"]),
@@ -87,7 +118,11 @@ fn render(d: &Value) -> String {
         s(&d["vault"]["purgeProtection"])
     ));
     out.push_str("key versions that must stay alive (ledger):\n");
-    for k in d["ledger"]["mustStayAlive"].as_array().into_iter().flatten() {
+    for k in d["ledger"]["mustStayAlive"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         out.push_str(&format!("  {}\n", s(k)));
     }
     out

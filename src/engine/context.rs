@@ -16,7 +16,12 @@ pub struct Azure {
 
 impl Azure {
     pub fn key_vault(&self, id: &KeyId) -> anyhow::Result<KeyVault> {
-        Ok(KeyVault::new(&id.vault_url, self.credential.clone(), self.options.clone(), self.arm.retry.clone())?)
+        Ok(KeyVault::new(
+            &id.vault_url,
+            self.credential.clone(),
+            self.options.clone(),
+            self.arm.retry.clone(),
+        )?)
     }
 }
 
@@ -30,6 +35,10 @@ pub struct Context {
 
 impl Context {
     pub fn azure(&self) -> anyhow::Result<&Azure> {
-        self.azure.as_ref().ok_or_else(|| anyhow::anyhow!("this step needs Azure access (--subscription, --resource-group, --name)"))
+        self.azure.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "this step needs Azure access (--subscription, --resource-group, --name)"
+            )
+        })
     }
 }

@@ -73,12 +73,34 @@ pub struct RunHeader {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Entry {
     Run(RunHeader),
-    StepStarted { index: usize, at: chrono::DateTime<chrono::Utc>, data: Value },
-    StepFinished { index: usize, at: chrono::DateTime<chrono::Utc>, output: Value },
-    StepSkipped { index: usize, reason: String },
-    StepFailed { index: usize, at: chrono::DateTime<chrono::Utc>, message: String },
-    Reencrypt { index: usize, event: Event },
-    Finished { at: chrono::DateTime<chrono::Utc>, status: RunStatus, message: Option<String> },
+    StepStarted {
+        index: usize,
+        at: chrono::DateTime<chrono::Utc>,
+        data: Value,
+    },
+    StepFinished {
+        index: usize,
+        at: chrono::DateTime<chrono::Utc>,
+        output: Value,
+    },
+    StepSkipped {
+        index: usize,
+        reason: String,
+    },
+    StepFailed {
+        index: usize,
+        at: chrono::DateTime<chrono::Utc>,
+        message: String,
+    },
+    Reencrypt {
+        index: usize,
+        event: Event,
+    },
+    Finished {
+        at: chrono::DateTime<chrono::Utc>,
+        status: RunStatus,
+        message: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +138,9 @@ impl Record {
     }
     /// The first step not yet done.
     pub fn next_step(&self) -> Option<usize> {
-        self.steps.iter().position(|s| s.finished.is_none() && !s.skipped)
+        self.steps
+            .iter()
+            .position(|s| s.finished.is_none() && !s.skipped)
     }
 }
 
@@ -133,7 +157,11 @@ pub fn runs_dir(state_dir: &Path) -> PathBuf {
 impl Journal {
     pub fn create(state_dir: &Path, header: RunHeader) -> anyhow::Result<Journal> {
         let dir = runs_dir(state_dir);
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.jsonl", header.run_id));
         let file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -141,15 +169,29 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating the journal {}", path.display()))?;
-        let mut j = Journal { file, path, last_sync: std::time::Instant::now() };
+        let mut j = Journal {
+            file,
+            path,
+            last_sync: std::time::Instant::now(),
+        };
         j.append(&Entry::Run(header))?;
         Ok(j)
     }
 
     pub fn open(path: &Path) -> anyhow::Result<(Journal, Record)> {
         let record = replay(path)?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok((Journal { file, path: path.to_path_buf(), last_sync: std::time::Instant::now() }, record))
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok((
+            Journal {
+                file,
+                path: path.to_path_buf(),
+                last_sync: std::time::Instant::now(),
+            },
+            record,
+        ))
     }
 
     /// Appends one entry and makes it durable before returning.
@@ -172,12 +214,16 @@ impl Journal {
     fn write(&mut self, entry: &Entry) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
-        self.file.write_all(&line).with_context(|| format!("writing {}", self.path.display()))
+        self.file
+            .write_all(&line)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 
     fn sync(&mut self) -> anyhow::Result<()> {
         self.last_sync = std::time::Instant::now();
-        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))
     }
 }
 
@@ -196,12 +242,24 @@ pub fn replay(path: &Path) -> anyhow::Result<Record> {
         };
         match entry {
             Entry::Run(h) => {
-                anyhow::ensure!(h.format <= FORMAT_VERSION, "{} was written by a newer kmsctl (format {})", path.display(), h.format);
+                anyhow::ensure!(
+                    h.format <= FORMAT_VERSION,
+                    "{} was written by a newer kmsctl (format {})",
+                    path.display(),
+                    h.format
+                );
                 let steps = vec![StepRecord::default(); h.procedure.steps.len()];
-                record = Some(Record { path: path.to_path_buf(), header: h, steps, finished: None });
+                record = Some(Record {
+                    path: path.to_path_buf(),
+                    header: h,
+                    steps,
+                    finished: None,
+                });
             }
             other => {
-                let r = record.as_mut().with_context(|| format!("{} does not start with a run header", path.display()))?;
+                let r = record.as_mut().with_context(|| {
+                    format!("{} does not start with a run header", path.display())
+                })?;
                 apply(r, other);
             }
         }
@@ -243,21 +301,30 @@ fn apply(r: &mut Record, e: Entry) {
                 s.checkpoint.apply(&event);
             }
         }
-        Entry::Finished { status, message, .. } => r.finished = Some((status, message)),
+        Entry::Finished {
+            status, message, ..
+        } => r.finished = Some((status, message)),
     }
 }
 
 /// Every run in the state directory, newest first.
 pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
     let dir = runs_dir(state_dir);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
     let mut out: Vec<Record> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .filter_map(|p| replay(&p).ok())
         .collect();
-    out.sort_by(|a, b| b.header.created_at.cmp(&a.header.created_at).then(b.header.run_id.cmp(&a.header.run_id)));
+    out.sort_by(|a, b| {
+        b.header
+            .created_at
+            .cmp(&a.header.created_at)
+            .then(b.header.run_id.cmp(&a.header.run_id))
+    });
     Ok(out)
 }
 
@@ -266,12 +333,18 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("kmsctl");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/kmsctl")
 }
 
 pub fn new_run_id(procedure: &str) -> String {
-    format!("{}-{procedure}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid::Uuid::new_v4().simple().to_string()[..6])
+    format!(
+        "{}-{procedure}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }
 
 #[cfg(test)]
@@ -291,7 +364,12 @@ mod tests {
                 retire_old: false,
                 margin_days: 7,
                 barrier_timeout_seconds: 600,
-                reencrypt: ReencryptParams { namespaces: vec![], batch_size: 100, concurrency: 32, max_qps: None },
+                reencrypt: ReencryptParams {
+                    namespaces: vec![],
+                    batch_size: 100,
+                    concurrency: 32,
+                    max_qps: None,
+                },
             },
             target: Target::default(),
             created_at: chrono::Utc::now(),
@@ -303,18 +381,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::create(dir.path(), header()).unwrap();
         let now = chrono::Utc::now();
-        j.append(&Entry::StepStarted { index: 0, at: now, data: Value::Null }).unwrap();
-        j.append(&Entry::StepFinished { index: 0, at: now, output: serde_json::json!({"x": 1}) }).unwrap();
-        j.append(&Entry::StepStarted { index: 1, at: now, data: Value::Null }).unwrap();
-        let counts = crate::reencrypt::Counts { rewritten: 3, ..Default::default() };
-        j.append(&Entry::Reencrypt { index: 1, event: Event::PageDone { namespace: "a".into(), next: Some("t".into()), counts } }).unwrap();
+        j.append(&Entry::StepStarted {
+            index: 0,
+            at: now,
+            data: Value::Null,
+        })
+        .unwrap();
+        j.append(&Entry::StepFinished {
+            index: 0,
+            at: now,
+            output: serde_json::json!({"x": 1}),
+        })
+        .unwrap();
+        j.append(&Entry::StepStarted {
+            index: 1,
+            at: now,
+            data: Value::Null,
+        })
+        .unwrap();
+        let counts = crate::reencrypt::Counts {
+            rewritten: 3,
+            ..Default::default()
+        };
+        j.append(&Entry::Reencrypt {
+            index: 1,
+            event: Event::PageDone {
+                namespace: "a".into(),
+                next: Some("t".into()),
+                counts,
+            },
+        })
+        .unwrap();
         std::io::Write::write_all(&mut j.file, b"{\"type\":\"step-fin").unwrap();
         let r = replay(&j.path).unwrap();
         assert_eq!(r.next_step(), Some(1));
         assert_eq!(r.steps[1].checkpoint.namespaces["a"].counts.rewritten, 3);
         assert_eq!(r.state(), "interrupted");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&j.path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&j.path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(list(dir.path()).unwrap().len(), 1);
     }
 }

@@ -18,7 +18,9 @@ pub struct DesiredKms {
 }
 
 fn kms(resource: &Value) -> &Value {
-    resource.pointer("/properties/securityProfile/azureKeyVaultKms").unwrap_or(&Value::Null)
+    resource
+        .pointer("/properties/securityProfile/azureKeyVaultKms")
+        .unwrap_or(&Value::Null)
 }
 
 impl DesiredKms {
@@ -40,7 +42,8 @@ impl DesiredKms {
         let eq = |field: &str, want: &Option<String>| {
             let have = k[field].as_str().unwrap_or_default();
             let want = want.as_deref().unwrap_or_default();
-            (!have.eq_ignore_ascii_case(want)).then(|| format!("{field} is '{have}', want '{want}'"))
+            (!have.eq_ignore_ascii_case(want))
+                .then(|| format!("{field} is '{have}', want '{want}'"))
         };
         out.extend(eq("keyId", &self.key_id));
         out.extend(eq("keyVaultNetworkAccess", &self.network_access));
@@ -64,7 +67,11 @@ impl DesiredKms {
             return;
         }
         target["keyId"] = json!(self.key_id);
-        target["keyVaultNetworkAccess"] = json!(self.network_access.clone().unwrap_or_else(|| "Public".into()));
+        target["keyVaultNetworkAccess"] = json!(
+            self.network_access
+                .clone()
+                .unwrap_or_else(|| "Public".into())
+        );
         match self.network_access.as_deref() {
             Some("Private") => target["keyVaultResourceId"] = json!(self.vault_resource_id),
             _ => {
@@ -86,7 +93,9 @@ pub enum UpdateError {
     Remote(#[from] RemoteError),
     #[error("the cluster update operation ended {status}: {error}")]
     OperationFailed { status: String, error: String },
-    #[error("the cluster kept changing under kmsctl (412 PreconditionFailed {0} times): someone else is updating it; try again later")]
+    #[error(
+        "the cluster kept changing under kmsctl (412 PreconditionFailed {0} times): someone else is updating it; try again later"
+    )]
     KeptChanging(u32),
 }
 
@@ -102,16 +111,32 @@ pub struct UpdateReport {
 /// Brings the cluster to `desired`. Idempotent: an already-matching Succeeded cluster is left
 /// alone; a running operation is waited for; a 412 (someone changed the cluster since it was read)
 /// is re-read and re-planned, never overwritten.
-pub async fn update(arm: &ArmClient, path: &str, desired: &DesiredKms, mut on_status: impl FnMut(&str)) -> Result<UpdateReport, UpdateError> {
+pub async fn update(
+    arm: &ArmClient,
+    path: &str,
+    desired: &DesiredKms,
+    mut on_status: impl FnMut(&str),
+) -> Result<UpdateReport, UpdateError> {
     let mut report = UpdateReport::default();
     const MAX_REPLANS: u32 = 5;
     loop {
         let current = arm.get(path, &arm.api.aks).await?;
-        let state = current.body["properties"]["provisioningState"].as_str().unwrap_or("Unknown").to_string();
+        let state = current.body["properties"]["provisioningState"]
+            .as_str()
+            .unwrap_or("Unknown")
+            .to_string();
         if !terminal(&state) {
-            on_status(&format!("waiting for the cluster's running operation ({state})"));
+            on_status(&format!(
+                "waiting for the cluster's running operation ({state})"
+            ));
             report.waited_for_other_operations += 1;
-            tokio::time::sleep(current.retry_after.unwrap_or(Duration::from_secs(5)).max(Duration::from_secs(1))).await;
+            tokio::time::sleep(
+                current
+                    .retry_after
+                    .unwrap_or(Duration::from_secs(5))
+                    .max(Duration::from_secs(1)),
+            )
+            .await;
             continue;
         }
         if state == "Succeeded" && desired.matches(&current.body) {
@@ -125,11 +150,17 @@ pub async fn update(arm: &ArmClient, path: &str, desired: &DesiredKms, mut on_st
             Ok(a) => a,
             Err(e) if e.status() == Some(412) && report.replans < MAX_REPLANS => {
                 report.replans += 1;
-                tracing::warn!("the cluster changed since it was read (412 PreconditionFailed): re-reading and re-planning");
-                on_status("the cluster changed since it was read (412): re-reading and re-planning");
+                tracing::warn!(
+                    "the cluster changed since it was read (412 PreconditionFailed): re-reading and re-planning"
+                );
+                on_status(
+                    "the cluster changed since it was read (412): re-reading and re-planning",
+                );
                 continue;
             }
-            Err(e) if e.status() == Some(412) => return Err(UpdateError::KeptChanging(report.replans)),
+            Err(e) if e.status() == Some(412) => {
+                return Err(UpdateError::KeptChanging(report.replans));
+            }
             Err(e) if e.status() == Some(409) => {
                 on_status("another operation is running on the cluster (409): waiting");
                 report.waited_for_other_operations += 1;
@@ -139,10 +170,24 @@ pub async fn update(arm: &ArmClient, path: &str, desired: &DesiredKms, mut on_st
             Err(e) => return Err(e.into()),
         };
         report.changed = true;
-        let outcome = arm.wait_operation(&started, |s| on_status(&format!("cluster operation {s}"))).await?;
+        let outcome = arm
+            .wait_operation(&started, |s| on_status(&format!("cluster operation {s}")))
+            .await?;
         if !outcome.status.eq_ignore_ascii_case("Succeeded") {
-            let error = outcome.error.map(|e| format!("{} {}", e["code"].as_str().unwrap_or_default(), e["message"].as_str().unwrap_or_default())).unwrap_or_default();
-            return Err(UpdateError::OperationFailed { status: outcome.status, error });
+            let error = outcome
+                .error
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e["code"].as_str().unwrap_or_default(),
+                        e["message"].as_str().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(UpdateError::OperationFailed {
+                status: outcome.status,
+                error,
+            });
         }
         return Ok(report);
     }
@@ -155,14 +200,30 @@ mod tests {
     #[test]
     fn apply_changes_only_kms_and_matches_after() {
         let mut r = json!({ "properties": { "x": { "y": 1 }, "securityProfile": { "defender": { "a": 1 }, "azureKeyVaultKms": { "enabled": false, "future": 7 } } }, "z": [1] });
-        let d = DesiredKms { enabled: true, key_id: Some("https://v.vault.azure.net/keys/k/1".into()), network_access: Some("Public".into()), vault_resource_id: None };
+        let d = DesiredKms {
+            enabled: true,
+            key_id: Some("https://v.vault.azure.net/keys/k/1".into()),
+            network_access: Some("Public".into()),
+            vault_resource_id: None,
+        };
         assert!(!d.matches(&r));
         d.apply_to(&mut r);
         assert!(d.matches(&r));
         assert_eq!(r["properties"]["securityProfile"]["defender"]["a"], 1);
-        assert_eq!(r["properties"]["securityProfile"]["azureKeyVaultKms"]["future"], 7);
+        assert_eq!(
+            r["properties"]["securityProfile"]["azureKeyVaultKms"]["future"],
+            7
+        );
         assert_eq!(r["z"][0], 1);
-        let off = DesiredKms { enabled: false, key_id: None, network_access: None, vault_resource_id: None };
-        assert_eq!(off.differences(&r), vec!["enabled is true, want false".to_string()]);
+        let off = DesiredKms {
+            enabled: false,
+            key_id: None,
+            network_access: None,
+            vault_resource_id: None,
+        };
+        assert_eq!(
+            off.differences(&r),
+            vec!["enabled is true, want false".to_string()]
+        );
     }
 }

@@ -25,8 +25,14 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
         Intent::Enable => params.key_id.clone(),
         _ => f.cluster.key_id(),
     };
-    f.network_access = params.network_access.clone().unwrap_or_else(|| f.cluster.network_access());
-    f.vault_resource_id = params.vault_resource_id.clone().or_else(|| f.cluster.vault_resource_id());
+    f.network_access = params
+        .network_access
+        .clone()
+        .unwrap_or_else(|| f.cluster.network_access());
+    f.vault_resource_id = params
+        .vault_resource_id
+        .clone()
+        .or_else(|| f.cluster.vault_resource_id());
     let Some(key) = key else { return Ok(f) };
     let id = match KeyId::parse(&key) {
         Ok(id) => id,
@@ -37,7 +43,14 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
     };
     if matches!(intent, Intent::Enable | Intent::Rotate) {
         let principal = f.cluster.identity_principal();
-        f.vault = facts::vault(&az.arm, &az.subscription, &id, f.vault_resource_id.as_deref(), principal.as_deref()).await;
+        f.vault = facts::vault(
+            &az.arm,
+            &az.subscription,
+            &id,
+            f.vault_resource_id.as_deref(),
+            principal.as_deref(),
+        )
+        .await;
         match az.key_vault(&id) {
             Ok(kv) => match facts::key(&kv, &id).await {
                 Ok(k) => f.key = Some(k),
@@ -52,7 +65,12 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
 
 pub async fn run(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::Result<Preflight> {
     let facts = gather(ctx, intent, params).await?;
-    let findings = preflight::run(&preflight::Inputs { intent, facts: &facts, margin_days: params.margin_days, now: chrono::Utc::now() });
+    let findings = preflight::run(&preflight::Inputs {
+        intent,
+        facts: &facts,
+        margin_days: params.margin_days,
+        now: chrono::Utc::now(),
+    });
     let key_for_change = match intent {
         Intent::Enable => params.key_id.clone(),
         _ => facts.cluster.key_id(),
@@ -65,5 +83,9 @@ pub async fn run(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::R
         "concurrencyCap": if facts.kube.apiserver_guard { Some(4) } else { None },
         "findings": findings,
     });
-    Ok(Preflight { facts, findings, output })
+    Ok(Preflight {
+        facts,
+        findings,
+        output,
+    })
 }

@@ -45,7 +45,10 @@ impl Observer for JournalObserver<'_> {
     fn event(&self, event: &Event) {
         if matches!(event, Event::PageDone { .. } | Event::NamespaceDone { .. }) {
             let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = j.append_checkpoint(&Entry::Reencrypt { index: self.index, event: event.clone() }) {
+            if let Err(e) = j.append_checkpoint(&Entry::Reencrypt {
+                index: self.index,
+                event: event.clone(),
+            }) {
                 tracing::warn!(error = %e, "could not write a re-encryption checkpoint");
             }
         }
@@ -54,10 +57,19 @@ impl Observer for JournalObserver<'_> {
 }
 
 fn append(journal: &Mutex<Journal>, entry: Entry) -> Result<(), StepError> {
-    journal.lock().unwrap_or_else(|e| e.into_inner()).append(&entry).map_err(StepError::Failed)
+    journal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(&entry)
+        .map_err(StepError::Failed)
 }
 
-pub async fn execute(ctx: &Context, journal: Journal, record: Record, observer: &dyn RunObserver) -> (RunReport, Result<(), StepError>) {
+pub async fn execute(
+    ctx: &Context,
+    journal: Journal,
+    record: Record,
+    observer: &dyn RunObserver,
+) -> (RunReport, Result<(), StepError>) {
     let journal = Mutex::new(journal);
     let header = &record.header;
     let steps = &header.procedure.steps;
@@ -69,18 +81,34 @@ pub async fn execute(ctx: &Context, journal: Journal, record: Record, observer: 
         let rec = &record.steps[index];
         if let Some(output) = &rec.finished {
             state.apply(step, output);
-            reports.push(StepReport { index, step: step.name().into(), status: "done".into(), output: output.clone() });
+            reports.push(StepReport {
+                index,
+                step: step.name().into(),
+                status: "done".into(),
+                output: output.clone(),
+            });
             continue;
         }
         if rec.skipped || step.condition().is_some_and(|c| !header.params.flag(c)) {
             if !rec.skipped {
-                if let Err(e) = append(&journal, Entry::StepSkipped { index, reason: "condition not set".into() }) {
+                if let Err(e) = append(
+                    &journal,
+                    Entry::StepSkipped {
+                        index,
+                        reason: "condition not set".into(),
+                    },
+                ) {
                     result = Err(e);
                     break;
                 }
             }
             observer.step_skipped(index, step.name(), "not asked for");
-            reports.push(StepReport { index, step: step.name().into(), status: "skipped".into(), output: Value::Null });
+            reports.push(StepReport {
+                index,
+                step: step.name().into(),
+                status: "skipped".into(),
+                output: Value::Null,
+            });
             continue;
         }
         observer.step_started(index, steps.len(), step.name());
@@ -88,20 +116,44 @@ pub async fn execute(ctx: &Context, journal: Journal, record: Record, observer: 
         match outcome {
             Ok((output, summary)) => {
                 summaries.extend(summary);
-                if let Err(e) = append(&journal, Entry::StepFinished { index, at: chrono::Utc::now(), output: output.clone() }) {
+                if let Err(e) = append(
+                    &journal,
+                    Entry::StepFinished {
+                        index,
+                        at: chrono::Utc::now(),
+                        output: output.clone(),
+                    },
+                ) {
                     result = Err(e);
                     break;
                 }
                 state.apply(step, &output);
                 observer.step_finished(index, step.name(), &describe(step, &output));
-                reports.push(StepReport { index, step: step.name().into(), status: "done".into(), output });
+                reports.push(StepReport {
+                    index,
+                    step: step.name().into(),
+                    status: "done".into(),
+                    output,
+                });
             }
             Err(e) => {
                 if let StepError::Incomplete(s) = &e {
                     summaries.push(s.clone());
                 }
-                let _ = append(&journal, Entry::StepFailed { index, at: chrono::Utc::now(), message: e.to_string() });
-                reports.push(StepReport { index, step: step.name().into(), status: "failed".into(), output: Value::Null });
+                let _ = append(
+                    &journal,
+                    Entry::StepFailed {
+                        index,
+                        at: chrono::Utc::now(),
+                        message: e.to_string(),
+                    },
+                );
+                reports.push(StepReport {
+                    index,
+                    step: step.name().into(),
+                    status: "failed".into(),
+                    output: Value::Null,
+                });
                 result = Err(e);
                 break;
             }
@@ -111,12 +163,26 @@ pub async fn execute(ctx: &Context, journal: Journal, record: Record, observer: 
         Ok(()) => (RunStatus::Succeeded, None),
         Err(e) => (RunStatus::Failed, Some(e.to_string())),
     };
-    let _ = append(&journal, Entry::Finished { at: chrono::Utc::now(), status, message: message.clone() });
-    let path = journal.into_inner().map(|j| j.path).unwrap_or_else(|e| e.into_inner().path.clone());
+    let _ = append(
+        &journal,
+        Entry::Finished {
+            at: chrono::Utc::now(),
+            status,
+            message: message.clone(),
+        },
+    );
+    let path = journal
+        .into_inner()
+        .map(|j| j.path)
+        .unwrap_or_else(|e| e.into_inner().path.clone());
     let report = RunReport {
         run_id: header.run_id.clone(),
         procedure: header.procedure.name.clone(),
-        status: if result.is_ok() { "succeeded".into() } else { "failed".into() },
+        status: if result.is_ok() {
+            "succeeded".into()
+        } else {
+            "failed".into()
+        },
         journal: path.display().to_string(),
         steps: reports,
         error: message,
@@ -142,13 +208,25 @@ async fn run_step(
         (None, Step::RotateKey) => steps::rotate_key_prepare(ctx, state).await?,
         (None, _) => Value::Null,
     };
-    append(journal, Entry::StepStarted { index, at: chrono::Utc::now(), data: prepared.clone() })?;
+    append(
+        journal,
+        Entry::StepStarted {
+            index,
+            at: chrono::Utc::now(),
+            data: prepared.clone(),
+        },
+    )?;
     let status = |m: &str| observer.step_status(m);
     let output = match step {
         Step::Preflight => {
             let p = super::preflight::run(ctx, record.header.procedure.intent, params).await?;
             if crate::checks::refused(&p.findings) {
-                let why: Vec<String> = p.findings.iter().filter(|f| f.level == crate::checks::Level::Refuse).map(|f| f.message.clone()).collect();
+                let why: Vec<String> = p
+                    .findings
+                    .iter()
+                    .filter(|f| f.level == crate::checks::Level::Refuse)
+                    .map(|f| f.message.clone())
+                    .collect();
                 return Err(StepError::Refused(why.join("; ")));
             }
             p.output
@@ -162,7 +240,11 @@ async fn run_step(
             steps::prove_key_switch(ctx, state, params).await?
         }
         Step::Reencrypt => {
-            let obs = JournalObserver { journal, index, inner: observer.reencrypt() };
+            let obs = JournalObserver {
+                journal,
+                index,
+                inner: observer.reencrypt(),
+            };
             let checkpoint = record.steps[index].checkpoint.clone();
             let (out, summary) = steps::reencrypt(ctx, state, params, checkpoint, &obs).await?;
             return Ok((out, Some(summary)));
@@ -175,20 +257,36 @@ async fn run_step(
 
 fn describe(step: &Step, output: &Value) -> String {
     match step {
-        Step::RotateKey => format!("new version {}", output["keyId"].as_str().unwrap_or_default()),
+        Step::RotateKey => format!(
+            "new version {}",
+            output["keyId"].as_str().unwrap_or_default()
+        ),
         Step::UpdateKms { .. } => {
-            if output["report"]["changed"].as_bool() == Some(true) { "cluster updated".into() } else { "already as asked".into() }
+            if output["report"]["changed"].as_bool() == Some(true) {
+                "cluster updated".into()
+            } else {
+                "already as asked".into()
+            }
         }
         Step::VerifyKms => "securityProfile.azureKeyVaultKms is as asked".into(),
         Step::ProveKeySwitch => match output["skipped"].as_str() {
             Some(s) => s.to_string(),
-            None => format!("the API server writes with the new key (after {:.0}s)", output["waitedSeconds"].as_f64().unwrap_or(0.0)),
+            None => format!(
+                "the API server writes with the new key (after {:.0}s)",
+                output["waitedSeconds"].as_f64().unwrap_or(0.0)
+            ),
         },
         Step::Reencrypt => {
             let t = &output["totals"];
-            format!("{} rewritten, {} already current, {} deleted meanwhile", t["rewritten"], t["unchanged"], t["deleted"])
+            format!(
+                "{} rewritten, {} already current, {} deleted meanwhile",
+                t["rewritten"], t["unchanged"], t["deleted"]
+            )
         }
-        Step::RetireOldest { .. } => format!("disabled {}", output["disabled"].as_str().unwrap_or("nothing")),
+        Step::RetireOldest { .. } => format!(
+            "disabled {}",
+            output["disabled"].as_str().unwrap_or("nothing")
+        ),
         _ => String::new(),
     }
 }

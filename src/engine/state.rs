@@ -41,7 +41,9 @@ impl RunState {
                 self.kms_at_plant = serde_json::from_value(output["kmsAtPlant"].clone()).ok();
             }
             Step::RotateKey => self.key_id = string(output, "keyId"),
-            Step::UpdateKms { .. } => self.desired = serde_json::from_value(output["desired"].clone()).ok(),
+            Step::UpdateKms { .. } => {
+                self.desired = serde_json::from_value(output["desired"].clone()).ok()
+            }
             Step::Reencrypt => {
                 if let Ok(c) = serde_json::from_value(output["totals"].clone()) {
                     self.reencrypts.push(c);
@@ -53,21 +55,39 @@ impl RunState {
 
     pub fn desired(&self, enabled: bool) -> DesiredKms {
         if !enabled {
-            return DesiredKms { enabled: false, key_id: None, network_access: None, vault_resource_id: None };
+            return DesiredKms {
+                enabled: false,
+                key_id: None,
+                network_access: None,
+                vault_resource_id: None,
+            };
         }
         let private = self.network_access.as_deref() == Some("Private");
         DesiredKms {
             enabled: true,
             key_id: self.key_id.clone(),
-            network_access: Some(self.network_access.clone().unwrap_or_else(|| "Public".into())),
-            vault_resource_id: if private { self.vault_resource_id.clone() } else { None },
+            network_access: Some(
+                self.network_access
+                    .clone()
+                    .unwrap_or_else(|| "Public".into()),
+            ),
+            vault_resource_id: if private {
+                self.vault_resource_id.clone()
+            } else {
+                None
+            },
         }
     }
 
     /// Whether the last update-kms changed what the API server writes with, relative to the
     /// configuration when the canary was planted.
     pub fn key_switch_expected(&self) -> bool {
-        let same = |a: &DesiredKms, b: &DesiredKms| a.enabled == b.enabled && (!a.enabled || a.key_id.as_deref().map(str::to_ascii_lowercase) == b.key_id.as_deref().map(str::to_ascii_lowercase));
+        let same = |a: &DesiredKms, b: &DesiredKms| {
+            a.enabled == b.enabled
+                && (!a.enabled
+                    || a.key_id.as_deref().map(str::to_ascii_lowercase)
+                        == b.key_id.as_deref().map(str::to_ascii_lowercase))
+        };
         match (&self.kms_at_plant, &self.desired) {
             (Some(p), Some(d)) => !same(p, d),
             _ => true,

@@ -5,6 +5,7 @@
 //! proves the API server now writes with another key than the one the canary was planted under.
 
 use super::KubeError;
+use crate::retry::{RetryPolicy, Retryable};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -13,7 +14,13 @@ pub const NAME: &str = "kmsctl-canary";
 const NAMESPACE: &str = "kube-system";
 
 fn resource() -> ApiResource {
-    ApiResource { group: String::new(), version: "v1".into(), api_version: "v1".into(), kind: "Secret".into(), plural: "secrets".into() }
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        plural: "secrets".into(),
+    }
 }
 
 fn api(client: &kube::Client) -> Api<DynamicObject> {
@@ -23,40 +30,92 @@ fn api(client: &kube::Client) -> Api<DynamicObject> {
 /// Makes sure the canary exists; returns its resourceVersion (the "planted" one).
 pub async fn plant(client: &kube::Client) -> Result<String, KubeError> {
     let api = api(client);
-    if let Some(c) = api.get_opt(NAME).await.map_err(KubeError::from)? {
+    let retry = RetryPolicy::default();
+    if let Some(c) = retry
+        .run("get the canary", || async {
+            api.get_opt(NAME).await.map_err(KubeError::from)
+        })
+        .await?
+    {
         return Ok(c.metadata.resource_version.unwrap_or_default());
     }
     let mut s = DynamicObject::new(NAME, &resource()).within(NAMESPACE);
-    s.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "kmsctl".to_string())].into());
-    s.metadata.annotations = Some([("kmsctl.io/purpose".to_string(), "proves a KMS key switch before re-encryption".to_string())].into());
+    s.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/managed-by".to_string(),
+            "kmsctl".to_string(),
+        )]
+        .into(),
+    );
+    s.metadata.annotations = Some(
+        [(
+            "kmsctl.io/purpose".to_string(),
+            "proves a KMS key switch before re-encryption".to_string(),
+        )]
+        .into(),
+    );
     s.data = json!({ "type": "Opaque", "data": { "canary": "a21zY3RsIGNhbmFyeQ==" } });
-    let created = api.create(&PostParams::default(), &s).await.map_err(KubeError::from)?;
+    let created = retry
+        .run("create the canary", || async {
+            api.create(&PostParams::default(), &s)
+                .await
+                .map_err(KubeError::from)
+        })
+        .await?;
     Ok(created.metadata.resource_version.unwrap_or_default())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BarrierError {
-    #[error("the API server still writes with the previous key {waited}s after the change (the canary Secret {NAMESPACE}/{NAME} was not rewritten). Re-encrypting now would rewrite nothing. Wait a few minutes and run `kmsctl resume`; if it persists, check the KMS plugin in AKS diagnostics")]
+    #[error(
+        "the API server still writes with the previous key {waited}s after the change (the canary Secret {NAMESPACE}/{NAME} was not rewritten). Re-encrypting now would rewrite nothing. Wait a few minutes and run `kmsctl resume`; if it persists, check the KMS plugin in AKS diagnostics"
+    )]
     Timeout { waited: u64 },
     #[error(transparent)]
     Api(#[from] KubeError),
 }
 
 /// Waits until the canary is rewritten under a new key (its resourceVersion moves on from `planted`).
-pub async fn prove_switch(client: &kube::Client, planted: &str, timeout: Duration, poll: Duration) -> Result<Duration, BarrierError> {
+pub async fn prove_switch(
+    client: &kube::Client,
+    planted: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<Duration, BarrierError> {
     let api = api(client);
+    let retry = RetryPolicy::default();
     let start = Instant::now();
     loop {
-        let current = api.get(NAME).await.map_err(KubeError::from)?;
+        let current = retry
+            .run("read the canary", || async {
+                api.get(NAME).await.map_err(KubeError::from)
+            })
+            .await?;
         if current.metadata.resource_version.as_deref() != Some(planted) {
             return Ok(start.elapsed());
         }
-        let after = api.replace(NAME, &PostParams::default(), &current).await.map_err(KubeError::from)?;
+        let after = match api
+            .replace(NAME, &PostParams::default(), &current)
+            .await
+            .map_err(KubeError::from)
+        {
+            Ok(a) => a,
+            Err(e)
+                if matches!(e.retry_hint(), crate::retry::RetryHint::After(_))
+                    || e.code() == Some(409) =>
+            {
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if after.metadata.resource_version.as_deref() != Some(planted) {
             return Ok(start.elapsed());
         }
         if start.elapsed() >= timeout {
-            return Err(BarrierError::Timeout { waited: start.elapsed().as_secs() });
+            return Err(BarrierError::Timeout {
+                waited: start.elapsed().as_secs(),
+            });
         }
         tokio::time::sleep(poll).await;
     }

@@ -13,11 +13,19 @@ pub struct Cluster {
 
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Cluster> {
     let kc = match kubeconfig {
-        Some(p) => Kubeconfig::read_from(p).with_context(|| format!("reading kubeconfig {}", p.display()))?,
-        None => Kubeconfig::read().context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)")?,
+        Some(p) => Kubeconfig::read_from(p)
+            .with_context(|| format!("reading kubeconfig {}", p.display()))?,
+        None => {
+            Kubeconfig::read().context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)")?
+        }
     };
-    let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &opts).await.context("loading the kubeconfig context")?;
+    let opts = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &opts)
+        .await
+        .context("loading the kubeconfig context")?;
     // kube retries 429 silently (up to 15 times); kmsctl adapts to it instead, and shows it.
     config.default_retry = false;
     config.read_timeout = Some(Duration::from_secs(90));
@@ -31,7 +39,18 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
 pub fn server_host(server: &str) -> String {
     let rest = server.split("://").nth(1).unwrap_or(server);
     let authority = rest.split('/').next().unwrap_or(rest);
-    let host = if authority.starts_with('[') { authority.split(']').next().map(|h| h.trim_start_matches('[')).unwrap_or(authority) } else { authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority) };
+    let host = if authority.starts_with('[') {
+        authority
+            .split(']')
+            .next()
+            .map(|h| h.trim_start_matches('['))
+            .unwrap_or(authority)
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
     host.to_ascii_lowercase()
 }
 
@@ -39,7 +58,10 @@ pub fn server_host(server: &str) -> String {
 mod tests {
     #[test]
     fn hosts() {
-        assert_eq!(super::server_host("https://aks-abc.hcp.westeurope.azmk8s.io:443/"), "aks-abc.hcp.westeurope.azmk8s.io");
+        assert_eq!(
+            super::server_host("https://aks-abc.hcp.westeurope.azmk8s.io:443/"),
+            "aks-abc.hcp.westeurope.azmk8s.io"
+        );
         assert_eq!(super::server_host("https://127.0.0.1:6443"), "127.0.0.1");
     }
 }

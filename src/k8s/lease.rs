@@ -22,12 +22,16 @@ fn resource() -> ApiResource {
 }
 
 fn now_micro() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("another kmsctl run ({holder}) holds this cluster's lease kube-system/{NAME}, renewed {age}s ago; wait for it to finish, or if it died, for the lease to expire ({DURATION_SECONDS}s after its last renewal), or continue that run with `kmsctl resume`")]
+    #[error(
+        "another kmsctl run ({holder}) holds this cluster's lease kube-system/{NAME}, renewed {age}s ago; wait for it to finish, or if it died, for the lease to expire ({DURATION_SECONDS}s after its last renewal), or continue that run with `kmsctl resume`"
+    )]
     Held { holder: String, age: i64 },
     #[error(transparent)]
     Api(#[from] KubeError),
@@ -41,15 +45,33 @@ pub struct Lease {
 
 fn holder_of(obj: &DynamicObject) -> (String, Option<chrono::DateTime<chrono::Utc>>, i64) {
     let spec = &obj.data["spec"];
-    let holder = spec["holderIdentity"].as_str().unwrap_or_default().to_string();
-    let renewed = spec["renewTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc));
-    (holder, renewed, spec["leaseDurationSeconds"].as_i64().unwrap_or(DURATION_SECONDS))
+    let holder = spec["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let renewed = spec["renewTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    (
+        holder,
+        renewed,
+        spec["leaseDurationSeconds"]
+            .as_i64()
+            .unwrap_or(DURATION_SECONDS),
+    )
 }
 
 fn lease_object(holder: &str, rv: Option<String>) -> DynamicObject {
     let mut obj = DynamicObject::new(NAME, &resource()).within(NAMESPACE);
     obj.metadata.resource_version = rv;
-    obj.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "kmsctl".to_string())].into());
+    obj.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/managed-by".to_string(),
+            "kmsctl".to_string(),
+        )]
+        .into(),
+    );
     let now = now_micro();
     obj.data = json!({ "spec": { "holderIdentity": holder, "leaseDurationSeconds": DURATION_SECONDS, "acquireTime": now, "renewTime": now } });
     obj
@@ -62,7 +84,11 @@ impl Lease {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         let holder = format!("{run_id}@{host}");
         // Creating first saves a round trip in the usual case, where no lease exists.
-        let created = match api.create(&PostParams::default(), &lease_object(&holder, None)).await.map_err(KubeError::from) {
+        let created = match api
+            .create(&PostParams::default(), &lease_object(&holder, None))
+            .await
+            .map_err(KubeError::from)
+        {
             Ok(l) => Some(l),
             Err(e) if e.code() == Some(409) => None,
             Err(e) => return Err(e.into()),
@@ -72,25 +98,44 @@ impl Lease {
             None => {
                 let existing = api.get(NAME).await.map_err(KubeError::from)?;
                 let (current, renewed, duration) = holder_of(&existing);
-                let age = renewed.map(|r| (chrono::Utc::now() - r).num_seconds()).unwrap_or(i64::MAX);
+                let age = renewed
+                    .map(|r| (chrono::Utc::now() - r).num_seconds())
+                    .unwrap_or(i64::MAX);
                 let ours = current.split('@').next() == Some(run_id);
                 if !ours && !current.is_empty() && age < duration {
-                    return Err(LeaseError::Held { holder: current, age });
+                    return Err(LeaseError::Held {
+                        holder: current,
+                        age,
+                    });
                 }
-                api.replace(NAME, &PostParams::default(), &lease_object(&holder, existing.metadata.resource_version.clone()))
-                    .await
-                    .map_err(KubeError::from)?
+                api.replace(
+                    NAME,
+                    &PostParams::default(),
+                    &lease_object(&holder, existing.metadata.resource_version.clone()),
+                )
+                .await
+                .map_err(KubeError::from)?
             }
         };
         let renewer = tokio::spawn(renew_loop(api.clone(), holder));
-        Ok(Lease { api, uid: taken.metadata.uid, renewer })
+        Ok(Lease {
+            api,
+            uid: taken.metadata.uid,
+            renewer,
+        })
     }
 
     /// Gives the lease up (deleting it: it holds nothing but the lock). The uid precondition
     /// makes sure only the lease this run took is deleted.
     pub async fn release(self) {
         self.renewer.abort();
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: self.uid.clone(), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: self.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
         let _ = self.api.delete(NAME, &dp).await;
     }
 }
@@ -98,7 +143,9 @@ impl Lease {
 async fn renew_loop(api: Api<DynamicObject>, holder: String) {
     loop {
         tokio::time::sleep(Duration::from_secs((DURATION_SECONDS / 4) as u64)).await;
-        let Ok(Some(mut obj)) = api.get_opt(NAME).await else { continue };
+        let Ok(Some(mut obj)) = api.get_opt(NAME).await else {
+            continue;
+        };
         if holder_of(&obj).0 != holder {
             tracing::warn!("the run lease was taken over by another holder");
             return;

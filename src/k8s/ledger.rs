@@ -12,7 +12,13 @@ const NAMESPACE: &str = "kube-system";
 const FIELD: &str = "ledger.json";
 
 fn resource() -> ApiResource {
-    ApiResource { group: String::new(), version: "v1".into(), api_version: "v1".into(), kind: "ConfigMap".into(), plural: "configmaps".into() }
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        plural: "configmaps".into(),
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -37,19 +43,35 @@ pub struct Ledger {
 impl Ledger {
     /// `key_id` is now the write key (None: KMS off). Idempotent.
     pub fn put_in_service(&mut self, key_id: Option<&str>, at: chrono::DateTime<chrono::Utc>) {
-        for e in self.entries.iter_mut().filter(|e| e.out_of_service_since.is_none() && Some(e.key_id.as_str()) != key_id) {
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.out_of_service_since.is_none() && Some(e.key_id.as_str()) != key_id)
+        {
             e.out_of_service_since = Some(at);
         }
         if let Some(k) = key_id {
-            if !self.entries.iter().any(|e| e.key_id == k && e.out_of_service_since.is_none()) {
-                self.entries.push(LedgerEntry { key_id: k.to_string(), in_service_since: at, ..Default::default() });
+            if !self
+                .entries
+                .iter()
+                .any(|e| e.key_id == k && e.out_of_service_since.is_none())
+            {
+                self.entries.push(LedgerEntry {
+                    key_id: k.to_string(),
+                    in_service_since: at,
+                    ..Default::default()
+                });
             }
         }
     }
 
     /// A full re-encryption finished: nothing is under an out-of-service version any more.
     pub fn reencrypted(&mut self, at: chrono::DateTime<chrono::Utc>) {
-        for e in self.entries.iter_mut().filter(|e| e.out_of_service_since.is_some() && e.reencrypted_away_at.is_none()) {
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.out_of_service_since.is_some() && e.reencrypted_away_at.is_none())
+        {
             e.reencrypted_away_at = Some(at);
         }
     }
@@ -61,34 +83,61 @@ impl Ledger {
     }
 
     pub fn current(&self) -> Option<&LedgerEntry> {
-        self.entries.iter().rev().find(|e| e.out_of_service_since.is_none())
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.out_of_service_since.is_none())
     }
 
     /// Versions that must stay enabled and unexpired: the current one, the one before it (KMS
     /// keeps two keys in use), and any version Secrets may still be encrypted with.
     pub fn must_stay_alive(&self) -> Vec<&LedgerEntry> {
-        let live: Vec<&LedgerEntry> = self.entries.iter().filter(|e| e.retired_at.is_none()).collect();
-        let previous = live.iter().rev().find(|e| e.out_of_service_since.is_some()).map(|e| e.key_id.clone());
+        let live: Vec<&LedgerEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.retired_at.is_none())
+            .collect();
+        let previous = live
+            .iter()
+            .rev()
+            .find(|e| e.out_of_service_since.is_some())
+            .map(|e| e.key_id.clone());
         live.into_iter()
-            .filter(|e| e.out_of_service_since.is_none() || e.reencrypted_away_at.is_none() || Some(&e.key_id) == previous.as_ref())
+            .filter(|e| {
+                e.out_of_service_since.is_none()
+                    || e.reencrypted_away_at.is_none()
+                    || Some(&e.key_id) == previous.as_ref()
+            })
             .collect()
     }
 }
 
 pub async fn load(client: &kube::Client) -> Result<(Ledger, Option<String>), KubeError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource());
-    match api.get_opt(NAME).await.map_err(KubeError::from)? {
+    let found = crate::retry::RetryPolicy::default()
+        .run("read the key ledger", || async {
+            api.get_opt(NAME).await.map_err(KubeError::from)
+        })
+        .await?;
+    match found {
         None => Ok((Ledger::default(), None)),
         Some(cm) => {
             let text = cm.data["data"][FIELD].as_str().unwrap_or("{}");
-            let ledger = serde_json::from_str(text).map_err(|e| KubeError::Other(format!("the key ledger {NAMESPACE}/{NAME} is not valid: {e}")))?;
+            let ledger = serde_json::from_str(text).map_err(|e| {
+                KubeError::Other(format!(
+                    "the key ledger {NAMESPACE}/{NAME} is not valid: {e}"
+                ))
+            })?;
             Ok((ledger, cm.metadata.resource_version))
         }
     }
 }
 
 /// Reads, changes and writes the ledger; a conflict re-reads and applies the change again.
-pub async fn update(client: &kube::Client, change: impl Fn(&mut Ledger)) -> Result<Ledger, KubeError> {
+pub async fn update(
+    client: &kube::Client,
+    change: impl Fn(&mut Ledger),
+) -> Result<Ledger, KubeError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource());
     for _ in 0..5 {
         let (mut ledger, rv) = load(client).await?;
@@ -98,17 +147,39 @@ pub async fn update(client: &kube::Client, change: impl Fn(&mut Ledger)) -> Resu
             return Ok(ledger);
         }
         let mut cm = DynamicObject::new(NAME, &resource()).within(NAMESPACE);
-        cm.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "kmsctl".to_string())].into());
+        cm.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "kmsctl".to_string(),
+            )]
+            .into(),
+        );
         cm.metadata.resource_version = rv.clone();
-        cm.data = json!({ "data": { FIELD: serde_json::to_string_pretty(&ledger).unwrap_or_default() } });
-        let result = if rv.is_some() { api.replace(NAME, &PostParams::default(), &cm).await } else { api.create(&PostParams::default(), &cm).await };
+        cm.data =
+            json!({ "data": { FIELD: serde_json::to_string_pretty(&ledger).unwrap_or_default() } });
+        let result = if rv.is_some() {
+            api.replace(NAME, &PostParams::default(), &cm).await
+        } else {
+            api.create(&PostParams::default(), &cm).await
+        };
         match result.map_err(KubeError::from) {
             Ok(_) => return Ok(ledger),
-            Err(e) if e.code() == Some(409) => continue,
+            Err(e)
+                if e.code() == Some(409)
+                    || matches!(
+                        crate::retry::Retryable::retry_hint(&e),
+                        crate::retry::RetryHint::After(_)
+                    ) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
             Err(e) => return Err(e),
         }
     }
-    Err(KubeError::Other(format!("the key ledger {NAMESPACE}/{NAME} kept changing under kmsctl; try again")))
+    Err(KubeError::Other(format!(
+        "the key ledger {NAMESPACE}/{NAME} kept changing under kmsctl; try again"
+    )))
 }
 
 #[cfg(test)]
@@ -122,11 +193,19 @@ mod tests {
         l.put_in_service(Some("k1"), t);
         l.put_in_service(Some("k2"), t);
         l.reencrypted(t);
-        let alive: Vec<&str> = l.must_stay_alive().iter().map(|e| e.key_id.as_str()).collect();
+        let alive: Vec<&str> = l
+            .must_stay_alive()
+            .iter()
+            .map(|e| e.key_id.as_str())
+            .collect();
         assert_eq!(alive, ["k1", "k2"]);
         l.put_in_service(Some("k3"), t);
         l.reencrypted(t);
-        let alive: Vec<&str> = l.must_stay_alive().iter().map(|e| e.key_id.as_str()).collect();
+        let alive: Vec<&str> = l
+            .must_stay_alive()
+            .iter()
+            .map(|e| e.key_id.as_str())
+            .collect();
         assert_eq!(alive, ["k2", "k3"]);
         l.put_in_service(Some("k3"), t);
         assert_eq!(l.entries.len(), 3, "idempotent");

@@ -4,8 +4,8 @@
 
 pub mod canary;
 pub mod client;
-pub mod ledger;
 pub mod lease;
+pub mod ledger;
 
 use crate::retry::{RetryHint, Retryable};
 use std::time::Duration;
@@ -14,7 +14,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("Kubernetes API answered {code} {reason}: {message}")]
-    Api { code: u16, reason: String, message: String, retry_after: Option<Duration>, continue_token: Option<String> },
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+        retry_after: Option<Duration>,
+        continue_token: Option<String>,
+    },
     #[error("Kubernetes API could not be reached: {0}")]
     Transport(String),
     #[error("{0}")]
@@ -42,8 +48,15 @@ impl From<kube::Error> for KubeError {
                 code: s.code,
                 reason: s.reason.clone(),
                 message: s.message.clone(),
-                retry_after: s.details.as_ref().and_then(|d| (d.retry_after_seconds > 0).then(|| Duration::from_secs(d.retry_after_seconds as u64))),
-                continue_token: s.metadata.as_ref().and_then(|m| m.continue_.clone()).filter(|c| !c.is_empty()),
+                retry_after: s.details.as_ref().and_then(|d| {
+                    (d.retry_after_seconds > 0)
+                        .then(|| Duration::from_secs(d.retry_after_seconds as u64))
+                }),
+                continue_token: s
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.continue_.clone())
+                    .filter(|c| !c.is_empty()),
             },
             kube::Error::HyperError(e) => KubeError::Transport(e.to_string()),
             kube::Error::Service(e) => KubeError::Transport(e.to_string()),
@@ -56,7 +69,11 @@ impl Retryable for KubeError {
     fn retry_hint(&self) -> RetryHint {
         match self {
             _ if self.is_kms_failure() => RetryHint::No,
-            KubeError::Api { code: 429 | 500 | 502 | 503 | 504, retry_after, .. } => RetryHint::After(*retry_after),
+            KubeError::Api {
+                code: 429 | 500 | 502 | 503 | 504,
+                retry_after,
+                ..
+            } => RetryHint::After(*retry_after),
             KubeError::Transport(_) => RetryHint::After(None),
             _ => RetryHint::No,
         }

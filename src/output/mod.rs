@@ -14,15 +14,24 @@ pub enum Format {
 }
 
 pub fn print_json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
 }
 
 pub fn render_reencrypt(summary: &crate::reencrypt::Summary) -> String {
     let t = &summary.totals;
     let mut out = String::new();
-    out.push_str(&format!("{:<32} {:>10} {:>10} {:>8} {:>7}\n", "NAMESPACE", "REWRITTEN", "UNCHANGED", "DELETED", "FAILED"));
+    out.push_str(&format!(
+        "{:<32} {:>10} {:>10} {:>8} {:>7}\n",
+        "NAMESPACE", "REWRITTEN", "UNCHANGED", "DELETED", "FAILED"
+    ));
     for (ns, c) in &summary.namespaces {
-        out.push_str(&format!("{ns:<32} {:>10} {:>10} {:>8} {:>7}\n", c.rewritten, c.unchanged, c.deleted, c.failed));
+        out.push_str(&format!(
+            "{ns:<32} {:>10} {:>10} {:>8} {:>7}\n",
+            c.rewritten, c.unchanged, c.deleted, c.failed
+        ));
     }
     out.push_str(&format!(
         "total: {} rewritten (new resourceVersion), {} already under the current key, {} deleted meanwhile, {} failed in {:.1}s ({:.0}/s; {} requests, {:.1}% answered 429, {} conflicts retried)\n",

@@ -25,13 +25,23 @@ impl ReencryptProgress {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let bar = multi.add(ProgressBar::no_length());
         bar.set_style(
-            ProgressStyle::with_template("re-encrypting {bar:40.cyan/blue} {pos}/{len} Secrets {per_sec} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "re-encrypting {bar:40.cyan/blue} {pos}/{len} Secrets {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let line = multi.add(ProgressBar::new_spinner());
-        line.set_style(ProgressStyle::with_template("  {spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        line.set_style(
+            ProgressStyle::with_template("  {spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         line.enable_steady_tick(Duration::from_millis(200));
-        ReencryptProgress { _multi: multi, bar, line, in_flight: Mutex::new(BTreeSet::new()) }
+        ReencryptProgress {
+            _multi: multi,
+            bar,
+            line,
+            in_flight: Mutex::new(BTreeSet::new()),
+        }
     }
 
     pub fn finish(&self) {
@@ -42,14 +52,18 @@ impl ReencryptProgress {
     fn show_in_flight(&self) {
         let set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let names: Vec<&str> = set.iter().map(String::as_str).take(6).collect();
-        self.line.set_message(format!("namespaces in flight: {}", names.join(", ")));
+        self.line
+            .set_message(format!("namespaces in flight: {}", names.join(", ")));
     }
 }
 
 impl Observer for ReencryptProgress {
     fn event(&self, event: &Event) {
         match event {
-            Event::Started { total, already_done } => {
+            Event::Started {
+                total,
+                already_done,
+            } => {
                 if let Some(t) = total {
                     self.bar.set_length(*t);
                 }
@@ -57,7 +71,10 @@ impl Observer for ReencryptProgress {
                 self.bar.reset_eta();
             }
             Event::NamespaceStarted { namespace } => {
-                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.clone());
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(namespace.clone());
                 self.show_in_flight();
             }
             Event::PageDone { counts, .. } => {
@@ -67,11 +84,19 @@ impl Observer for ReencryptProgress {
                 }
             }
             Event::NamespaceDone { namespace } => {
-                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(namespace);
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(namespace);
                 self.show_in_flight();
             }
-            Event::Failed { namespace, name, reason } => {
-                self.bar.suspend(|| eprintln!("failed: {namespace}/{name}: {reason}"));
+            Event::Failed {
+                namespace,
+                name,
+                reason,
+            } => {
+                self.bar
+                    .suspend(|| eprintln!("failed: {namespace}/{name}: {reason}"));
             }
         }
     }
@@ -80,7 +105,10 @@ impl Observer for ReencryptProgress {
 /// A spinner for one lifecycle step.
 pub fn step_spinner(message: String) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    pb.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     pb.set_message(message);
     pb.enable_steady_tick(Duration::from_millis(200));
     pb

@@ -15,13 +15,21 @@ pub struct RunDisplay {
 
 impl Default for RunDisplay {
     fn default() -> Self {
-        RunDisplay { reencrypt: ReencryptProgress::new(), spinner: Mutex::new(None) }
+        RunDisplay {
+            reencrypt: ReencryptProgress::new(),
+            spinner: Mutex::new(None),
+        }
     }
 }
 
 impl RunDisplay {
     fn clear(&self) {
-        if let Some(s) = self.spinner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(s) = self
+            .spinner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             s.finish_and_clear();
         }
     }
@@ -35,10 +43,16 @@ impl RunObserver for RunDisplay {
     fn step_started(&self, index: usize, total: usize, name: &str) {
         self.clear();
         eprintln!("[{}/{total}] {name}", index + 1);
-        *self.spinner.lock().unwrap_or_else(|e| e.into_inner()) = Some(step_spinner(name.to_string()));
+        *self.spinner.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(step_spinner(name.to_string()));
     }
     fn step_status(&self, message: &str) {
-        if let Some(s) = self.spinner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(s) = self
+            .spinner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             s.set_message(message.to_string());
         }
         tracing::info!("{message}");
@@ -46,7 +60,10 @@ impl RunObserver for RunDisplay {
     fn step_finished(&self, _index: usize, name: &str, detail: &str) {
         self.clear();
         self.reencrypt.finish();
-        eprintln!("      {name} done{}{detail}", if detail.is_empty() { "" } else { ": " });
+        eprintln!(
+            "      {name} done{}{detail}",
+            if detail.is_empty() { "" } else { ": " }
+        );
     }
     fn step_skipped(&self, index: usize, name: &str, reason: &str) {
         eprintln!("[{}] {name} skipped ({reason})", index + 1);
@@ -79,7 +96,16 @@ pub fn render_plan(p: &Procedure, flag: impl Fn(&str) -> bool) -> String {
     let mut out = format!("plan: {} ({})\n", p.name, p.description);
     for (i, s) in p.steps.iter().enumerate() {
         let skipped = s.condition().is_some_and(|c| !flag(c));
-        out.push_str(&format!("  {:>2}. {}{}\n", i + 1, s.name(), if skipped { " (skipped: not asked for)" } else { "" }));
+        out.push_str(&format!(
+            "  {:>2}. {}{}\n",
+            i + 1,
+            s.name(),
+            if skipped {
+                " (skipped: not asked for)"
+            } else {
+                ""
+            }
+        ));
     }
     out
 }
@@ -91,7 +117,10 @@ pub fn render_report(r: &RunReport) -> String {
     }
     if let Some(e) = &r.error {
         out.push_str(&format!("error: {e}\n"));
-        out.push_str(&format!("journal: {} (continue with `kmsctl resume`)\n", r.journal));
+        out.push_str(&format!(
+            "journal: {} (continue with `kmsctl resume`)\n",
+            r.journal
+        ));
     }
     out
 }

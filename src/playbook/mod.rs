@@ -77,7 +77,10 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("enable", include_str!("../../playbooks/enable.yaml")),
     ("disable", include_str!("../../playbooks/disable.yaml")),
     ("rotate", include_str!("../../playbooks/rotate.yaml")),
-    ("rotate-twice", include_str!("../../playbooks/rotate-twice.yaml")),
+    (
+        "rotate-twice",
+        include_str!("../../playbooks/rotate-twice.yaml"),
+    ),
     ("reencrypt", include_str!("../../playbooks/reencrypt.yaml")),
 ];
 
@@ -90,15 +93,26 @@ pub enum PlaybookError {
 }
 
 pub fn parse(name: &str, text: &str) -> Result<Procedure, PlaybookError> {
-    let p: Procedure = serde_saphyr::from_str(text).map_err(|e| PlaybookError::Invalid { name: name.to_string(), message: e.to_string() })?;
-    validate(&p).map_err(|message| PlaybookError::Invalid { name: name.to_string(), message })?;
+    let p: Procedure = serde_saphyr::from_str(text).map_err(|e| PlaybookError::Invalid {
+        name: name.to_string(),
+        message: e.to_string(),
+    })?;
+    validate(&p).map_err(|message| PlaybookError::Invalid {
+        name: name.to_string(),
+        message,
+    })?;
     Ok(p)
 }
 
 /// Orders that would be unsafe whatever the cluster: a change without preflight first, a key
 /// switch without a canary planted before it, or re-encryption before the switch is proven.
 fn validate(p: &Procedure) -> Result<(), String> {
-    let changes = p.steps.iter().any(|s| matches!(s, Step::UpdateKms { .. } | Step::RotateKey | Step::RetireOldest { .. }));
+    let changes = p.steps.iter().any(|s| {
+        matches!(
+            s,
+            Step::UpdateKms { .. } | Step::RotateKey | Step::RetireOldest { .. }
+        )
+    });
     if changes && p.steps.first() != Some(&Step::Preflight) {
         return Err("a procedure that changes anything must start with preflight".into());
     }
@@ -107,13 +121,17 @@ fn validate(p: &Procedure) -> Result<(), String> {
     for s in &p.steps {
         match s {
             Step::PlantCanary => planted = true,
-            Step::UpdateKms { .. } if !planted => return Err("update-kms needs a plant-canary step before it".into()),
+            Step::UpdateKms { .. } if !planted => {
+                return Err("update-kms needs a plant-canary step before it".into());
+            }
             Step::UpdateKms { .. } => switched = true,
             Step::ProveKeySwitch => {
                 planted = false;
                 switched = false;
             }
-            Step::Reencrypt if switched => return Err("reencrypt must come after prove-key-switch".into()),
+            Step::Reencrypt if switched => {
+                return Err("reencrypt must come after prove-key-switch".into());
+            }
             _ => {}
         }
     }
@@ -121,7 +139,10 @@ fn validate(p: &Procedure) -> Result<(), String> {
 }
 
 pub fn built_in(name: &str) -> Result<Procedure, PlaybookError> {
-    let (n, text) = BUILT_IN.iter().find(|(n, _)| *n == name).ok_or_else(|| PlaybookError::Unknown(name.to_string()))?;
+    let (n, text) = BUILT_IN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| PlaybookError::Unknown(name.to_string()))?;
     parse(n, text)
 }
 
@@ -136,15 +157,28 @@ mod tests {
             assert_eq!(&p.name, name);
         }
         let twice = built_in("rotate-twice").unwrap();
-        assert_eq!(twice.steps.iter().filter(|s| **s == Step::Reencrypt).count(), 2);
+        assert_eq!(
+            twice
+                .steps
+                .iter()
+                .filter(|s| **s == Step::Reencrypt)
+                .count(),
+            2
+        );
         assert_eq!(twice.steps.last().unwrap().condition(), Some("retireOld"));
     }
 
     #[test]
     fn unsafe_orders_are_refused() {
         let bad = "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: preflight\n  - step: plant-canary\n  - step: update-kms\n    enabled: true\n  - step: reencrypt\n";
-        assert!(parse("x", bad).unwrap_err().to_string().contains("prove-key-switch"));
-        let no_preflight = "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: rotate-key\n";
+        assert!(
+            parse("x", bad)
+                .unwrap_err()
+                .to_string()
+                .contains("prove-key-switch")
+        );
+        let no_preflight =
+            "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: rotate-key\n";
         assert!(parse("x", no_preflight).is_err());
     }
 }

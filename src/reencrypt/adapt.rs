@@ -101,14 +101,20 @@ impl Controller {
         let mut s = self.lock();
         let now = Instant::now();
         s.recent.push_back(now);
-        while s.recent.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
+        while s
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > WINDOW)
+        {
             s.recent.pop_front();
         }
         if s.limit < s.max as f64 {
             s.limit = (s.limit + 1.0 / s.limit).min(s.max as f64);
         }
         if let Some(r) = s.rate {
-            if now.duration_since(s.last_increase) >= Duration::from_millis(500) && now.duration_since(s.last_decrease) >= Duration::from_millis(500) {
+            if now.duration_since(s.last_increase) >= Duration::from_millis(500)
+                && now.duration_since(s.last_decrease) >= Duration::from_millis(500)
+            {
                 s.rate = Some(r + (r * 0.02).max(1.0));
                 s.last_increase = now;
             }
@@ -126,7 +132,11 @@ impl Controller {
             return;
         }
         s.last_decrease = now;
-        let span = now.duration_since(s.started).min(WINDOW).as_secs_f64().max(0.05);
+        let span = now
+            .duration_since(s.started)
+            .min(WINDOW)
+            .as_secs_f64()
+            .max(0.05);
         let measured = s.recent.len() as f64 / span;
         let current = s.rate.unwrap_or(f64::MAX).min(measured.max(1.0));
         s.rate = Some((current * DECREASE).max(1.0));
@@ -173,6 +183,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!third.is_finished());
         drop(a);
-        tokio::time::timeout(Duration::from_secs(1), third).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), third)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -14,7 +14,11 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(max: u64) -> Self {
-        Budget { max, used: Mutex::new(0), notify: Notify::new() }
+        Budget {
+            max,
+            used: Mutex::new(0),
+            notify: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
@@ -91,6 +95,9 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
         b.release(80);
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -43,7 +43,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespaces: Vec::new(), batch_size: 50, concurrency: 64, max_qps: None, namespaces_in_flight: 8 }
+        Options {
+            namespaces: Vec::new(),
+            batch_size: 50,
+            concurrency: 64,
+            max_qps: None,
+            namespaces_in_flight: 8,
+        }
     }
 }
 
@@ -54,14 +60,22 @@ pub trait Observer: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("the KMS plugin cannot encrypt or decrypt, so no Secret can be rewritten: {0}. Extend the key's expiry or enable it (az keyvault key set-attributes), or rotate to a valid key version, then run again")]
+    #[error(
+        "the KMS plugin cannot encrypt or decrypt, so no Secret can be rewritten: {0}. Extend the key's expiry or enable it (az keyvault key set-attributes), or rotate to a valid key version, then run again"
+    )]
     KmsUnavailable(KubeError),
     #[error("listing {what}: {source}")]
     List { what: String, source: KubeError },
 }
 
 fn secret_resource() -> ApiResource {
-    ApiResource { group: String::new(), version: "v1".into(), api_version: "v1".into(), kind: "Secret".into(), plural: "secrets".into() }
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        plural: "secrets".into(),
+    }
 }
 
 struct Shared<'a> {
@@ -79,13 +93,28 @@ struct Shared<'a> {
     large: tokio::sync::Semaphore,
 }
 
-pub async fn run(client: kube::Client, options: &Options, checkpoint: Checkpoint, observer: &dyn Observer) -> Result<Summary, EngineError> {
+pub async fn run(
+    client: kube::Client,
+    options: &Options,
+    checkpoint: Checkpoint,
+    observer: &dyn Observer,
+) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let retry = RetryPolicy::default();
-    let (namespaces, total) = futures::join!(select_namespaces(&client, options, &retry), count_secrets(&client, options, &retry));
+    let (namespaces, total) = futures::join!(
+        select_namespaces(&client, options, &retry),
+        count_secrets(&client, options, &retry)
+    );
     let namespaces = namespaces?;
-    let already: u64 = checkpoint.namespaces.values().map(|n| n.counts.processed()).sum();
-    observer.event(&Event::Started { total, already_done: already });
+    let already: u64 = checkpoint
+        .namespaces
+        .values()
+        .map(|n| n.counts.processed())
+        .sum();
+    observer.event(&Event::Started {
+        total,
+        already_done: already,
+    });
     let shared = Shared {
         client,
         options,
@@ -128,12 +157,22 @@ pub async fn run(client: kube::Client, options: &Options, checkpoint: Checkpoint
                 list_error.get_or_insert(e);
             }
         }
-        if shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             break;
         }
     }
     drop(work);
-    if let Some(f) = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(f) = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
         return Err(EngineError::KmsUnavailable(f));
     }
     if let Some(e) = list_error {
@@ -150,14 +189,25 @@ pub async fn run(client: kube::Client, options: &Options, checkpoint: Checkpoint
         per_second: (totals.rewritten + totals.unchanged) as f64 / seconds.max(1e-6),
         totals,
         namespaces: per_ns,
-        failures: shared.failures.into_inner().unwrap_or_else(|e| e.into_inner()),
+        failures: shared
+            .failures
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner()),
         seconds,
         requests,
-        throttled_share: if requests == 0 { 0.0 } else { throttled as f64 / requests as f64 },
+        throttled_share: if requests == 0 {
+            0.0
+        } else {
+            throttled as f64 / requests as f64
+        },
     })
 }
 
-async fn select_namespaces(client: &kube::Client, options: &Options, retry: &RetryPolicy) -> Result<Vec<String>, EngineError> {
+async fn select_namespaces(
+    client: &kube::Client,
+    options: &Options,
+    retry: &RetryPolicy,
+) -> Result<Vec<String>, EngineError> {
     if !options.namespaces.is_empty() {
         let mut v = options.namespaces.clone();
         v.sort();
@@ -166,23 +216,50 @@ async fn select_namespaces(client: &kube::Client, options: &Options, retry: &Ret
     }
     let api: Api<Namespace> = Api::all(client.clone());
     let list = retry
-        .run("list namespaces", || async { api.list(&ListParams::default()).await.map_err(KubeError::from) })
+        .run("list namespaces", || async {
+            api.list(&ListParams::default())
+                .await
+                .map_err(KubeError::from)
+        })
         .await
-        .map_err(|source| EngineError::List { what: "namespaces".into(), source })?;
-    Ok(list.items.into_iter().filter_map(|n| n.metadata.name).collect())
+        .map_err(|source| EngineError::List {
+            what: "namespaces".into(),
+            source,
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect())
 }
 
 /// The number of Secrets to do, from `remainingItemCount` of one-item lists (None if unknown).
-async fn count_secrets(client: &kube::Client, options: &Options, retry: &RetryPolicy) -> Option<u64> {
+async fn count_secrets(
+    client: &kube::Client,
+    options: &Options,
+    retry: &RetryPolicy,
+) -> Option<u64> {
     let scopes: Vec<Api<DynamicObject>> = if options.namespaces.is_empty() {
         vec![Api::all_with(client.clone(), &secret_resource())]
     } else {
-        options.namespaces.iter().map(|n| Api::namespaced_with(client.clone(), n, &secret_resource())).collect()
+        options
+            .namespaces
+            .iter()
+            .map(|n| Api::namespaced_with(client.clone(), n, &secret_resource()))
+            .collect()
     };
     let mut total = 0;
     for api in scopes {
-        let page = retry.run("count secrets", || async { api.list_metadata(&ListParams::default().limit(1)).await.map_err(KubeError::from) }).await.ok()?;
-        total += page.items.len() as u64 + page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
+        let page = retry
+            .run("count secrets", || async {
+                api.list_metadata(&ListParams::default().limit(1))
+                    .await
+                    .map_err(KubeError::from)
+            })
+            .await
+            .ok()?;
+        total +=
+            page.items.len() as u64 + page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
     }
     Some(total)
 }
@@ -194,55 +271,107 @@ struct Page {
     bytes: u64,
 }
 
-async fn fetch(shared: &Shared<'_>, ns: &str, limit: u32, token: Option<&str>) -> Result<(ObjectList<DynamicObject>, u64), KubeError> {
+async fn fetch(
+    shared: &Shared<'_>,
+    ns: &str,
+    limit: u32,
+    token: Option<&str>,
+) -> Result<(ObjectList<DynamicObject>, u64), KubeError> {
     let mut lp = ListParams::default().limit(limit);
     if let Some(t) = token {
         lp = lp.continue_token(t);
     }
-    let request = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/secrets")).list(&lp).map_err(|e| KubeError::Other(e.to_string()))?;
-    let _slot = shared.lists.acquire().await.map_err(|e| KubeError::Other(e.to_string()))?;
+    let request = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/secrets"))
+        .list(&lp)
+        .map_err(|e| KubeError::Other(e.to_string()))?;
+    let _slot = shared
+        .lists
+        .acquire()
+        .await
+        .map_err(|e| KubeError::Other(e.to_string()))?;
     stream::get_json(&shared.client, request).await
 }
 
-async fn list_page(shared: &Shared<'_>, ns: &str, token: Option<String>, bytes_per_secret: Option<u64>) -> Result<Page, EngineError> {
+async fn list_page(
+    shared: &Shared<'_>,
+    ns: &str,
+    token: Option<String>,
+    bytes_per_secret: Option<u64>,
+) -> Result<Page, EngineError> {
     let limit = budget::page_limit(shared.options.batch_size, bytes_per_secret);
     let expected = limit as u64 * bytes_per_secret.unwrap_or(8 << 10);
     shared.pages.reserve(expected).await;
     let mut token = token;
     let mut restarts = 0;
     loop {
-        let result = shared.retry.run("list secrets", || fetch(shared, ns, limit, token.as_deref())).await;
+        let result = shared
+            .retry
+            .run("list secrets", || {
+                fetch(shared, ns, limit, token.as_deref())
+            })
+            .await;
         match result {
             Ok((list, bytes)) => {
                 shared.pages.adjust(expected, bytes);
                 let next = list.metadata.continue_.clone().filter(|c| !c.is_empty());
-                return Ok(Page { items: list.items, next, bytes });
+                return Ok(Page {
+                    items: list.items,
+                    next,
+                    bytes,
+                });
             }
             // The continue token outlived the server's compaction window: go on from the position
             // the server hands back (or from the start of the namespace: unchanged Secrets are cheap no-ops).
-            Err(KubeError::Api { code: 410, continue_token, .. }) if restarts < 3 => {
+            Err(KubeError::Api {
+                code: 410,
+                continue_token,
+                ..
+            }) if restarts < 3 => {
                 restarts += 1;
-                tracing::info!(namespace = ns, "continue token expired (410); listing again from the last checkpoint");
+                tracing::info!(
+                    namespace = ns,
+                    "continue token expired (410); listing again from the last checkpoint"
+                );
                 token = continue_token;
             }
             Err(e) => {
                 shared.pages.release(expected);
-                return Err(if e.is_kms_failure() { EngineError::KmsUnavailable(e) } else { EngineError::List { what: format!("secrets in {ns}"), source: e } });
+                return Err(if e.is_kms_failure() {
+                    EngineError::KmsUnavailable(e)
+                } else {
+                    EngineError::List {
+                        what: format!("secrets in {ns}"),
+                        source: e,
+                    }
+                });
             }
         }
     }
 }
 
-async fn namespace(shared: &Shared<'_>, ns: &str, start: Option<String>) -> Result<Counts, EngineError> {
-    shared.observer.event(&Event::NamespaceStarted { namespace: ns.to_string() });
-    let api: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), ns, &secret_resource());
+async fn namespace(
+    shared: &Shared<'_>,
+    ns: &str,
+    start: Option<String>,
+) -> Result<Counts, EngineError> {
+    shared.observer.event(&Event::NamespaceStarted {
+        namespace: ns.to_string(),
+    });
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(shared.client.clone(), ns, &secret_resource());
     let mut counts = Counts::default();
+    let mut page_start = start.clone();
+    // Once a page had a Secret that failed, the checkpoint stays at that page's start, so a
+    // resumed run does it again (its other Secrets are then cheap no-ops).
+    let mut redo_from: Option<Option<String>> = None;
     let mut page = list_page(shared, ns, start, None).await?;
     loop {
         let per_secret = (!page.items.is_empty()).then(|| page.bytes / page.items.len() as u64);
         let next = page.next.clone();
         // Fetch the next page while this one is written: one page ahead, within the byte budget.
-        let prefetch = next.clone().map(|t| list_page(shared, ns, Some(t), per_secret));
+        let prefetch = next
+            .clone()
+            .map(|t| list_page(shared, ns, Some(t), per_secret));
         let (items, bytes) = (std::mem::take(&mut page.items), page.bytes);
         // The page's bytes go back to the budget as soon as its writes are done, so the prefetch
         // waiting for room is never waiting on itself.
@@ -259,26 +388,59 @@ async fn namespace(shared: &Shared<'_>, ns: &str, start: Option<String>) -> Resu
             None => (writes.await, None),
         };
         counts.add(&page_counts);
-        if shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             if let Some(Ok(f)) = following {
                 shared.pages.release(f.bytes);
             }
             return Ok(counts);
         }
-        shared.observer.event(&Event::PageDone { namespace: ns.to_string(), next: next.clone(), counts: page_counts });
+        if page_counts.failed > 0 && redo_from.is_none() {
+            redo_from = Some(page_start.clone());
+        }
+        let (checkpoint, journaled) = match &redo_from {
+            Some(from) => (from.clone(), Counts::default()),
+            None => (next.clone(), page_counts),
+        };
+        shared.observer.event(&Event::PageDone {
+            namespace: ns.to_string(),
+            next: checkpoint,
+            counts: journaled,
+        });
         match following {
-            Some(f) => page = f?,
+            Some(f) => {
+                page = f?;
+                page_start = next;
+            }
             None => break,
         }
     }
-    shared.observer.event(&Event::NamespaceDone { namespace: ns.to_string() });
+    if redo_from.is_none() {
+        shared.observer.event(&Event::NamespaceDone {
+            namespace: ns.to_string(),
+        });
+    }
     Ok(counts)
 }
 
-async fn write_page(shared: &Shared<'_>, api: &Api<DynamicObject>, ns: &str, items: Vec<DynamicObject>) -> Counts {
+async fn write_page(
+    shared: &Shared<'_>,
+    api: &Api<DynamicObject>,
+    ns: &str,
+    items: Vec<DynamicObject>,
+) -> Counts {
     let mut counts = Counts::default();
     let collection = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/secrets"));
-    let target = rewrite::Target { api, client: &shared.client, collection: &collection, large: &shared.large };
+    let target = rewrite::Target {
+        api,
+        client: &shared.client,
+        collection: &collection,
+        large: &shared.large,
+    };
     let target = &target;
     let mut pending: FuturesUnordered<_> = items
         .into_iter()
@@ -290,7 +452,9 @@ async fn write_page(shared: &Shared<'_>, api: &Api<DynamicObject>, ns: &str, ite
         .collect();
     while let Some((name, outcome, stats)) = pending.next().await {
         shared.requests.fetch_add(stats.requests, Ordering::Relaxed);
-        shared.throttled.fetch_add(stats.throttled, Ordering::Relaxed);
+        shared
+            .throttled
+            .fetch_add(stats.throttled, Ordering::Relaxed);
         counts.conflicts += stats.conflicts;
         counts.throttled += stats.throttled;
         match outcome {
@@ -299,14 +463,22 @@ async fn write_page(shared: &Shared<'_>, api: &Api<DynamicObject>, ns: &str, ite
             Outcome::Deleted => counts.deleted += 1,
             Outcome::Failed(reason) => {
                 counts.failed += 1;
-                shared.observer.event(&Event::Failed { namespace: ns.to_string(), name: name.clone(), reason: reason.clone() });
+                shared.observer.event(&Event::Failed {
+                    namespace: ns.to_string(),
+                    name: name.clone(),
+                    reason: reason.clone(),
+                });
                 let mut f = shared.failures.lock().unwrap_or_else(|e| e.into_inner());
                 if f.len() < 1000 {
                     f.push(format!("{ns}/{name}: {reason}"));
                 }
             }
             Outcome::Fatal(e) => {
-                shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                shared
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
                 return counts;
             }
         }

@@ -49,13 +49,20 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn apply(&mut self, e: &Event) {
         match e {
-            Event::PageDone { namespace, next, counts } => {
+            Event::PageDone {
+                namespace,
+                next,
+                counts,
+            } => {
                 let ns = self.namespaces.entry(namespace.clone()).or_default();
                 ns.next = next.clone();
                 ns.counts.add(counts);
             }
             Event::NamespaceDone { namespace } => {
-                self.namespaces.entry(namespace.clone()).or_default().finished = true;
+                self.namespaces
+                    .entry(namespace.clone())
+                    .or_default()
+                    .finished = true;
             }
             _ => {}
         }
@@ -66,13 +73,28 @@ impl Checkpoint {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum Event {
-    Started { total: Option<u64>, already_done: u64 },
-    NamespaceStarted { namespace: String },
+    Started {
+        total: Option<u64>,
+        already_done: u64,
+    },
+    NamespaceStarted {
+        namespace: String,
+    },
     /// One page finished: the position to continue from, and what it did.
-    PageDone { namespace: String, next: Option<String>, counts: Counts },
-    NamespaceDone { namespace: String },
+    PageDone {
+        namespace: String,
+        next: Option<String>,
+        counts: Counts,
+    },
+    NamespaceDone {
+        namespace: String,
+    },
     /// A Secret that could not be rewritten (never its data).
-    Failed { namespace: String, name: String, reason: String },
+    Failed {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]

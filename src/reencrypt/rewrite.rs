@@ -25,7 +25,10 @@ pub struct Target<'a> {
 }
 
 async fn put(t: &Target<'_>, name: &str, body: Vec<u8>) -> Result<Option<String>, KubeError> {
-    let request = t.collection.replace(name, &PostParams::default(), body).map_err(|e| KubeError::Other(e.to_string()))?;
+    let request = t
+        .collection
+        .replace(name, &PostParams::default(), body)
+        .map_err(|e| KubeError::Other(e.to_string()))?;
     let written: Written = t.client.request(request).await?;
     Ok(written.metadata.resource_version)
 }
@@ -49,11 +52,23 @@ const MAX_CONFLICTS: u32 = 5;
 
 /// The size of a Secret's data, without encoding it.
 fn data_bytes(obj: &DynamicObject) -> usize {
-    obj.data["data"].as_object().map(|m| m.values().filter_map(|v| v.as_str()).map(str::len).sum()).unwrap_or(0)
+    obj.data["data"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_str()).map(str::len).sum())
+        .unwrap_or(0)
 }
 
-pub async fn rewrite(target: &Target<'_>, ctl: &Controller, retry: &RetryPolicy, mut obj: DynamicObject) -> (Outcome, Stats) {
-    let mut stats = Stats { conflicts: 0, throttled: 0, requests: 0 };
+pub async fn rewrite(
+    target: &Target<'_>,
+    ctl: &Controller,
+    retry: &RetryPolicy,
+    mut obj: DynamicObject,
+) -> (Outcome, Stats) {
+    let mut stats = Stats {
+        conflicts: 0,
+        throttled: 0,
+        requests: 0,
+    };
     let name = obj.metadata.name.clone().unwrap_or_default();
     let mut attempt = 0u32;
     let mut conflicts = 0u32;
@@ -61,7 +76,11 @@ pub async fn rewrite(target: &Target<'_>, ctl: &Controller, retry: &RetryPolicy,
         let before = obj.metadata.resource_version.clone();
         // Slots first, then the request body: a page's Secrets waiting for a slot are held once.
         let result = {
-            let _large = if data_bytes(&obj) >= super::budget::LARGE_SECRET_BYTES { target.large.acquire().await.ok() } else { None };
+            let _large = if data_bytes(&obj) >= super::budget::LARGE_SECRET_BYTES {
+                target.large.acquire().await.ok()
+            } else {
+                None
+            };
             let _permit = ctl.acquire().await;
             stats.requests += 1;
             match serde_json::to_vec(&obj) {
@@ -73,7 +92,14 @@ pub async fn rewrite(target: &Target<'_>, ctl: &Controller, retry: &RetryPolicy,
             Ok(after) => {
                 ctl.on_success();
                 let same = after == before;
-                return (if same { Outcome::Unchanged } else { Outcome::Rewritten }, stats);
+                return (
+                    if same {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Rewritten
+                    },
+                    stats,
+                );
             }
             Err(e) => e,
         };
@@ -85,7 +111,15 @@ pub async fn rewrite(target: &Target<'_>, ctl: &Controller, retry: &RetryPolicy,
                 match target.api.get_opt(&name).await {
                     Ok(Some(fresh)) => obj = fresh,
                     Ok(None) => return (Outcome::Deleted, stats),
-                    Err(e) => return (Outcome::Failed(format!("re-reading after a conflict: {}", KubeError::from(e))), stats),
+                    Err(e) => {
+                        return (
+                            Outcome::Failed(format!(
+                                "re-reading after a conflict: {}",
+                                KubeError::from(e)
+                            )),
+                            stats,
+                        );
+                    }
                 }
                 continue;
             }
@@ -98,7 +132,9 @@ pub async fn rewrite(target: &Target<'_>, ctl: &Controller, retry: &RetryPolicy,
         if err.is_kms_failure() {
             return (Outcome::Fatal(err), stats);
         }
-        let RetryHint::After(server) = err.retry_hint() else { return (Outcome::Failed(err.to_string()), stats) };
+        let RetryHint::After(server) = err.retry_hint() else {
+            return (Outcome::Failed(err.to_string()), stats);
+        };
         // Throttling is not a failure: it does not use up the attempts kept for errors.
         if err.code() != Some(429) {
             attempt += 1;

@@ -26,8 +26,14 @@ impl Read for Chunks {
 }
 
 /// Sends a GET and decodes the JSON answer; returns it with its size in bytes.
-pub async fn get_json<T: serde::de::DeserializeOwned>(client: &kube::Client, request: http::Request<Vec<u8>>) -> Result<(T, u64), KubeError> {
-    let response = client.send(request.map(kube::client::Body::from)).await.map_err(KubeError::from)?;
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    request: http::Request<Vec<u8>>,
+) -> Result<(T, u64), KubeError> {
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .map_err(KubeError::from)?;
     let status = response.status();
     let mut body = response.into_body();
     let mut chunks = VecDeque::new();
@@ -43,10 +49,15 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(client: &kube::Client, req
         let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.to_vec()).collect();
         let err = match serde_json::from_slice::<kube::core::Status>(&text) {
             Ok(s) => kube::Error::Api(Box::new(s)),
-            Err(_) => kube::Error::Api(Box::new(kube::core::Status::failure(&String::from_utf8_lossy(&text), "").with_code(status.as_u16()))),
+            Err(_) => kube::Error::Api(Box::new(
+                kube::core::Status::failure(&String::from_utf8_lossy(&text), "")
+                    .with_code(status.as_u16()),
+            )),
         };
         return Err(err.into());
     }
-    let value = serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, Chunks(chunks))).map_err(|e| KubeError::Other(format!("decoding a list: {e}")))?;
+    let value =
+        serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, Chunks(chunks)))
+            .map_err(|e| KubeError::Other(format!("decoding a list: {e}")))?;
     Ok((value, size))
 }

@@ -9,14 +9,24 @@ use serde_json::{Value, json};
 
 pub fn handle(shared: &Shared, req: &Req) -> Resp {
     if req.bearer() != Some(shared.world().ids.admin_token.as_str()) {
-        return k8s_status(StatusCode::UNAUTHORIZED, "Unauthorized", "the twin's admin token is required", None);
+        return k8s_status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the twin's admin token is required",
+            None,
+        );
     }
     match (&req.method, req.path.as_str()) {
         (&Method::GET, "/_sim/inspect") => json_resp(StatusCode::OK, &inspect(shared)),
         (&Method::POST, "/_sim/faults") => {
             let rules: Result<Vec<FaultRule>, String> = match req.json() {
-                Ok(Value::Array(a)) => a.into_iter().map(|v| serde_json::from_value(v).map_err(|e| e.to_string())).collect(),
-                Ok(v) => serde_json::from_value(v).map(|r| vec![r]).map_err(|e| e.to_string()),
+                Ok(Value::Array(a)) => a
+                    .into_iter()
+                    .map(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+                    .collect(),
+                Ok(v) => serde_json::from_value(v)
+                    .map(|r| vec![r])
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             match rules {
@@ -32,7 +42,12 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
             shared.world().faults.clear();
             json_resp(StatusCode::OK, &json!({ "rules": 0 }))
         }
-        _ => k8s_status(StatusCode::NOT_FOUND, "NotFound", "no such twin endpoint", None),
+        _ => k8s_status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no such twin endpoint",
+            None,
+        ),
     }
 }
 
@@ -54,7 +69,16 @@ pub fn inspect(shared: &Shared) -> Value {
             })
             .collect();
         let write_key = w.write_key.effective(std::time::Instant::now()).to_string();
-        (w.cluster.clone(), w.vault.clone(), keys, write_key, shared.write_limiter.rejected.load(std::sync::atomic::Ordering::Relaxed))
+        (
+            w.cluster.clone(),
+            w.vault.clone(),
+            keys,
+            write_key,
+            shared
+                .write_limiter
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     };
     let store = shared.secrets_read();
     json!({

@@ -33,21 +33,42 @@ fn eq(a: &str, b: &str) -> bool {
 pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
     let mut w = shared.world();
     match req.bearer() {
-        None => return arm_error(StatusCode::UNAUTHORIZED, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing."),
+        None => {
+            return arm_error(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            );
+        }
         Some(t) if !w.token_ok(t, AUDIENCE) => {
-            return arm_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "The access token is invalid.");
+            return arm_error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                "The access token is invalid.",
+            );
         }
         Some(_) => {}
     }
     if !req.query.contains_key("api-version") {
-        return arm_error(StatusCode::BAD_REQUEST, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.");
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        );
     }
     let s = req.segments();
     if let Some(pos) = s.iter().rposition(|x| eq(x, "Microsoft.Authorization")) {
         return role_assignments(&mut w, req, &s, pos);
     }
     if s.len() < 2 || !eq(s[0], "subscriptions") || !eq(s[1], &w.ids.subscription) {
-        return arm_error(StatusCode::NOT_FOUND, "SubscriptionNotFound", &format!("The subscription '{}' could not be found.", s.get(1).unwrap_or(&"")));
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "SubscriptionNotFound",
+            &format!(
+                "The subscription '{}' could not be found.",
+                s.get(1).unwrap_or(&"")
+            ),
+        );
     }
     let method = &req.method;
     match &s[2..] {
@@ -56,35 +77,69 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             &json!({ "id": format!("/subscriptions/{}", w.ids.subscription), "subscriptionId": w.ids.subscription, "tenantId": w.ids.tenant,
                      "displayName": "kmsctl twin", "state": "Enabled" }),
         ),
-        ["providers", p, "vaults"] if eq(p, "Microsoft.KeyVault") => json_resp(StatusCode::OK, &json!({ "value": [w.vault] })),
-        ["providers", p, "locations", _, "operations", id] if eq(p, "Microsoft.ContainerService") => operation_status(&w, id),
-        ["providers", p, "locations", _, "operationresults", id] if eq(p, "Microsoft.ContainerService") => operation_result(&w, id),
-        ["providers", p, "managedClusters"] if eq(p, "Microsoft.ContainerService") => list(&w),
-        [rg_, rg, "providers", p, "managedClusters"] if eq(rg_, "resourceGroups") && eq(p, "Microsoft.ContainerService") => {
-            if eq(rg, &w.ids.resource_group) { list(&w) } else { json_resp(StatusCode::OK, &json!({ "value": [] })) }
+        ["providers", p, "vaults"] if eq(p, "Microsoft.KeyVault") => {
+            json_resp(StatusCode::OK, &json!({ "value": [w.vault] }))
         }
-        [rg_, rg, "providers", p, "managedClusters", name, rest @ ..] if eq(rg_, "resourceGroups") && eq(p, "Microsoft.ContainerService") => {
+        ["providers", p, "locations", _, "operations", id]
+            if eq(p, "Microsoft.ContainerService") =>
+        {
+            operation_status(&w, id)
+        }
+        ["providers", p, "locations", _, "operationresults", id]
+            if eq(p, "Microsoft.ContainerService") =>
+        {
+            operation_result(&w, id)
+        }
+        ["providers", p, "managedClusters"] if eq(p, "Microsoft.ContainerService") => list(&w),
+        [rg_, rg, "providers", p, "managedClusters"]
+            if eq(rg_, "resourceGroups") && eq(p, "Microsoft.ContainerService") =>
+        {
+            if eq(rg, &w.ids.resource_group) {
+                list(&w)
+            } else {
+                json_resp(StatusCode::OK, &json!({ "value": [] }))
+            }
+        }
+        [rg_, rg, "providers", p, "managedClusters", name, rest @ ..]
+            if eq(rg_, "resourceGroups") && eq(p, "Microsoft.ContainerService") =>
+        {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.cluster) {
                 return not_found("Microsoft.ContainerService/managedClusters", name, rg);
             }
             match (method, rest) {
                 (&Method::GET, []) => json_resp(StatusCode::OK, &w.cluster),
                 (&Method::PUT, []) => put_cluster(shared, &mut w, req, fail_operation),
-                (&Method::GET, [u, d]) if eq(u, "upgradeProfiles") && eq(d, "default") => upgrade_profile(&w),
-                _ => arm_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "The requested method is not supported by the twin for this resource."),
+                (&Method::GET, [u, d]) if eq(u, "upgradeProfiles") && eq(d, "default") => {
+                    upgrade_profile(&w)
+                }
+                _ => arm_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "The requested method is not supported by the twin for this resource.",
+                ),
             }
         }
-        [rg_, rg, "providers", p, "vaults", name] if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") => {
+        [rg_, rg, "providers", p, "vaults", name]
+            if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") =>
+        {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.vault) {
                 return not_found("Microsoft.KeyVault/vaults", name, rg);
             }
             match *method {
                 Method::GET => json_resp(StatusCode::OK, &w.vault),
                 Method::PATCH => patch_vault(&mut w, req),
-                _ => arm_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Use GET or PATCH on vaults in the twin."),
+                _ => arm_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "Use GET or PATCH on vaults in the twin.",
+                ),
             }
         }
-        _ => arm_error(StatusCode::NOT_FOUND, "InvalidResourceType", "The resource type could not be found in the twin."),
+        _ => arm_error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            "The resource type could not be found in the twin.",
+        ),
     }
 }
 
@@ -92,7 +147,9 @@ fn not_found(kind: &str, name: &str, rg: &str) -> Resp {
     arm_error(
         StatusCode::NOT_FOUND,
         "ResourceNotFound",
-        &format!("The Resource '{kind}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"),
+        &format!(
+            "The Resource '{kind}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+        ),
     )
 }
 
@@ -102,7 +159,10 @@ fn list(w: &World) -> Resp {
 
 fn upgrade_profile(w: &World) -> Resp {
     let current = w.kubernetes_version();
-    let upgrades: Vec<Value> = available_upgrades(&current).into_iter().map(|v| json!({ "kubernetesVersion": v })).collect();
+    let upgrades: Vec<Value> = available_upgrades(&current)
+        .into_iter()
+        .map(|v| json!({ "kubernetesVersion": v }))
+        .collect();
     json_resp(
         StatusCode::OK,
         &json!({
@@ -140,19 +200,35 @@ fn operation_doc(w: &World, op: &Operation) -> Value {
 
 fn operation_status(w: &World, id: &str) -> Resp {
     match w.operations.get(id) {
-        None => arm_error(StatusCode::NOT_FOUND, "NotFound", &format!("Operation {id} was not found.")),
+        None => arm_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Operation {id} was not found."),
+        ),
         Some(op) => {
             let r = json_resp(StatusCode::OK, &operation_doc(w, op));
-            if op.status == "InProgress" { with_header(r, "retry-after", &retry_after(w)) } else { r }
+            if op.status == "InProgress" {
+                with_header(r, "retry-after", &retry_after(w))
+            } else {
+                r
+            }
         }
     }
 }
 
 fn operation_result(w: &World, id: &str) -> Resp {
     match w.operations.get(id) {
-        None => arm_error(StatusCode::NOT_FOUND, "NotFound", &format!("Operation {id} was not found.")),
+        None => arm_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Operation {id} was not found."),
+        ),
         Some(op) if op.status == "InProgress" => {
-            let r = with_header(empty(StatusCode::ACCEPTED), "location", &operation_url(w, "operationresults", id));
+            let r = with_header(
+                empty(StatusCode::ACCEPTED),
+                "location",
+                &operation_url(w, "operationresults", id),
+            );
             with_header(r, "retry-after", &retry_after(w))
         }
         Some(op) if op.status == "Succeeded" => empty(StatusCode::NO_CONTENT),
@@ -167,7 +243,11 @@ fn retry_after(w: &World) -> String {
 
 fn put_cluster(shared: &Shared, w: &mut World, req: &Req, fail: bool) -> Resp {
     let Ok(mut desired) = req.json() else {
-        return arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.",
+        );
     };
     if let Some(m) = req.header("if-match").filter(|m| *m != "*") {
         if m != w.cluster["eTag"].as_str().unwrap_or_default() {
@@ -179,22 +259,42 @@ fn put_cluster(shared: &Shared, w: &mut World, req: &Req, fail: bool) -> Resp {
         }
     }
     if let Some(op) = w.running_op.clone() {
-        let started = w.operations.get(&op).map(|o| rfc3339(o.start)).unwrap_or_default();
+        let started = w
+            .operations
+            .get(&op)
+            .map(|o| rfc3339(o.start))
+            .unwrap_or_default();
         return arm_error(
             StatusCode::CONFLICT,
             "OperationNotAllowed",
-            &format!("Operation is not allowed because there's an in progress update managed cluster operation (operation ID: {op}) on the managed cluster started on UTC {started}. Please wait for it to finish before starting a new operation. You can also use 'az aks operation-abort ...' to abort the ongoing operation."),
+            &format!(
+                "Operation is not allowed because there's an in progress update managed cluster operation (operation ID: {op}) on the managed cluster started on UTC {started}. Please wait for it to finish before starting a new operation. You can also use 'az aks operation-abort ...' to abort the ongoing operation."
+            ),
         );
     }
-    let key_exists = |name: &str, version: &str| w.keys.get(name).is_some_and(|k| k.versions.iter().any(|v| v.version == version));
+    let key_exists = |name: &str, version: &str| {
+        w.keys
+            .get(name)
+            .is_some_and(|k| k.versions.iter().any(|v| v.version == version))
+    };
     let access = |principal: &str| identity_has_crypto_access(w, principal);
     let vault_host = w.ids.vault_host();
     let vault_id = w.ids.vault_id();
-    let facts = Facts { vault_host: &vault_host, vault_id: &vault_id, key_exists: &key_exists, identity_has_crypto_access: &access };
+    let facts = Facts {
+        vault_host: &vault_host,
+        vault_id: &vault_id,
+        key_exists: &key_exists,
+        identity_has_crypto_access: &access,
+    };
     if let Err(r) = aks_rules::validate(&w.cluster, &desired, &facts) {
-        return arm_error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.code, &r.message);
+        return arm_error(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            r.code,
+            &r.message,
+        );
     }
-    let upgrading = desired["properties"]["kubernetesVersion"] != w.cluster["properties"]["kubernetesVersion"];
+    let upgrading =
+        desired["properties"]["kubernetesVersion"] != w.cluster["properties"]["kubernetesVersion"];
     for ptr in READ_ONLY {
         if let Some(v) = w.cluster.pointer(ptr).cloned() {
             set_pointer(&mut desired, ptr, v);
@@ -204,13 +304,23 @@ fn put_cluster(shared: &Shared, w: &mut World, req: &Req, fail: bool) -> Resp {
         desired[f] = w.cluster[f].clone();
     }
     keep_identity_ids(&w.cluster, &mut desired);
-    desired["properties"]["provisioningState"] = json!(if upgrading { "Upgrading" } else { "Updating" });
+    desired["properties"]["provisioningState"] =
+        json!(if upgrading { "Upgrading" } else { "Updating" });
     desired["eTag"] = json!(new_etag());
     desired["systemData"] = w.cluster["systemData"].clone();
     desired["systemData"]["lastModifiedAt"] = json!(rfc3339(SystemTime::now()));
     let previous = std::mem::replace(&mut w.cluster, desired);
     let id = uuid::Uuid::new_v4().to_string();
-    w.operations.insert(id.clone(), Operation { id: id.clone(), status: "InProgress", start: SystemTime::now(), end: None, error: None });
+    w.operations.insert(
+        id.clone(),
+        Operation {
+            id: id.clone(),
+            status: "InProgress",
+            start: SystemTime::now(),
+            end: None,
+            error: None,
+        },
+    );
     w.running_op = Some(id.clone());
     let fail = fail || w.fail_next_operations > 0;
     w.fail_next_operations = w.fail_next_operations.saturating_sub(1);
@@ -222,15 +332,23 @@ fn put_cluster(shared: &Shared, w: &mut World, req: &Req, fail: bool) -> Resp {
         finish_operation(&shared, &op_id, previous, fail);
     });
     let resp = json_resp(StatusCode::OK, &w.cluster);
-    let resp = with_header(resp, "azure-asyncoperation", &operation_url(w, "operations", &id));
+    let resp = with_header(
+        resp,
+        "azure-asyncoperation",
+        &operation_url(w, "operations", &id),
+    );
     let resp = with_header(resp, "location", &operation_url(w, "operationresults", &id));
     with_header(resp, "retry-after", &retry_after(w))
 }
 
 /// The identity's principal and client ids are the service's, whatever the PUT says.
 fn keep_identity_ids(current: &Value, desired: &mut Value) {
-    let Some(have) = current["identity"]["userAssignedIdentities"].as_object() else { return };
-    let Some(want) = desired["identity"]["userAssignedIdentities"].as_object_mut() else { return };
+    let Some(have) = current["identity"]["userAssignedIdentities"].as_object() else {
+        return;
+    };
+    let Some(want) = desired["identity"]["userAssignedIdentities"].as_object_mut() else {
+        return;
+    };
     for (id, v) in want.iter_mut() {
         if let Some((_, cur)) = have.iter().find(|(k, _)| k.eq_ignore_ascii_case(id)) {
             *v = cur.clone();
@@ -258,14 +376,20 @@ fn finish_operation(shared: &Shared, id: &str, previous: Value, fail: bool) {
     let old_label = storage_label(&previous);
     let status = if fail { "Failed" } else { "Succeeded" };
     if fail {
-        for ptr in ["/properties/securityProfile", "/properties/kubernetesVersion"] {
+        for ptr in [
+            "/properties/securityProfile",
+            "/properties/kubernetesVersion",
+        ] {
             match previous.pointer(ptr) {
                 Some(v) => set_pointer(&mut w.cluster, ptr, v.clone()),
                 None => set_pointer(&mut w.cluster, ptr, Value::Null),
             }
         }
     } else {
-        let requested = w.cluster["properties"]["kubernetesVersion"].as_str().unwrap_or_default().to_string();
+        let requested = w.cluster["properties"]["kubernetesVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if let Some(full) = resolve_version(&requested) {
             w.cluster["properties"]["currentKubernetesVersion"] = json!(full);
             if let Some(pools) = w.cluster["properties"]["agentPoolProfiles"].as_array_mut() {
@@ -288,7 +412,10 @@ fn finish_operation(shared: &Shared, id: &str, previous: Value, fail: bool) {
     let new_label = w.label_for_cluster();
     if new_label != old_label {
         let until = Instant::now() + Duration::from_secs(w.opts.kms_propagation_seconds);
-        w.write_key = super::world::WriteKey { current: new_label, previous: Some((old_label, until)) };
+        w.write_key = super::world::WriteKey {
+            current: new_label,
+            previous: Some((old_label, until)),
+        };
     }
 }
 
@@ -299,36 +426,68 @@ pub fn identity_has_crypto_access(w: &World, principal: &str) -> bool {
         w.role_assignments.iter().any(|r| {
             let p = &r["properties"];
             p["principalId"].as_str() == Some(principal)
-                && p["roleDefinitionId"].as_str().is_some_and(|d| d.ends_with(ROLE_CRYPTO_USER))
-                && p["scope"].as_str().is_some_and(|s| vault_id.starts_with(&s.to_ascii_lowercase()))
+                && p["roleDefinitionId"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(ROLE_CRYPTO_USER))
+                && p["scope"]
+                    .as_str()
+                    .is_some_and(|s| vault_id.starts_with(&s.to_ascii_lowercase()))
         })
     } else {
-        w.vault["properties"]["accessPolicies"].as_array().is_some_and(|ps| {
-            ps.iter().any(|p| {
-                p["objectId"].as_str() == Some(principal) && {
-                    let keys: Vec<&str> = p["permissions"]["keys"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                    ["encrypt", "decrypt"].iter().all(|need| keys.iter().any(|k| k.eq_ignore_ascii_case(need) || k.eq_ignore_ascii_case("all")))
-                }
+        w.vault["properties"]["accessPolicies"]
+            .as_array()
+            .is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["objectId"].as_str() == Some(principal) && {
+                        let keys: Vec<&str> = p["permissions"]["keys"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        ["encrypt", "decrypt"].iter().all(|need| {
+                            keys.iter().any(|k| {
+                                k.eq_ignore_ascii_case(need) || k.eq_ignore_ascii_case("all")
+                            })
+                        })
+                    }
+                })
             })
-        })
     }
 }
 
 fn patch_vault(w: &mut World, req: &Req) -> Resp {
     let Ok(patch) = req.json() else {
-        return arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.",
+        );
     };
     let props = &patch["properties"];
     let cur = &w.vault["properties"];
-    if props["enableSoftDelete"].as_bool() == Some(false) && cur["enableSoftDelete"].as_bool() != Some(false) {
-        return arm_error(StatusCode::BAD_REQUEST, "BadRequest", "The property \"enableSoftDelete\" has been set to true. It cannot be set to false.");
+    if props["enableSoftDelete"].as_bool() == Some(false)
+        && cur["enableSoftDelete"].as_bool() != Some(false)
+    {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The property \"enableSoftDelete\" has been set to true. It cannot be set to false.",
+        );
     }
-    if props["enablePurgeProtection"].as_bool() == Some(false) && cur["enablePurgeProtection"].as_bool() == Some(true) {
-        return arm_error(StatusCode::BAD_REQUEST, "BadRequest", "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action.");
+    if props["enablePurgeProtection"].as_bool() == Some(false)
+        && cur["enablePurgeProtection"].as_bool() == Some(true)
+    {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The property \"enablePurgeProtection\" cannot be set to false. Enabling the purge protection for a vault is an irreversible action.",
+        );
     }
     if let Some(p) = props.as_object() {
         for (k, v) in p {
-            if k == "networkAcls" && v.is_object() && w.vault["properties"]["networkAcls"].is_object() {
+            if k == "networkAcls"
+                && v.is_object()
+                && w.vault["properties"]["networkAcls"].is_object()
+            {
                 for (nk, nv) in v.as_object().into_iter().flatten() {
                     w.vault["properties"]["networkAcls"][nk] = nv.clone();
                 }
@@ -348,34 +507,70 @@ fn role_assignments(w: &mut World, req: &Req, s: &[&str], pos: usize) -> Resp {
     match (&req.method, &s[pos + 1..]) {
         (&Method::GET, [ra]) if eq(ra, "roleAssignments") => {
             let scope_l = scope.to_ascii_lowercase();
-            let principal = req.query.get("$filter").and_then(|f| f.split('\'').nth(1)).map(str::to_string);
-            let at_scope = req.query.get("$filter").is_some_and(|f| f.contains("atScope()"));
+            let principal = req
+                .query
+                .get("$filter")
+                .and_then(|f| f.split('\'').nth(1))
+                .map(str::to_string);
+            let at_scope = req
+                .query
+                .get("$filter")
+                .is_some_and(|f| f.contains("atScope()"));
             let value: Vec<&Value> = w
                 .role_assignments
                 .iter()
                 .filter(|r| {
-                    let rs = r["properties"]["scope"].as_str().unwrap_or_default().to_ascii_lowercase();
+                    let rs = r["properties"]["scope"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
                     scope_l.starts_with(&rs) || (!at_scope && rs.starts_with(&scope_l))
                 })
-                .filter(|r| principal.as_deref().is_none_or(|p| r["properties"]["principalId"].as_str() == Some(p)))
+                .filter(|r| {
+                    principal
+                        .as_deref()
+                        .is_none_or(|p| r["properties"]["principalId"].as_str() == Some(p))
+                })
                 .collect();
             json_resp(StatusCode::OK, &json!({ "value": value }))
         }
         (&Method::PUT, [ra, _name]) if eq(ra, "roleAssignments") => {
             let Ok(body) = req.json() else {
-                return arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "The request content was invalid.");
+                return arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContent",
+                    "The request content was invalid.",
+                );
             };
-            let role = body["properties"]["roleDefinitionId"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
-            let principal = body["properties"]["principalId"].as_str().unwrap_or_default().to_string();
+            let role = body["properties"]["roleDefinitionId"]
+                .as_str()
+                .unwrap_or_default()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let principal = body["properties"]["principalId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let ra = role_assignment(&w.ids, &role, &principal, &scope);
             w.role_assignments.push(ra.clone());
             json_resp(StatusCode::CREATED, &ra)
         }
         (&Method::DELETE, [ra, name]) if eq(ra, "roleAssignments") => {
             let before = w.role_assignments.len();
-            w.role_assignments.retain(|r| r["name"].as_str() != Some(*name));
-            if w.role_assignments.len() == before { empty(StatusCode::NO_CONTENT) } else { json_resp(StatusCode::OK, &json!({ "name": name })) }
+            w.role_assignments
+                .retain(|r| r["name"].as_str() != Some(*name));
+            if w.role_assignments.len() == before {
+                empty(StatusCode::NO_CONTENT)
+            } else {
+                json_resp(StatusCode::OK, &json!({ "name": name }))
+            }
         }
-        _ => arm_error(StatusCode::NOT_FOUND, "InvalidResourceType", "The resource type could not be found in the twin."),
+        _ => arm_error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            "The resource type could not be found in the twin.",
+        ),
     }
 }

@@ -63,17 +63,26 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
 
 impl FaultRule {
     fn matches(&self, method: &str, host: &str, path: &str) -> bool {
-        self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
             && self.host.as_deref().is_none_or(|h| host.ends_with(h))
             && path_matches(&self.path, path)
     }
 }
 
 /// Applies the first matching rule with hits left; combines latency of all matching rules.
-pub fn decide(rules: &[FaultRule], method: &str, host: &str, path: &str, roll: f64) -> FaultAction {
+pub fn decide(
+    rules: &[FaultRule],
+    method: &str,
+    host: &str,
+    path: &str,
+    mut roll: impl FnMut() -> f64,
+) -> FaultAction {
     let mut action = FaultAction::default();
     for r in rules.iter().filter(|r| r.matches(method, host, path)) {
-        if r.probability.is_some_and(|p| roll >= p) {
+        // Each rule draws on its own, so rules with different probabilities all fire.
+        if r.probability.is_some_and(|p| roll() >= p) {
             continue;
         }
         let n = r.hits.fetch_add(1, Ordering::Relaxed);
@@ -106,12 +115,24 @@ mod tests {
 
     #[test]
     fn patterns_and_counts() {
-        assert!(path_matches("/api/v1/namespaces/*/secrets/*", "/api/v1/namespaces/a/secrets/b"));
-        assert!(!path_matches("/api/v1/namespaces/*/secrets/*", "/api/v1/namespaces/a/secrets"));
-        assert!(path_matches("/subscriptions/**", "/subscriptions/x/resourceGroups/y"));
+        assert!(path_matches(
+            "/api/v1/namespaces/*/secrets/*",
+            "/api/v1/namespaces/a/secrets/b"
+        ));
+        assert!(!path_matches(
+            "/api/v1/namespaces/*/secrets/*",
+            "/api/v1/namespaces/a/secrets"
+        ));
+        assert!(path_matches(
+            "/subscriptions/**",
+            "/subscriptions/x/resourceGroups/y"
+        ));
         let rules = load("- method: PUT\n  path: /api/**\n  status: 500\n  count: 1\n").unwrap();
-        assert_eq!(decide(&rules, "PUT", "h", "/api/v1", 0.5).status, Some(500));
-        assert_eq!(decide(&rules, "PUT", "h", "/api/v1", 0.5).status, None);
-        assert_eq!(decide(&rules, "GET", "h", "/api/v1", 0.5).status, None);
+        assert_eq!(
+            decide(&rules, "PUT", "h", "/api/v1", || 0.5).status,
+            Some(500)
+        );
+        assert_eq!(decide(&rules, "PUT", "h", "/api/v1", || 0.5).status, None);
+        assert_eq!(decide(&rules, "GET", "h", "/api/v1", || 0.5).status, None);
     }
 }

@@ -27,7 +27,8 @@ impl Req {
     }
     pub fn bearer(&self) -> Option<&str> {
         let h = self.header("authorization")?;
-        h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
     }
     pub fn json(&self) -> Result<Value, String> {
         serde_json::from_slice(&self.body).map_err(|e| e.to_string())
@@ -37,12 +38,19 @@ impl Req {
 pub fn bytes(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
     let mut r = hyper::Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", content_type.parse().expect("valid content type"));
+    r.headers_mut().insert(
+        "content-type",
+        content_type.parse().expect("valid content type"),
+    );
     r
 }
 
 pub fn json_resp(status: StatusCode, v: &Value) -> Resp {
-    bytes(status, "application/json", serde_json::to_vec(v).expect("json serializes"))
+    bytes(
+        status,
+        "application/json",
+        serde_json::to_vec(v).expect("json serializes"),
+    )
 }
 
 pub fn with_header(mut r: Resp, name: &'static str, value: &str) -> Resp {
@@ -60,7 +68,10 @@ pub fn empty(status: StatusCode) -> Resp {
 
 /// ARM's error envelope: `{"error":{"code","message"}}`.
 pub fn arm_error(status: StatusCode, code: &str, message: &str) -> Resp {
-    json_resp(status, &json!({ "error": { "code": code, "message": message } }))
+    json_resp(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
 }
 
 /// Key Vault's error shape, with an optional inner error code.
@@ -97,7 +108,9 @@ pub fn k8s_conflict(kind: &str, name: &str) -> Resp {
     k8s_status(
         StatusCode::CONFLICT,
         "Conflict",
-        &format!("Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+        &format!(
+            "Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
         Some(json!({ "name": name, "kind": kind })),
     )
 }

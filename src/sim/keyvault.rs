@@ -12,7 +12,10 @@ pub const AUDIENCE: &str = "https://vault.azure.net";
 
 fn challenge(w: &World, message: &str) -> Resp {
     let resp = kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message, None);
-    let value = format!("Bearer authorization=\"https://login.microsoftonline.com/{}\", resource=\"{AUDIENCE}\"", w.ids.tenant);
+    let value = format!(
+        "Bearer authorization=\"https://login.microsoftonline.com/{}\", resource=\"{AUDIENCE}\"",
+        w.ids.tenant
+    );
     with_header(resp, "www-authenticate", &value)
 }
 
@@ -20,27 +23,46 @@ fn not_found(name: &str) -> Resp {
     kv_error(
         StatusCode::NOT_FOUND,
         "KeyNotFound",
-        &format!("A key with (name/id) {name} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"),
+        &format!(
+            "A key with (name/id) {name} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+        ),
         None,
     )
 }
 
 fn disabled(op: &str) -> Resp {
-    kv_error(StatusCode::FORBIDDEN, "Forbidden", &format!("Operation {op} is not allowed on a disabled key."), Some("KeyDisabled"))
+    kv_error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!("Operation {op} is not allowed on a disabled key."),
+        Some("KeyDisabled"),
+    )
 }
 
 fn expired(op: &str) -> Resp {
-    kv_error(StatusCode::FORBIDDEN, "Forbidden", &format!("Operation {op} is not allowed on an expired key."), Some("KeyExpired"))
+    kv_error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!("Operation {op} is not allowed on an expired key."),
+        Some("KeyExpired"),
+    )
 }
 
 pub fn handle(shared: &Shared, req: &Req) -> Resp {
     let mut w = shared.world();
     if req.host != w.ids.vault_host() {
-        return kv_error(StatusCode::NOT_FOUND, "VaultNotFound", &format!("The vault '{}' was not found.", req.host), None);
+        return kv_error(
+            StatusCode::NOT_FOUND,
+            "VaultNotFound",
+            &format!("The vault '{}' was not found.", req.host),
+            None,
+        );
     }
     match req.bearer() {
         None => return challenge(&w, "AKV10000: Request is missing a Bearer or PoP token."),
-        Some(t) if !w.token_ok(t, AUDIENCE) => return challenge(&w, "AKV10022: Invalid audience or expired token."),
+        Some(t) if !w.token_ok(t, AUDIENCE) => {
+            return challenge(&w, "AKV10022: Invalid audience or expired token.");
+        }
         Some(_) => {}
     }
     let segs = req.segments();
@@ -54,8 +76,15 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
         (&Method::PUT, ["keys", name, "rotationpolicy"]) => put_rotation_policy(&mut w, name, req),
         (&Method::GET, ["keys", name, version]) => get(&w, name, Some(version)),
         (&Method::PATCH, ["keys", name, version]) => update(&mut w, name, version, req),
-        (&Method::POST, ["keys", name, version, op]) => crypto(&w, name, version, &op.to_ascii_lowercase(), req),
-        _ => kv_error(StatusCode::BAD_REQUEST, "BadParameter", "The request URI contains an invalid name or operation.", None),
+        (&Method::POST, ["keys", name, version, op]) => {
+            crypto(&w, name, version, &op.to_ascii_lowercase(), req)
+        }
+        _ => kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The request URI contains an invalid name or operation.",
+            None,
+        ),
     }
 }
 
@@ -98,22 +127,39 @@ fn apply_attributes(v: &mut KeyVersion, attrs: &Value) {
 
 fn create(w: &mut World, name: &str, req: &Req) -> Resp {
     let Ok(body) = req.json() else {
-        return kv_error(StatusCode::BAD_REQUEST, "BadParameter", "The request body is not valid JSON.", None);
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The request body is not valid JSON.",
+            None,
+        );
     };
     let kty = body["kty"].as_str().unwrap_or("RSA");
     if !["RSA", "RSA-HSM", "EC", "EC-HSM"].contains(&kty) {
-        return kv_error(StatusCode::BAD_REQUEST, "BadParameter", &format!("Invalid key type '{kty}'."), None);
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            &format!("Invalid key type '{kty}'."),
+            None,
+        );
     }
     let mut v = new_key_version(kty, None);
     apply_attributes(&mut v, &body["attributes"]);
     if let Some(ops) = body["key_ops"].as_array() {
-        v.key_ops = ops.iter().filter_map(|o| o.as_str().map(str::to_string)).collect();
+        v.key_ops = ops
+            .iter()
+            .filter_map(|o| o.as_str().map(str::to_string))
+            .collect();
     }
     if body["tags"].is_object() {
         v.tags = body["tags"].clone();
     }
     let bundle = key_bundle(&w.ids, name, &v);
-    w.keys.entry(name.to_string()).or_insert_with(KeyRecord::default).versions.push(v);
+    w.keys
+        .entry(name.to_string())
+        .or_insert_with(KeyRecord::default)
+        .versions
+        .push(v);
     json_resp(StatusCode::OK, &bundle)
 }
 
@@ -122,17 +168,23 @@ fn iso_days(d: &str) -> Option<i64> {
     let body = d.strip_prefix('P')?;
     let (n, unit) = body.split_at(body.len().checked_sub(1)?);
     let n: i64 = n.parse().ok()?;
-    Some(match unit {
-        "D" => n,
-        "M" => n * 30,
-        "Y" => n * 365,
-        _ => return None,
-    } * 86_400)
+    Some(
+        match unit {
+            "D" => n,
+            "M" => n * 30,
+            "Y" => n * 365,
+            _ => return None,
+        } * 86_400,
+    )
 }
 
 fn rotate(w: &mut World, name: &str) -> Resp {
-    let Some(record) = w.keys.get_mut(name) else { return not_found(name) };
-    let Some(last) = record.versions.last() else { return not_found(name) };
+    let Some(record) = w.keys.get_mut(name) else {
+        return not_found(name);
+    };
+    let Some(last) = record.versions.last() else {
+        return not_found(name);
+    };
     let exp = record
         .rotation_policy
         .as_ref()
@@ -147,9 +199,20 @@ fn rotate(w: &mut World, name: &str) -> Resp {
 }
 
 fn versions(w: &World, name: &str, req: &Req) -> Resp {
-    let Some(record) = w.keys.get(name) else { return not_found(name) };
-    let max = req.query.get("maxresults").and_then(|m| m.parse::<usize>().ok()).unwrap_or(25).clamp(1, 25);
-    let skip = req.query.get("$skiptoken").and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
+    let Some(record) = w.keys.get(name) else {
+        return not_found(name);
+    };
+    let max = req
+        .query
+        .get("maxresults")
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(25)
+        .clamp(1, 25);
+    let skip = req
+        .query
+        .get("$skiptoken")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0);
     let value: Vec<Value> = record
         .versions
         .iter()
@@ -158,8 +221,16 @@ fn versions(w: &World, name: &str, req: &Req) -> Resp {
         .map(|v| json!({ "kid": kid(&w.ids, name, &v.version), "attributes": key_attributes(v), "tags": v.tags }))
         .collect();
     let next = (skip + max < record.versions.len()).then(|| {
-        let api = req.query.get("api-version").cloned().unwrap_or_else(|| "2025-07-01".into());
-        format!("https://{}:443/keys/{name}/versions?api-version={api}&$skiptoken={}&maxresults={max}", w.ids.vault_host(), skip + max)
+        let api = req
+            .query
+            .get("api-version")
+            .cloned()
+            .unwrap_or_else(|| "2025-07-01".into());
+        format!(
+            "https://{}:443/keys/{name}/versions?api-version={api}&$skiptoken={}&maxresults={max}",
+            w.ids.vault_host(),
+            skip + max
+        )
     });
     json_resp(StatusCode::OK, &json!({ "value": value, "nextLink": next }))
 }
@@ -175,18 +246,31 @@ fn default_policy(w: &World, name: &str) -> Value {
 fn rotation_policy(w: &World, name: &str) -> Resp {
     match w.keys.get(name) {
         None => not_found(name),
-        Some(k) => json_resp(StatusCode::OK, &k.rotation_policy.clone().unwrap_or_else(|| default_policy(w, name))),
+        Some(k) => json_resp(
+            StatusCode::OK,
+            &k.rotation_policy
+                .clone()
+                .unwrap_or_else(|| default_policy(w, name)),
+        ),
     }
 }
 
 fn put_rotation_policy(w: &mut World, name: &str, req: &Req) -> Resp {
     let Ok(mut body) = req.json() else {
-        return kv_error(StatusCode::BAD_REQUEST, "BadParameter", "The request body is not valid JSON.", None);
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The request body is not valid JSON.",
+            None,
+        );
     };
     if !w.keys.contains_key(name) {
         return not_found(name);
     }
-    body["id"] = json!(format!("https://{}/keys/{name}/rotationpolicy", w.ids.vault_host()));
+    body["id"] = json!(format!(
+        "https://{}/keys/{name}/rotationpolicy",
+        w.ids.vault_host()
+    ));
     body["attributes"]["updated"] = json!(now_unix());
     if body["attributes"]["created"].is_null() {
         body["attributes"]["created"] = json!(now_unix());
@@ -199,15 +283,27 @@ fn put_rotation_policy(w: &mut World, name: &str, req: &Req) -> Resp {
 
 fn update(w: &mut World, name: &str, version: &str, req: &Req) -> Resp {
     let Ok(body) = req.json() else {
-        return kv_error(StatusCode::BAD_REQUEST, "BadParameter", "The request body is not valid JSON.", None);
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The request body is not valid JSON.",
+            None,
+        );
     };
     let ids = w.ids.clone();
-    let Some(v) = w.keys.get_mut(name).and_then(|k| k.versions.iter_mut().find(|v| v.version == version)) else {
+    let Some(v) = w
+        .keys
+        .get_mut(name)
+        .and_then(|k| k.versions.iter_mut().find(|v| v.version == version))
+    else {
         return not_found(name);
     };
     apply_attributes(v, &body["attributes"]);
     if let Some(ops) = body["key_ops"].as_array() {
-        v.key_ops = ops.iter().filter_map(|o| o.as_str().map(str::to_string)).collect();
+        v.key_ops = ops
+            .iter()
+            .filter_map(|o| o.as_str().map(str::to_string))
+            .collect();
     }
     if body["tags"].is_object() {
         v.tags = body["tags"].clone();
@@ -217,7 +313,9 @@ fn update(w: &mut World, name: &str, version: &str, req: &Req) -> Resp {
 }
 
 fn crypto(w: &World, name: &str, version: &str, op: &str, req: &Req) -> Resp {
-    let Some(v) = find(w, name, Some(version)) else { return not_found(name) };
+    let Some(v) = find(w, name, Some(version)) else {
+        return not_found(name);
+    };
     if !v.enabled {
         return disabled(op);
     }
@@ -226,9 +324,21 @@ fn crypto(w: &World, name: &str, version: &str, op: &str, req: &Req) -> Resp {
         return expired(op);
     }
     if !v.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op)) {
-        return kv_error(StatusCode::FORBIDDEN, "Forbidden", &format!("Operation {op} is not permitted on this key."), Some("KeyOperationForbidden"));
+        return kv_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("Operation {op} is not permitted on this key."),
+            Some("KeyOperationForbidden"),
+        );
     }
     // The twin does no real cryptography; it echoes the value so a round trip works.
-    let value = req.json().ok().and_then(|b| b["value"].as_str().map(str::to_string)).unwrap_or_default();
-    json_resp(StatusCode::OK, &json!({ "kid": kid(&w.ids, name, version), "value": value }))
+    let value = req
+        .json()
+        .ok()
+        .and_then(|b| b["value"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    json_resp(
+        StatusCode::OK,
+        &json!({ "kid": kid(&w.ids, name, version), "value": value }),
+    )
 }

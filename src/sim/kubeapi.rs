@@ -2,7 +2,9 @@
 //! need: discovery, namespaces, Secrets (through the key-aware storage), ConfigMaps, Pods,
 //! Leases and FlowSchemas; API Priority and Fairness answers 429 above the write rate.
 
-use super::http::{Req, Resp, bytes, json_resp, k8s_conflict, k8s_exists, k8s_not_found, k8s_status, with_header};
+use super::http::{
+    Req, Resp, bytes, json_resp, k8s_conflict, k8s_exists, k8s_not_found, k8s_status, with_header,
+};
 use super::secrets::{StoreError, decode_continue};
 use super::world::Shared;
 use hyper::{Method, StatusCode};
@@ -14,24 +16,44 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
         req.bearer() == Some(w.ids.kube_token.as_str())
     };
     if !token_ok {
-        return k8s_status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized", None);
+        return k8s_status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+            None,
+        );
     }
-    let mutating = matches!(req.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let mutating = matches!(
+        req.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
     if mutating && !shared.write_limiter.admit() {
-        let r = k8s_status(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests, please try again later.", Some(json!({ "retryAfterSeconds": 1 })));
+        let r = k8s_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+            Some(json!({ "retryAfterSeconds": 1 })),
+        );
         return with_header(r, "retry-after", "1");
     }
     let s = req.segments();
     match s.as_slice() {
         ["version"] => version(shared),
-        ["api"] => json_resp(StatusCode::OK, &json!({ "kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:443" }] })),
+        ["api"] => json_resp(
+            StatusCode::OK,
+            &json!({ "kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:443" }] }),
+        ),
         ["api", "v1"] => json_resp(StatusCode::OK, &core_resources()),
         ["apis"] => json_resp(StatusCode::OK, &groups()),
         ["apis", g, v] => group_resources(g, v),
         ["openapi", "v2"] => {
             // A minimal protobuf OpenAPI document (swagger = "2.0"): kubectl then relies on
             // server-side field validation (shared/kubectl-contract.md).
-            bytes(StatusCode::OK, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", vec![0x0a, 0x03, 0x32, 0x2e, 0x30])
+            bytes(
+                StatusCode::OK,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                vec![0x0a, 0x03, 0x32, 0x2e, 0x30],
+            )
         }
         ["api", "v1", "namespaces"] => namespaces(shared, None),
         ["api", "v1", "namespaces", ns] => namespaces(shared, Some(ns)),
@@ -42,18 +64,60 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
             _ => method_not_allowed(),
         },
         ["api", "v1", "namespaces", ns, "secrets", name] => secret(shared, req, ns, name),
-        ["api", "v1", "namespaces", ns, res @ ("configmaps" | "pods")] => objects(shared, req, res, ns, None),
-        ["api", "v1", "namespaces", ns, res @ ("configmaps" | "pods"), name] => objects(shared, req, res, ns, Some(name)),
-        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"] => objects(shared, req, "leases", ns, None),
-        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] => objects(shared, req, "leases", ns, Some(name)),
-        ["apis", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas"] => objects(shared, req, "flowschemas", "", None),
-        ["apis", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas", name] => objects(shared, req, "flowschemas", "", Some(name)),
-        _ => k8s_status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource", None),
+        ["api", "v1", "namespaces", ns, res @ ("configmaps" | "pods")] => {
+            objects(shared, req, res, ns, None)
+        }
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            res @ ("configmaps" | "pods"),
+            name,
+        ] => objects(shared, req, res, ns, Some(name)),
+        [
+            "apis",
+            "coordination.k8s.io",
+            "v1",
+            "namespaces",
+            ns,
+            "leases",
+        ] => objects(shared, req, "leases", ns, None),
+        [
+            "apis",
+            "coordination.k8s.io",
+            "v1",
+            "namespaces",
+            ns,
+            "leases",
+            name,
+        ] => objects(shared, req, "leases", ns, Some(name)),
+        ["apis", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas"] => {
+            objects(shared, req, "flowschemas", "", None)
+        }
+        [
+            "apis",
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "flowschemas",
+            name,
+        ] => objects(shared, req, "flowschemas", "", Some(name)),
+        _ => k8s_status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        ),
     }
 }
 
 fn method_not_allowed() -> Resp {
-    k8s_status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the server does not allow this method on the requested resource", None)
+    k8s_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+        None,
+    )
 }
 
 fn version(shared: &Shared) -> Resp {
@@ -79,7 +143,12 @@ fn core_resources() -> Value {
 
 const GROUPS: &[(&str, &str, &str, bool)] = &[
     ("coordination.k8s.io", "leases", "Lease", true),
-    ("flowcontrol.apiserver.k8s.io", "flowschemas", "FlowSchema", false),
+    (
+        "flowcontrol.apiserver.k8s.io",
+        "flowschemas",
+        "FlowSchema",
+        false,
+    ),
 ];
 
 fn groups() -> Value {
@@ -99,7 +168,12 @@ fn group_resources(g: &str, v: &str) -> Resp {
             StatusCode::OK,
             &json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/v1"), "resources": [resource(plural, kind, *namespaced)] }),
         ),
-        _ => k8s_status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource", None),
+        _ => k8s_status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        ),
     }
 }
 
@@ -125,7 +199,10 @@ fn namespaces(shared: &Shared, one: Option<&str>) -> Resp {
         Some(n) => k8s_not_found("namespaces", n),
         None => {
             let items: Vec<Value> = names.iter().map(|n| namespace_object(n)).collect();
-            json_resp(StatusCode::OK, &json!({ "kind": "NamespaceList", "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }))
+            json_resp(
+                StatusCode::OK,
+                &json!({ "kind": "NamespaceList", "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }),
+            )
         }
     }
 }
@@ -135,8 +212,15 @@ fn store_error(kind: &str, name: &str, e: StoreError) -> Resp {
         StoreError::NotFound => k8s_not_found(kind, name),
         StoreError::Conflict => k8s_conflict(kind, name),
         StoreError::AlreadyExists => k8s_exists(kind, name),
-        StoreError::Invalid(m) => k8s_status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} \"{name}\" is invalid: {m}"), None),
-        StoreError::Encrypt(e) => internal(&format!("Internal error occurred: failed to encrypt data: {e}")),
+        StoreError::Invalid(m) => k8s_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            &format!("{kind} \"{name}\" is invalid: {m}"),
+            None,
+        ),
+        StoreError::Encrypt(e) => internal(&format!(
+            "Internal error occurred: failed to encrypt data: {e}"
+        )),
         StoreError::Expired(token) => {
             let r = json!({ "kind": "Status", "apiVersion": "v1", "metadata": { "continue": token }, "status": "Failure",
                 "message": "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
@@ -147,7 +231,12 @@ fn store_error(kind: &str, name: &str, e: StoreError) -> Resp {
 }
 
 fn internal(message: &str) -> Resp {
-    k8s_status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message, None)
+    k8s_status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        message,
+        None,
+    )
 }
 
 fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
@@ -189,12 +278,29 @@ fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
 }
 
 fn parse_body(req: &Req, kind: &str) -> Result<Value, Box<Resp>> {
-    let protobuf = req.header("content-type").is_some_and(|c| c.starts_with("application/vnd.kubernetes.protobuf"));
-    let decoded = if protobuf { super::protobuf::decode_secret(&req.body) } else { req.json() };
-    let v: Value = decoded
-        .map_err(|e| Box::new(k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &format!("the body of the request was in an unknown format: {e}"), None)))?;
+    let protobuf = req
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/vnd.kubernetes.protobuf"));
+    let decoded = if protobuf {
+        super::protobuf::decode_secret(&req.body)
+    } else {
+        req.json()
+    };
+    let v: Value = decoded.map_err(|e| {
+        Box::new(k8s_status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("the body of the request was in an unknown format: {e}"),
+            None,
+        ))
+    })?;
     if !v["metadata"].is_object() {
-        return Err(Box::new(k8s_status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} is invalid: metadata: Required value"), None)));
+        return Err(Box::new(k8s_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            &format!("{kind} is invalid: metadata: Required value"),
+            None,
+        )));
     }
     Ok(v)
 }
@@ -212,8 +318,14 @@ fn create_secret(shared: &Shared, req: &Req, ns: &str) -> Resp {
         return k8s_not_found("namespaces", ns);
     }
     let view = shared.world().kms_view();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    match shared.secrets_write().create(ns, obj, view.write, view.write_error.as_deref()) {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match shared
+        .secrets_write()
+        .create(ns, obj, view.write, view.write_error.as_deref())
+    {
         Ok(o) => json_resp(StatusCode::CREATED, &o),
         Err(e) => store_error("secrets", &name, e),
     }
@@ -238,7 +350,12 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
                 Err(r) => return *r,
             };
             if obj["metadata"]["name"].as_str() != Some(name) {
-                return k8s_status(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL", None);
+                return k8s_status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL",
+                    None,
+                );
             }
             let mut store = shared.secrets_write();
             if let Some(e) = store.get(ns, name).and_then(|s| view.decrypt_error(&s.key)) {
@@ -269,8 +386,15 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
     match (&req.method, name) {
         (&Method::GET, None) => {
             let ns_filter = (!ns.is_empty()).then_some(ns);
-            let items: Vec<&Value> = store.list(res, ns_filter, req.query.get("labelSelector").map(String::as_str));
-            json_resp(StatusCode::OK, &json!({ "kind": kind_list, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }))
+            let items: Vec<&Value> = store.list(
+                res,
+                ns_filter,
+                req.query.get("labelSelector").map(String::as_str),
+            );
+            json_resp(
+                StatusCode::OK,
+                &json!({ "kind": kind_list, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }),
+            )
         }
         (&Method::GET, Some(n)) => match store.get(res, ns, n) {
             Some(o) => json_resp(StatusCode::OK, o),
@@ -279,7 +403,10 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
         (&Method::POST, None) => match parse_body(req, res) {
             Err(r) => *r,
             Ok(o) => {
-                let n = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let n = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 match store.create(res, ns, o) {
                     Ok(o) => json_resp(StatusCode::CREATED, &o),
                     Err(e) => store_error(res, &n, e),
@@ -294,11 +421,18 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
             },
         },
         (&Method::DELETE, Some(n)) => {
-            let want_uid = req.json().ok().and_then(|o| o["preconditions"]["uid"].as_str().map(str::to_string));
-            let have_uid = store.get(res, ns, n).and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string));
+            let want_uid = req
+                .json()
+                .ok()
+                .and_then(|o| o["preconditions"]["uid"].as_str().map(str::to_string));
+            let have_uid = store
+                .get(res, ns, n)
+                .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string));
             if let (Some(want), Some(have)) = (&want_uid, &have_uid) {
                 if want != have {
-                    let msg = format!("Precondition failed: UID in precondition: {want}, UID in object meta: {have}");
+                    let msg = format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+                    );
                     return k8s_status(StatusCode::CONFLICT, "Conflict", &msg, None);
                 }
             }

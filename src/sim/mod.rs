@@ -107,18 +107,25 @@ impl Drop for Twin {
 impl Twin {
     pub async fn start(opts: SimOptions) -> anyhow::Result<Twin> {
         let tls = tls::generate().context("generating the twin's certificates")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the twin's port")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the twin's port")?;
         let addr = listener.local_addr()?;
         let ids = world::Ids::generate();
         let write_limiter = Arc::new(ratelimit::WriteLimiter::new(opts.write_qps));
-        let (secret_count, namespace_count, seed_value) = (opts.secrets, opts.namespaces.max(1), opts.seed);
+        let (secret_count, namespace_count, seed_value) =
+            (opts.secrets, opts.namespaces.max(1), opts.seed);
         let w = world::World::new(ids, opts);
         let label = w.label_for_cluster();
         let mut store = secrets::SecretStore::default();
         let mut rng = seed::Rng::new(seed_value);
         for i in 0..secret_count {
             let ns = seed::namespace_name(i % namespace_count);
-            store.insert_seeded(&ns, seed::secret(&mut rng, &ns, i / namespace_count), label.clone());
+            store.insert_seeded(
+                &ns,
+                seed::secret(&mut rng, &ns, i / namespace_count),
+                label.clone(),
+            );
         }
         for i in 0..namespace_count.min(secret_count.max(namespace_count)) {
             store.namespaces.insert(seed::namespace_name(i));
@@ -129,7 +136,13 @@ impl Twin {
             write_limiter,
         };
         let task = tokio::spawn(server::serve(listener, tls.server.clone(), shared.clone()));
-        Ok(Twin { addr, shared, ca_pem: tls.ca_pem, ca_der: tls.ca_der, task })
+        Ok(Twin {
+            addr,
+            shared,
+            ca_pem: tls.ca_pem,
+            ca_der: tls.ca_der,
+            task,
+        })
     }
 
     pub fn ids(&self) -> world::Ids {
@@ -167,9 +180,15 @@ impl Twin {
             ("AZURE_CLIENT_SECRET".into(), ids.client_secret),
             ("KMSCTL_RESOURCE_GROUP".into(), ids.resource_group),
             ("KMSCTL_CLUSTER".into(), ids.cluster),
-            ("KUBECONFIG".into(), dir.join("kubeconfig").display().to_string()),
+            (
+                "KUBECONFIG".into(),
+                dir.join("kubeconfig").display().to_string(),
+            ),
             ("KMSCTL_AZURE_ROUTE".into(), self.addr.to_string()),
-            ("KMSCTL_CA_FILE".into(), dir.join("ca.pem").display().to_string()),
+            (
+                "KMSCTL_CA_FILE".into(),
+                dir.join("ca.pem").display().to_string(),
+            ),
         ]
     }
 
@@ -180,12 +199,22 @@ impl Twin {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let path = dir.join(name);
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-            f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))
         };
         private("ca.pem", &self.ca_pem)?;
         private("kubeconfig", &self.kubeconfig())?;
-        let env: String = self.env_vars(dir).iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+        let env: String = self
+            .env_vars(dir)
+            .iter()
+            .map(|(k, v)| format!("export {k}='{v}'\n"))
+            .collect();
         private("env", &env)?;
         let sim = serde_json::json!({ "address": self.addr.to_string(), "adminToken": self.ids().admin_token, "pid": std::process::id() });
         private("sim.json", &sim.to_string())
@@ -193,12 +222,27 @@ impl Twin {
 }
 
 /// Talks to a running twin's admin endpoints, from the files it wrote into DIR.
-pub async fn admin_request(dir: &Path, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let sim: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("sim.json")).with_context(|| format!("no running twin in {} (sim.json missing)", dir.display()))?)?;
+pub async fn admin_request(
+    dir: &Path,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let sim: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("sim.json"))
+            .with_context(|| format!("no running twin in {} (sim.json missing)", dir.display()))?,
+    )?;
     let ca = std::fs::read(dir.join("ca.pem"))?;
-    let client = reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&ca)?]).build()?;
-    let url = format!("https://{}{path}", sim["address"].as_str().unwrap_or_default());
-    let mut req = client.request(method, url).bearer_auth(sim["adminToken"].as_str().unwrap_or_default());
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca)?])
+        .build()?;
+    let url = format!(
+        "https://{}{path}",
+        sim["address"].as_str().unwrap_or_default()
+    );
+    let mut req = client
+        .request(method, url)
+        .bearer_auth(sim["adminToken"].as_str().unwrap_or_default());
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -212,7 +256,9 @@ pub async fn admin_request(dir: &Path, method: reqwest::Method, path: &str, body
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 90m or 45s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 90m or 45s"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,

@@ -18,9 +18,13 @@ fn key(resource: &str, ns: &str, name: &str) -> (String, String, String) {
 }
 
 pub fn matches_labels(obj: &Value, selector: Option<&str>) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
     sel.split(',').all(|term| match term.split_once('=') {
-        Some((k, v)) => obj["metadata"]["labels"][k.trim()].as_str() == Some(v.trim_start_matches('=').trim()),
+        Some((k, v)) => {
+            obj["metadata"]["labels"][k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+        }
         None => obj["metadata"]["labels"].get(term.trim()).is_some(),
     })
 }
@@ -67,8 +71,16 @@ impl ObjectStore {
             .collect()
     }
 
-    pub fn create(&mut self, resource: &str, ns: &str, mut obj: Value) -> Result<Value, StoreError> {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    pub fn create(
+        &mut self,
+        resource: &str,
+        ns: &str,
+        mut obj: Value,
+    ) -> Result<Value, StoreError> {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
             return Err(StoreError::Invalid("metadata.name: Required value".into()));
         }
@@ -80,17 +92,33 @@ impl ObjectStore {
             obj["metadata"]["namespace"] = json!(ns);
         }
         obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
-        obj["metadata"]["creationTimestamp"] = json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        obj["metadata"]["creationTimestamp"] =
+            json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
         self.stamp(&mut obj);
         self.items.insert(k, obj.clone());
         Ok(obj)
     }
 
-    pub fn replace(&mut self, resource: &str, ns: &str, name: &str, mut obj: Value) -> Result<Value, StoreError> {
+    pub fn replace(
+        &mut self,
+        resource: &str,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+    ) -> Result<Value, StoreError> {
         let k = key(resource, ns, name);
-        let Some(current) = self.items.get(&k) else { return Err(StoreError::NotFound) };
-        let sent = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-        if !sent.is_empty() && sent != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+        let Some(current) = self.items.get(&k) else {
+            return Err(StoreError::NotFound);
+        };
+        let sent = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        if !sent.is_empty()
+            && sent
+                != current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+        {
             return Err(StoreError::Conflict);
         }
         for f in ["uid", "creationTimestamp"] {
@@ -102,6 +130,8 @@ impl ObjectStore {
     }
 
     pub fn delete(&mut self, resource: &str, ns: &str, name: &str) -> Result<Value, StoreError> {
-        self.items.remove(&key(resource, ns, name)).ok_or(StoreError::NotFound)
+        self.items
+            .remove(&key(resource, ns, name))
+            .ok_or(StoreError::NotFound)
     }
 }

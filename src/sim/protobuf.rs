@@ -33,7 +33,9 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             return None;
         }
-        let Some(key) = self.varint() else { return Some(Err(())) };
+        let Some(key) = self.varint() else {
+            return Some(Err(()));
+        };
         let field = match key & 7 {
             0 => match self.varint() {
                 Some(v) => Field::Varint(v),
@@ -48,7 +50,9 @@ impl<'a> Reader<'a> {
                 Field::Fixed
             }
             2 => {
-                let Some(len) = self.varint().map(|l| l as usize) else { return Some(Err(())) };
+                let Some(len) = self.varint().map(|l| l as usize) else {
+                    return Some(Err(()));
+                };
                 if self.buf.len() < len {
                     return Some(Err(()));
                 }
@@ -134,7 +138,10 @@ fn secret(b: &[u8]) -> Result<Value, String> {
             (1, Field::Bytes(v)) => s["metadata"] = object_meta(v)?,
             (2, Field::Bytes(v)) => {
                 let (k, val) = entry(v)?;
-                data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(val)));
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(val)),
+                );
             }
             (3, Field::Bytes(v)) => s["type"] = json!(text(v)?),
             (4, Field::Bytes(v)) => {
@@ -156,7 +163,9 @@ fn secret(b: &[u8]) -> Result<Value, String> {
 
 /// The JSON form of a protobuf-encoded Secret.
 pub fn decode_secret(body: &[u8]) -> Result<Value, String> {
-    let inner = body.strip_prefix(b"k8s\x00").ok_or("missing the k8s protobuf envelope")?;
+    let inner = body
+        .strip_prefix(b"k8s\x00")
+        .ok_or("missing the k8s protobuf envelope")?;
     let mut raw = None;
     let mut kind = String::new();
     for (n, f) in fields(inner)? {
@@ -173,7 +182,9 @@ pub fn decode_secret(body: &[u8]) -> Result<Value, String> {
         }
     }
     if kind != "Secret" {
-        return Err(format!("the twin decodes protobuf only for Secrets, not {kind}"));
+        return Err(format!(
+            "the twin decodes protobuf only for Secrets, not {kind}"
+        ));
     }
     secret(raw.ok_or("no object in the envelope")?)
 }
@@ -192,9 +203,19 @@ mod tests {
     fn decodes_a_secret_envelope() {
         let meta = [bytes_field(1, b"s1"), bytes_field(3, b"default")].concat();
         let data_entry = [bytes_field(1, b"v"), bytes_field(2, b"abc")].concat();
-        let secret = [bytes_field(1, &meta), bytes_field(2, &data_entry), bytes_field(3, b"Opaque")].concat();
+        let secret = [
+            bytes_field(1, &meta),
+            bytes_field(2, &data_entry),
+            bytes_field(3, b"Opaque"),
+        ]
+        .concat();
         let type_meta = [bytes_field(1, b"v1"), bytes_field(2, b"Secret")].concat();
-        let envelope = [b"k8s\x00".to_vec(), bytes_field(1, &type_meta), bytes_field(2, &secret)].concat();
+        let envelope = [
+            b"k8s\x00".to_vec(),
+            bytes_field(1, &type_meta),
+            bytes_field(2, &secret),
+        ]
+        .concat();
         let v = decode_secret(&envelope).unwrap();
         assert_eq!(v["metadata"]["name"], "s1");
         assert_eq!(v["data"]["v"], "YWJj");

@@ -13,7 +13,11 @@ pub struct WriteLimiter {
 impl WriteLimiter {
     pub fn new(qps: Option<f64>) -> Self {
         let burst = qps.map(burst_of).unwrap_or(0.0);
-        WriteLimiter { qps, state: Mutex::new((burst, Instant::now())), rejected: Default::default() }
+        WriteLimiter {
+            qps,
+            state: Mutex::new((burst, Instant::now())),
+            rejected: Default::default(),
+        }
     }
 
     /// True when the write may proceed.
@@ -28,7 +32,8 @@ impl WriteLimiter {
             st.0 -= 1.0;
             true
         } else {
-            self.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             false
         }
     }

@@ -19,7 +19,11 @@ pub fn initial_cluster(ids: &Ids, opts: &SimOptions, keys: &BTreeMap<String, Key
     let dns = "aks-twin-dns";
     // The twin announces its own API server address, which its kubeconfig names.
     let fqdn = "127.0.0.1";
-    let current = &keys[KEY_NAME].versions.last().expect("a first key version").version;
+    let current = &keys[KEY_NAME]
+        .versions
+        .last()
+        .expect("a first key version")
+        .version;
     let kms = if opts.kms {
         let mut k = json!({
             "enabled": true,
@@ -144,8 +148,18 @@ pub fn role_assignment(ids: &Ids, role: &str, principal: &str, scope: &str) -> V
 /// The control-plane identity can use the key (for RBAC vaults) and create the private link.
 pub fn initial_role_assignments(ids: &Ids) -> Vec<Value> {
     vec![
-        role_assignment(ids, ROLE_CRYPTO_USER, &ids.identity_principal, &ids.vault_id()),
-        role_assignment(ids, ROLE_KV_CONTRIBUTOR, &ids.identity_principal, &ids.vault_id()),
+        role_assignment(
+            ids,
+            ROLE_CRYPTO_USER,
+            &ids.identity_principal,
+            &ids.vault_id(),
+        ),
+        role_assignment(
+            ids,
+            ROLE_KV_CONTRIBUTOR,
+            &ids.identity_principal,
+            &ids.vault_id(),
+        ),
     ]
 }
 
@@ -170,10 +184,15 @@ pub fn key_bundle(ids: &Ids, name: &str, v: &KeyVersion) -> Value {
         key["n"] = json!(v.modulus);
         key["e"] = json!("AQAB");
     } else {
+        // P-256 coordinates: 32 bytes each, base64url.
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&v.modulus)
+            .unwrap_or_default();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         key["crv"] = json!("P-256");
-        key["x"] = json!(&v.modulus[..43]);
-        key["y"] = json!(&v.modulus[43..86]);
+        key["x"] = json!(b64(raw.get(..32).unwrap_or_default()));
+        key["y"] = json!(b64(raw.get(32..64).unwrap_or_default()));
     }
     json!({ "key": key, "attributes": key_attributes(v), "tags": v.tags })
 }
-

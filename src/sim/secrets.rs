@@ -42,10 +42,20 @@ pub struct Page<'a> {
 }
 
 /// Metadata the server owns; a client sending them back unchanged changes nothing.
-const SERVER_FIELDS: &[&str] = &["resourceVersion", "managedFields", "creationTimestamp", "uid", "generation", "selfLink"];
+const SERVER_FIELDS: &[&str] = &[
+    "resourceVersion",
+    "managedFields",
+    "creationTimestamp",
+    "uid",
+    "generation",
+    "selfLink",
+];
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn encode_continue(revision: u64, start: &str) -> String {
@@ -56,9 +66,15 @@ pub fn encode_continue(revision: u64, start: &str) -> String {
 /// Returns the key to start after; `Expired` when older than `ttl_ms`.
 pub fn decode_continue(token: &str, ttl_ms: u64, revision: u64) -> Result<String, StoreError> {
     let bad = || StoreError::Invalid("continue key is not valid: invalid continue token".into());
-    let raw = base64::engine::general_purpose::URL_SAFE.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .map_err(|_| bad())?;
     let doc: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let start = doc["start"].as_str().ok_or_else(bad)?.trim_end_matches('\u{0}').to_string();
+    let start = doc["start"]
+        .as_str()
+        .ok_or_else(bad)?
+        .trim_end_matches('\u{0}')
+        .to_string();
     let issued = doc["t"].as_u64().ok_or_else(bad)?;
     if now_ms().saturating_sub(issued) > ttl_ms {
         return Err(StoreError::Expired(encode_continue(revision, &start)));
@@ -67,7 +83,9 @@ pub fn decode_continue(token: &str, ttl_ms: u64, revision: u64) -> Result<String
 }
 
 fn content_equal(stored: &Value, incoming: &Value) -> bool {
-    let (Some(s), Some(i)) = (stored.as_object(), incoming.as_object()) else { return false };
+    let (Some(s), Some(i)) = (stored.as_object(), incoming.as_object()) else {
+        return false;
+    };
     let keys: BTreeSet<&String> = s.keys().chain(i.keys()).collect();
     for k in keys {
         match k.as_str() {
@@ -80,15 +98,26 @@ fn content_equal(stored: &Value, incoming: &Value) -> bool {
         }
     }
     let empty = Map::new();
-    let sm = s.get("metadata").and_then(Value::as_object).unwrap_or(&empty);
-    let im = i.get("metadata").and_then(Value::as_object).unwrap_or(&empty);
+    let sm = s
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let im = i
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let mkeys: BTreeSet<&String> = sm.keys().chain(im.keys()).collect();
-    mkeys.into_iter().filter(|k| !SERVER_FIELDS.contains(&k.as_str())).all(|k| sm.get(k) == im.get(k))
+    mkeys
+        .into_iter()
+        .filter(|k| !SERVER_FIELDS.contains(&k.as_str()))
+        .all(|k| sm.get(k) == im.get(k))
 }
 
 /// `stringData` is write-only: the API server merges it into `data`.
 fn merge_string_data(obj: &mut Value) {
-    let Some(sd) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    let Some(sd) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
     let Some(sd) = sd.as_object() else { return };
     if !obj["data"].is_object() {
         obj["data"] = json!({});
@@ -145,7 +174,12 @@ impl SecretStore {
             (0, _) | (_, None) => None,
             (_, Some(last)) => Some(encode_continue(self.revision, &last)),
         };
-        Page { items, continue_token, remaining, revision: self.revision }
+        Page {
+            items,
+            continue_token,
+            remaining,
+            revision: self.revision,
+        }
     }
 
     fn stamp(&mut self, obj: &mut Value) -> u64 {
@@ -154,23 +188,39 @@ impl SecretStore {
         self.revision
     }
 
-    pub fn create(&mut self, ns: &str, mut obj: Value, key: Arc<str>, encrypt_error: Option<&str>) -> Result<Value, StoreError> {
+    pub fn create(
+        &mut self,
+        ns: &str,
+        mut obj: Value,
+        key: Arc<str>,
+        encrypt_error: Option<&str>,
+    ) -> Result<Value, StoreError> {
         if let Some(e) = encrypt_error {
             return Err(StoreError::Encrypt(e.to_string()));
         }
         merge_string_data(&mut obj);
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
-            return Err(StoreError::Invalid("metadata.name: Required value: name or generateName is required".into()));
+            return Err(StoreError::Invalid(
+                "metadata.name: Required value: name or generateName is required".into(),
+            ));
         }
         let id = format!("{ns}/{name}");
         if self.items.contains_key(&id) {
             return Err(StoreError::AlreadyExists);
         }
-        let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
         meta.insert("namespace".into(), json!(ns));
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("creationTimestamp".into(), json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+        meta.insert(
+            "creationTimestamp".into(),
+            json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        );
         meta.remove("managedFields");
         obj["kind"] = json!("Secret");
         obj["apiVersion"] = json!("v1");
@@ -179,19 +229,38 @@ impl SecretStore {
         }
         self.stamp(&mut obj);
         self.namespaces.insert(ns.to_string());
-        self.items.insert(id, Stored { obj: obj.clone(), key });
+        self.items.insert(
+            id,
+            Stored {
+                obj: obj.clone(),
+                key,
+            },
+        );
         Ok(obj)
     }
 
     /// An update. Returns the stored object and whether it was written.
     /// An update; answers the stored object, serialized. `encrypt_error` is returned only when
     /// the update would be written.
-    pub fn replace(&mut self, ns: &str, name: &str, mut obj: Value, key: Arc<str>, encrypt_error: Option<&str>) -> Result<Vec<u8>, StoreError> {
+    pub fn replace(
+        &mut self,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        key: Arc<str>,
+        encrypt_error: Option<&str>,
+    ) -> Result<Vec<u8>, StoreError> {
         merge_string_data(&mut obj);
         let id = format!("{ns}/{name}");
-        let Some(current) = self.items.get(&id) else { return Err(StoreError::NotFound) };
-        let sent_rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-        let stored_rv = current.obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        let Some(current) = self.items.get(&id) else {
+            return Err(StoreError::NotFound);
+        };
+        let sent_rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let stored_rv = current.obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
         if !sent_rv.is_empty() && sent_rv != stored_rv {
             return Err(StoreError::Conflict);
         }
@@ -217,17 +286,24 @@ impl SecretStore {
     }
 
     pub fn delete(&mut self, ns: &str, name: &str) -> Result<Value, StoreError> {
-        let stored = self.items.remove(&format!("{ns}/{name}")).ok_or(StoreError::NotFound)?;
+        let stored = self
+            .items
+            .remove(&format!("{ns}/{name}"))
+            .ok_or(StoreError::NotFound)?;
         self.revision += 1;
         Ok(stored.obj)
     }
 
     /// Seeding bypasses the API (and the write limiter) as a restored etcd would.
     pub fn insert_seeded(&mut self, ns: &str, mut obj: Value, key: Arc<str>) {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.stamp(&mut obj);
         self.namespaces.insert(ns.to_string());
-        self.items.insert(format!("{ns}/{name}"), Stored { obj, key });
+        self.items
+            .insert(format!("{ns}/{name}"), Stored { obj, key });
     }
 }
 
@@ -244,22 +320,48 @@ mod tests {
         let mut s = SecretStore::default();
         let old: Arc<str> = Arc::from("kms:v2:old");
         let new: Arc<str> = Arc::from("kms:v2:new");
-        let created = s.create("ns", secret("a", "eA=="), old.clone(), None).unwrap();
-        let same: Value = serde_json::from_slice(&s.replace("ns", "a", created.clone(), old.clone(), Some("expired")).unwrap()).unwrap();
-        assert_eq!(same["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
-        let moved: Value = serde_json::from_slice(&s.replace("ns", "a", created.clone(), new.clone(), None).unwrap()).unwrap();
-        assert_ne!(moved["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+        let created = s
+            .create("ns", secret("a", "eA=="), old.clone(), None)
+            .unwrap();
+        let same: Value = serde_json::from_slice(
+            &s.replace("ns", "a", created.clone(), old.clone(), Some("expired"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            same["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
+        let moved: Value = serde_json::from_slice(
+            &s.replace("ns", "a", created.clone(), new.clone(), None)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_ne!(
+            moved["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
         assert_eq!(s.by_key().get("kms:v2:new"), Some(&1));
-        assert!(matches!(s.replace("ns", "a", created, new, None), Err(StoreError::Conflict)));
+        assert!(matches!(
+            s.replace("ns", "a", created, new, None),
+            Err(StoreError::Conflict)
+        ));
     }
 
     #[test]
     fn pages_continue_in_key_order_and_tokens_expire() {
         let mut s = SecretStore::default();
         for i in 0..5 {
-            s.create("b", secret(&format!("s{i}"), "eA=="), Arc::from("identity"), None).unwrap();
+            s.create(
+                "b",
+                secret(&format!("s{i}"), "eA=="),
+                Arc::from("identity"),
+                None,
+            )
+            .unwrap();
         }
-        s.create("a", secret("x", "eA=="), Arc::from("identity"), None).unwrap();
+        s.create("a", secret("x", "eA=="), Arc::from("identity"), None)
+            .unwrap();
         let p1 = s.list(Some("b"), Some(2), None);
         assert_eq!(p1.items.len(), 2);
         assert_eq!(p1.remaining, 3);
@@ -269,7 +371,10 @@ mod tests {
         assert_eq!(p2.items.len(), 3);
         assert!(p2.continue_token.is_none());
         std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(matches!(decode_continue(&token, 1, s.revision), Err(StoreError::Expired(_))));
+        assert!(matches!(
+            decode_continue(&token, 1, s.revision),
+            Err(StoreError::Expired(_))
+        ));
         assert_eq!(s.list(None, None, None).items.len(), 6);
     }
 }

@@ -53,23 +53,44 @@ pub fn secret(rng: &mut Rng, ns: &str, i: usize) -> Value {
         let size = 50 * 1024 + rng.below(150 * 1024) as usize;
         let release = format!("release-{i}");
         let data = json!({ "release": rng.base64(size) });
-        let labels = json!({ "owner": "helm", "name": release, "status": "deployed", "version": "1" });
-        (format!("sh.helm.release.v1.{release}.v1"), "helm.sh/release.v1", data, labels)
+        let labels =
+            json!({ "owner": "helm", "name": release, "status": "deployed", "version": "1" });
+        (
+            format!("sh.helm.release.v1.{release}.v1"),
+            "helm.sh/release.v1",
+            data,
+            labels,
+        )
     } else if roll < 24 {
         let crt = 1200 + rng.below(800) as usize;
         let data = json!({ "tls.crt": rng.base64(crt), "tls.key": rng.base64(1190) });
-        (format!("tls-{i}"), "kubernetes.io/tls", data, json!({ "app": format!("web-{}", i % 7) }))
+        (
+            format!("tls-{i}"),
+            "kubernetes.io/tls",
+            data,
+            json!({ "app": format!("web-{}", i % 7) }),
+        )
     } else if roll < 36 {
         let size = 300 + rng.below(500) as usize;
         let data = json!({ ".dockerconfigjson": rng.base64(size) });
-        (format!("registry-{i}"), "kubernetes.io/dockerconfigjson", data, json!({}))
+        (
+            format!("registry-{i}"),
+            "kubernetes.io/dockerconfigjson",
+            data,
+            json!({}),
+        )
     } else {
         let mut data = serde_json::Map::new();
         for k in 0..1 + rng.below(4) {
             let size = 16 + rng.below(400) as usize;
             data.insert(format!("key-{k}"), json!(rng.base64(size)));
         }
-        (format!("app-secret-{i}"), "Opaque", Value::Object(data), json!({ "app": format!("svc-{}", i % 11) }))
+        (
+            format!("app-secret-{i}"),
+            "Opaque",
+            Value::Object(data),
+            json!({ "app": format!("svc-{}", i % 11) }),
+        )
     };
     json!({
         "apiVersion": "v1",
@@ -98,7 +119,9 @@ mod tests {
         for i in 0..500 {
             let s = secret(&mut rng, "ns", i);
             for v in s["data"].as_object().unwrap().values() {
-                base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
             }
             helm += usize::from(s["type"] == "helm.sh/release.v1");
         }

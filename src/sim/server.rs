@@ -22,15 +22,23 @@ impl std::fmt::Display for Dropped {
 }
 impl std::error::Error for Dropped {}
 
-pub async fn serve(listener: TcpListener, tls: std::sync::Arc<rustls::ServerConfig>, shared: Shared) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shared: Shared,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
             let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -47,25 +55,42 @@ fn roll() -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn handle(shared: Shared, req: hyper::Request<hyper::body::Incoming>) -> Result<Resp, Dropped> {
+async fn handle(
+    shared: Shared,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Resp, Dropped> {
     let (parts, body) = req.into_parts();
     let host = parts
         .uri
         .host()
         .map(str::to_string)
-        .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string()))
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h).to_string())
+        })
         .unwrap_or_default()
         .to_ascii_lowercase();
     let path = parts.uri.path().to_string();
     let query: HashMap<String, String> = parts
         .uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
-    let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body: Bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let (latency, action) = {
         let w = shared.world();
-        let action = faults::decide(&w.faults, parts.method.as_str(), &host, &path, roll());
+        let action = faults::decide(&w.faults, parts.method.as_str(), &host, &path, roll);
         (w.opts.latency_ms + action.latency_ms, action)
     };
     if latency > 0 {
@@ -74,7 +99,14 @@ async fn handle(shared: Shared, req: hyper::Request<hyper::body::Incoming>) -> R
     if action.drop {
         return Err(Dropped);
     }
-    let req = Req { method: parts.method, host, path, query, headers: parts.headers, body };
+    let req = Req {
+        method: parts.method,
+        host,
+        path,
+        query,
+        headers: parts.headers,
+        body,
+    };
     if let Some(code) = action.status {
         return Ok(fault_response(&req, code));
     }
@@ -96,10 +128,15 @@ async fn handle(shared: Shared, req: hyper::Request<hyper::body::Incoming>) -> R
 /// An injected failure, in the error shape of the service it stands in for.
 fn fault_response(req: &Req, code: u16) -> Resp {
     use super::http::{arm_error, k8s_status, with_header};
-    let status = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let reason = status.canonical_reason().unwrap_or("Error");
     let resp = if req.host.ends_with("azure.com") || req.host.ends_with("azure.net") {
-        arm_error(status, reason.replace(' ', "").as_str(), &format!("Injected fault: {reason}"))
+        arm_error(
+            status,
+            reason.replace(' ', "").as_str(),
+            &format!("Injected fault: {reason}"),
+        )
     } else {
         let k8s_reason = match code {
             429 => "TooManyRequests",
@@ -109,7 +146,16 @@ fn fault_response(req: &Req, code: u16) -> Resp {
             503 => "ServiceUnavailable",
             _ => "InternalError",
         };
-        k8s_status(status, k8s_reason, &format!("injected fault: {reason}"), None)
+        k8s_status(
+            status,
+            k8s_reason,
+            &format!("injected fault: {reason}"),
+            None,
+        )
     };
-    if code == 429 || code == 503 { with_header(resp, "retry-after", "1") } else { resp }
+    if code == 429 || code == 503 {
+        with_header(resp, "retry-after", "1")
+    } else {
+        resp
+    }
 }

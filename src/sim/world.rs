@@ -2,10 +2,10 @@
 //! assignments, issued tokens, and the Kubernetes storage. ARM resources are kept as raw JSON so
 //! that fields the twin does not understand survive a GET -> PUT round trip, as on the real service.
 
+use super::SimOptions;
+use super::faults::FaultRule;
 use super::objects::ObjectStore;
 use super::secrets::SecretStore;
-use super::faults::FaultRule;
-use super::SimOptions;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -147,7 +147,10 @@ pub struct World {
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -179,10 +182,17 @@ pub fn new_key_version(kty: &str, exp: Option<i64>) -> KeyVersion {
     KeyVersion {
         version: uuid::Uuid::new_v4().simple().to_string(),
         kty: kty.to_string(),
-        key_ops: ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        key_ops: [
+            "encrypt",
+            "decrypt",
+            "sign",
+            "verify",
+            "wrapKey",
+            "unwrapKey",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         enabled: true,
         exp,
         nbf: None,
@@ -213,7 +223,10 @@ impl World {
             keys,
             role_assignments,
             tokens: HashMap::new(),
-            write_key: WriteKey { current: Arc::from("identity"), previous: None },
+            write_key: WriteKey {
+                current: Arc::from("identity"),
+                previous: None,
+            },
             objects: ObjectStore::default(),
             faults: Vec::new(),
             fail_next_operations: 0,
@@ -250,7 +263,11 @@ impl World {
         let Some((name, version)) = parse_kid(kid, &self.ids.vault_host()) else {
             return Some(KeyProblem::Missing);
         };
-        let Some(v) = self.keys.get(&name).and_then(|k| k.versions.iter().find(|v| v.version == version)) else {
+        let Some(v) = self
+            .keys
+            .get(&name)
+            .and_then(|k| k.versions.iter().find(|v| v.version == version))
+        else {
             return Some(KeyProblem::Missing);
         };
         if !v.enabled {
@@ -265,7 +282,8 @@ impl World {
     pub fn issue_token(&mut self, audience: &str) -> String {
         let token = format!("twin.{}", uuid::Uuid::new_v4().simple());
         let until = Instant::now() + Duration::from_secs(3600);
-        self.tokens.insert(token.clone(), (audience.to_string(), until));
+        self.tokens
+            .insert(token.clone(), (audience.to_string(), until));
         token
     }
 
@@ -279,12 +297,17 @@ impl World {
 /// The storage label a cluster resource's KMS configuration writes with: `identity` when KMS
 /// is off, else `kms:v1:<keyId>` below Kubernetes 1.27 and `kms:v2:<keyId>` from 1.27.
 pub fn storage_label(resource: &Value) -> Arc<str> {
-    let kms = resource.pointer("/properties/securityProfile/azureKeyVaultKms").unwrap_or(&Value::Null);
+    let kms = resource
+        .pointer("/properties/securityProfile/azureKeyVaultKms")
+        .unwrap_or(&Value::Null);
     if kms["enabled"].as_bool() != Some(true) {
         return Arc::from("identity");
     }
     let p = &resource["properties"];
-    let version = p["currentKubernetesVersion"].as_str().or(p["kubernetesVersion"].as_str()).unwrap_or_default();
+    let version = p["currentKubernetesVersion"]
+        .as_str()
+        .or(p["kubernetesVersion"].as_str())
+        .unwrap_or_default();
     let v2 = minor_of(version).is_some_and(|v| v >= (1, 27));
     let key_id = kms["keyId"].as_str().unwrap_or_default();
     Arc::from(format!("kms:{}:{key_id}", if v2 { "v2" } else { "v1" }).as_str())
@@ -342,9 +365,16 @@ impl World {
         let write = self.write_key.effective(Instant::now());
         let write_error = match self.key_problem(&write, true) {
             None => None,
-            Some(KeyProblem::Expired) => Some("KeyExpired: Operation encrypt is not allowed on an expired key".to_string()),
-            Some(KeyProblem::Disabled) => Some("KeyDisabled: Operation encrypt is not allowed on a disabled key".to_string()),
-            Some(KeyProblem::Missing) => Some(format!("KeyNotFound: the key version of {} was not found in the key vault", &write)),
+            Some(KeyProblem::Expired) => {
+                Some("KeyExpired: Operation encrypt is not allowed on an expired key".to_string())
+            }
+            Some(KeyProblem::Disabled) => {
+                Some("KeyDisabled: Operation encrypt is not allowed on a disabled key".to_string())
+            }
+            Some(KeyProblem::Missing) => Some(format!(
+                "KeyNotFound: the key version of {} was not found in the key vault",
+                &write
+            )),
         };
         let mut unreadable = Vec::new();
         for (name, k) in &self.keys {
@@ -354,7 +384,11 @@ impl World {
                 unreadable.push(format!("kms:v2:{kid}"));
             }
         }
-        KmsView { write, write_error, unreadable }
+        KmsView {
+            write,
+            write_error,
+            unreadable,
+        }
     }
 }
 

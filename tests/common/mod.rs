@@ -1,0 +1,121 @@
+//! Test harness: an in-process twin, and kmsctl run as a user runs it (the real binary, with
+//! only the environment the twin wrote).
+#![allow(dead_code)]
+
+use kmsctl::sim::{SimOptions, Twin};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub struct World {
+    pub twin: Twin,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub async fn world(opts: SimOptions) -> World {
+    init();
+    let twin = Twin::start(opts).await.expect("twin starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    twin.write_files(dir.path()).expect("twin files");
+    World { twin, dir }
+}
+
+pub fn small(secrets: usize) -> SimOptions {
+    SimOptions {
+        secrets,
+        namespaces: 5,
+        lro_seconds: 0,
+        ..Default::default()
+    }
+}
+
+impl World {
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kmsctl"));
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("XDG_STATE_HOME", self.state_dir());
+        for (k, v) in self.twin.env_vars(self.dir.path()) {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs kmsctl to completion (off the async runtime: the twin keeps serving meanwhile).
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.command(args);
+        tokio::task::spawn_blocking(move || c.output().expect("kmsctl runs"))
+            .await
+            .expect("join")
+    }
+
+    pub fn inspect(&self) -> Value {
+        self.twin.inspect()
+    }
+
+    pub fn kms(&self) -> Value {
+        self.inspect()["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"].clone()
+    }
+
+    /// (Secrets under the key the cluster now uses, all Secrets).
+    pub fn storage(&self) -> (u64, u64) {
+        let d = self.inspect();
+        let kms = &d["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"];
+        let by = d["storage"]["byKey"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let want = if kms["enabled"] == true {
+            format!("kms:v2:{}", kms["keyId"].as_str().unwrap_or_default())
+        } else {
+            "identity".into()
+        };
+        let n = by
+            .iter()
+            .filter(|(k, _)| {
+                k.as_str() == want || (k.starts_with("kms:v1:") && want.ends_with(&k[7..]))
+            })
+            .map(|(_, v)| v.as_u64().unwrap_or(0))
+            .sum();
+        (n, d["storage"]["total"].as_u64().unwrap_or(0))
+    }
+
+    pub fn assert_all_current(&self) {
+        let (n, total) = self.storage();
+        assert!(
+            total > 0 && n == total,
+            "{n} of {total} Secrets under the current key: {}",
+            self.inspect()["storage"]
+        );
+    }
+
+    pub fn key_versions(&self) -> Vec<Value> {
+        self.inspect()["keys"]["kms-key"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What a preflight refusal must leave untouched.
+    pub fn fingerprint(&self) -> Value {
+        let d = self.inspect();
+        serde_json::json!({ "cluster": d["cluster"], "vault": d["vault"], "keys": d["keys"], "storage": d["storage"] })
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

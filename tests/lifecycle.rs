@@ -1,0 +1,633 @@
+//! kmsctl's lifecycle commands, end to end against the twin, run as a user runs them.
+
+mod common;
+
+use common::{World, small, text, world};
+use kmsctl::sim::faults::FaultRule;
+use kmsctl::sim::{NetworkAccess, SimOptions};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn current_kid(w: &World) -> String {
+    w.key_versions().last().unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn enable_then_disable() {
+    let w = world(SimOptions {
+        kms: false,
+        ..small(120)
+    })
+    .await;
+    assert_eq!(w.inspect()["storage"]["byKey"]["identity"], 120);
+    let kid = current_kid(&w);
+    let out = w.run(&["enable", "--key-id", &kid, "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        w.kms(),
+        json!({ "enabled": true, "keyId": kid, "keyVaultNetworkAccess": "Public" })
+    );
+    w.assert_all_current();
+    let out = w.run(&["disable", "--yes", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(w.kms()["enabled"], false);
+    w.assert_all_current();
+    assert_eq!(
+        w.inspect()["storage"]["byKey"]["identity"],
+        121,
+        "every Secret and the canary are stored in plain again"
+    );
+}
+
+#[tokio::test]
+async fn rotate_once_then_twice_retiring_the_oldest() {
+    let w = world(small(150)).await;
+    let first = current_kid(&w);
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let second = current_kid(&w);
+    assert_ne!(first, second);
+    assert_eq!(w.kms()["keyId"], second);
+    w.assert_all_current();
+    let out = w.run(&["rotate", "--twice", "--retire-old", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let versions = w.key_versions();
+    assert_eq!(versions.len(), 4);
+    assert_eq!(w.kms()["keyId"], versions[3]["kid"]);
+    assert_eq!(
+        versions[1]["enabled"], false,
+        "the version in use before the double rotation is disabled, not deleted"
+    );
+    assert_eq!(
+        versions[2]["enabled"], true,
+        "the previous version stays alive"
+    );
+    w.assert_all_current();
+    let status = w.run(&["status", "-o", "json"]).await;
+    let s: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["kms"]["enabled"], true);
+    assert_eq!(s["kms"]["keyId"], versions[3]["kid"]);
+    assert_eq!(s["kms"]["keyVaultNetworkAccess"], "Public");
+    assert!(s["kms"]["keyVaultResourceId"].is_null());
+    assert_eq!(s["kmsVersion"], "v2");
+    assert_eq!(s["kubernetesVersion"], "1.33.5");
+    assert_eq!(s["key"]["enabled"], true);
+    assert!(s["key"].get("expiresOn").is_some());
+    assert_eq!(s["provisioningState"], "Succeeded");
+    let alive: Vec<&str> = s["ledger"]["mustStayAlive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        alive,
+        [
+            versions[2]["kid"].as_str().unwrap(),
+            versions[3]["kid"].as_str().unwrap()
+        ]
+    );
+}
+
+fn journal_lines(w: &World) -> String {
+    let dir = w.state_dir().join("kmsctl/runs");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `rotate --twice`, kills it with SIGKILL once `ready(journal)` holds, then resumes.
+async fn kill_and_resume(opts: SimOptions, ready: impl Fn(&str) -> bool + Send + 'static) -> World {
+    let w = world(opts).await;
+    let mut child = w
+        .command(&["rotate", "--twice", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal_dir = w.state_dir().join("kmsctl/runs");
+    let killed = tokio::task::spawn_blocking(move || {
+        for _ in 0..3000 {
+            let lines: String = std::fs::read_dir(&journal_dir)
+                .map(|d| {
+                    d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ready(&lines) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(killed, "the run ended before the kill point");
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "resume: {}", text(&out));
+    w
+}
+
+fn assert_double_rotation(w: &World) {
+    let versions = w.key_versions();
+    assert_eq!(
+        versions.len(),
+        3,
+        "exactly two rotations, none repeated: {versions:?}"
+    );
+    assert_eq!(w.kms()["keyId"], versions[2]["kid"]);
+    assert_eq!(
+        w.inspect()["cluster"]["properties"]["provisioningState"],
+        "Succeeded"
+    );
+    w.assert_all_current();
+    assert!(journal_lines(w).contains("\"status\":\"succeeded\""));
+}
+
+#[tokio::test]
+async fn sigkill_at_every_step_boundary_then_resume() {
+    for boundary in 1..14 {
+        let opts = SimOptions {
+            lro_seconds: 1,
+            latency_ms: 1,
+            ..small(300)
+        };
+        let w = kill_and_resume(opts, move |j| {
+            j.matches("\"type\":\"step-finished\"").count() >= boundary
+        })
+        .await;
+        assert_double_rotation(&w);
+    }
+}
+
+#[tokio::test]
+async fn sigkill_during_the_operation_wait_and_during_reencryption() {
+    let opts = || SimOptions {
+        lro_seconds: 2,
+        latency_ms: 2,
+        ..small(2000)
+    };
+    let w = kill_and_resume(opts(), |j| {
+        j.contains("\"type\":\"step-started\",\"index\":3")
+    })
+    .await;
+    assert_double_rotation(&w);
+    let w = kill_and_resume(opts(), |j| j.matches("\"type\":\"reencrypt\"").count() >= 3).await;
+    assert_double_rotation(&w);
+    let w = kill_and_resume(opts(), |j| {
+        j.contains("\"type\":\"step-started\",\"index\":9")
+    })
+    .await;
+    assert_double_rotation(&w);
+}
+
+async fn refused(opts: SimOptions, args: &[&str], change: impl FnOnce(&World), expect: &str) {
+    let w = world(opts).await;
+    change(&w);
+    let before = w.fingerprint();
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    assert!(
+        text(&out).contains(expect),
+        "{args:?}: expected '{expect}' in\n{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("fix:") || text(&out).contains("refused"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before, "{args:?} changed something");
+}
+
+#[tokio::test]
+async fn preflight_refusals_change_nothing() {
+    let rotate = ["rotate", "--yes"];
+    refused(
+        SimOptions {
+            system_assigned_identity: true,
+            ..small(20)
+        },
+        &rotate,
+        |_| {},
+        "system-assigned",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| {
+            w.twin.shared.world().vault["properties"]["networkAcls"]["defaultAction"] =
+                json!("Deny")
+        },
+        "firewall default Deny",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| w.twin.shared.world().vault["properties"]["accessPolicies"] = json!([]),
+        "no access policy",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| {
+            w.twin.shared.world().vault["properties"]["tenantId"] =
+                json!("11111111-2222-3333-4444-555555555555")
+        },
+        "another tenant",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| {
+            w.twin
+                .shared
+                .world()
+                .keys
+                .get_mut("kms-key")
+                .unwrap()
+                .versions[0]
+                .exp = Some(1)
+        },
+        "KeyExpired",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| w.twin.shared.world().cluster["properties"]["provisioningState"] = json!("Updating"),
+        "provisioningState is Updating",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| {
+            w.twin.shared.world().cluster["properties"]["fqdn"] =
+                json!("other-cluster.hcp.westeurope.azmk8s.io")
+        },
+        "is not this cluster's API server",
+    )
+    .await;
+    refused(
+        SimOptions {
+            kms: false,
+            ..small(20)
+        },
+        &rotate,
+        |_| {},
+        "KMS is not enabled",
+    )
+    .await;
+    refused(small(20), &rotate, |w| {
+        w.twin.shared.world().cluster["properties"]["securityProfile"]["kubernetesResourceObjectEncryptionProfile"] = json!({ "infrastructureEncryption": "Enabled" });
+    }, "platform-managed rotation").await;
+    let kid = |w: &World| current_kid(w);
+    let w = world(SimOptions {
+        kubernetes_version: "1.26.15".into(),
+        kms: false,
+        ..small(2100)
+    })
+    .await;
+    let k = kid(&w);
+    let before = w.fingerprint();
+    let out = w.run(&["enable", "--key-id", &k, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("at most 2000 Secrets"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before);
+    // Private mode: VNet integration, the vault's resource id, Key Vault Contributor.
+    let w = world(SimOptions {
+        kms: false,
+        ..small(20)
+    })
+    .await;
+    let (k, vault_id) = (kid(&w), w.twin.ids().vault_id());
+    let out = w
+        .run(&[
+            "enable",
+            "--key-id",
+            &k,
+            "--network-access",
+            "private",
+            "--vault-resource-id",
+            &vault_id,
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("API Server VNet Integration"),
+        "{}",
+        text(&out)
+    );
+    let w = world(SimOptions {
+        kms: false,
+        network_access: NetworkAccess::Public,
+        vnet_integration: true,
+        konnectivity: false,
+        ..small(20)
+    })
+    .await;
+    w.twin.shared.world().role_assignments.retain(|r| {
+        !r["properties"]["roleDefinitionId"]
+            .as_str()
+            .unwrap()
+            .ends_with("f25e0fa2-a7c8-4377-a976-54943a77a395")
+    });
+    let (k, vault_id) = (kid(&w), w.twin.ids().vault_id());
+    let out = w
+        .run(&[
+            "enable",
+            "--key-id",
+            &k,
+            "--network-access",
+            "private",
+            "--vault-resource-id",
+            &vault_id,
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("Key Vault Contributor"),
+        "{}",
+        text(&out)
+    );
+    // An EC key, and the mode of an enabled vault.
+    let w = world(small(20)).await;
+    let ec = {
+        let mut world = w.twin.shared.world();
+        let v = kmsctl::sim::world::new_key_version("EC", None);
+        let kid = format!(
+            "https://{}/keys/ec-key/{}",
+            world.ids.vault_host(),
+            v.version
+        );
+        world.keys.insert(
+            "ec-key".into(),
+            kmsctl::sim::world::KeyRecord {
+                versions: vec![v],
+                rotation_policy: None,
+            },
+        );
+        kid
+    };
+    let out = w.run(&["enable", "--key-id", &ec, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("needs an RSA key"), "{}", text(&out));
+    let w = world(SimOptions {
+        vnet_integration: true,
+        konnectivity: false,
+        ..small(20)
+    })
+    .await;
+    let (k, vault_id) = (kid(&w), w.twin.ids().vault_id());
+    let out = w
+        .run(&[
+            "enable",
+            "--key-id",
+            &k,
+            "--network-access",
+            "private",
+            "--vault-resource-id",
+            &vault_id,
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("cannot change while KMS is enabled"),
+        "{}",
+        text(&out)
+    );
+    // Without --yes and without a terminal, nothing happens either.
+    let w = world(small(20)).await;
+    let before = w.fingerprint();
+    let out = w.run(&["rotate"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("pass --yes"), "{}", text(&out));
+    assert_eq!(w.fingerprint(), before);
+}
+
+#[tokio::test]
+async fn warnings_do_not_stop_a_run() {
+    let w = world(SimOptions {
+        apiserver_guard: true,
+        ..small(50)
+    })
+    .await;
+    w.twin.shared.world().vault["properties"]["enablePurgeProtection"] = json!(false);
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("aks-managed-apiserver-guard")
+            && text(&out).contains("purge protection"),
+        "{}",
+        text(&out)
+    );
+    w.assert_all_current();
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_a_second_run_is_refused() {
+    let w = world(SimOptions {
+        lro_seconds: 3,
+        ..small(50)
+    })
+    .await;
+    let before = w.fingerprint();
+    let out = w.run(&["rotate", "--twice", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("prove-key-switch"));
+    assert_eq!(w.fingerprint(), before);
+    assert!(journal_lines(&w).is_empty(), "a dry run journals nothing");
+    let mut first = w
+        .command(&["rotate", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = w.run(&["rotate", "--yes"]).await;
+    assert_eq!(second.status.code(), Some(2), "{}", text(&second));
+    assert!(
+        text(&second).contains("holds this cluster's lease"),
+        "{}",
+        text(&second)
+    );
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(w.key_versions().len(), 2, "only the first run rotated");
+}
+
+#[tokio::test]
+async fn reencryption_survives_throttling_conflicts_expiry_errors_and_drops() {
+    let w = world(SimOptions {
+        latency_ms: 1,
+        ..small(600)
+    })
+    .await;
+    let put = "/api/v1/namespaces/*/secrets/*";
+    let rule = |method: &str,
+                path: &str,
+                status: Option<u16>,
+                probability: f64,
+                count: u64,
+                drop: bool| FaultRule {
+        method: Some(method.into()),
+        path: path.into(),
+        status,
+        probability: Some(probability),
+        count: Some(count),
+        drop,
+        ..Default::default()
+    };
+    w.twin.add_faults(vec![
+        rule("PUT", put, Some(429), 0.1, 60, false),
+        rule("PUT", put, Some(409), 0.05, 25, false),
+        rule("PUT", put, Some(503), 0.05, 25, false),
+        rule("PUT", put, None, 0.03, 15, true),
+        rule(
+            "GET",
+            "/api/v1/namespaces/*/secrets",
+            Some(410),
+            0.3,
+            3,
+            false,
+        ),
+        rule(
+            "GET",
+            "/api/v1/namespaces/*/secrets",
+            Some(500),
+            0.2,
+            3,
+            false,
+        ),
+    ]);
+    let out = w.run(&["rotate", "--yes", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let totals = &report["reencrypt"][0]["totals"];
+    assert_eq!(totals["failed"], 0);
+    assert!(
+        totals["throttled"].as_u64().unwrap() > 0 && totals["conflicts"].as_u64().unwrap() > 0,
+        "{totals}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_that_keeps_failing_is_named_and_the_run_ends_non_zero() {
+    let w = world(small(40)).await;
+    let victim = w
+        .twin
+        .shared
+        .secrets_read()
+        .list(Some("team-001"), Some(1), None)
+        .items[0]
+        .obj["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.twin.add_faults(vec![FaultRule {
+        method: Some("PUT".into()),
+        path: format!("/api/v1/namespaces/team-001/secrets/{victim}"),
+        status: Some(422),
+        ..Default::default()
+    }]);
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("team-001/{victim}")),
+        "{}",
+        text(&out)
+    );
+    w.twin.shared.world().faults.clear();
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+}
+
+#[tokio::test]
+async fn the_key_switch_is_proven_before_reencrypting() {
+    let w = world(SimOptions {
+        kms_propagation_seconds: 3,
+        ..small(200)
+    })
+    .await;
+    let out = w.run(&["rotate", "--yes", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let waited = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "prove-key-switch")
+        .unwrap()["output"]["waitedSeconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        waited >= 2.0,
+        "the barrier waited {waited}s for a 3 s propagation"
+    );
+    w.assert_all_current();
+    assert_eq!(report["reencrypt"][0]["totals"]["rewritten"], 200);
+}
+
+#[tokio::test]
+async fn no_secret_data_or_credential_in_any_output() {
+    let w = world(small(30)).await;
+    let marker = format!("LEAKMARKER{}", uuid::Uuid::new_v4().simple());
+    {
+        use base64::Engine;
+        let value = base64::engine::general_purpose::STANDARD.encode(&marker);
+        let label = w.twin.shared.world().kms_view().write;
+        let secret = json!({ "metadata": { "name": "leak-probe" }, "data": { "v": value } });
+        w.twin
+            .shared
+            .secrets_write()
+            .create("default", secret, label, None)
+            .unwrap();
+    }
+    let mut c = w.command(&["rotate", "--twice", "--yes", "-o", "json"]);
+    c.env("RUST_LOG", "trace");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&marker);
+    let secret = w.twin.ids().client_secret;
+    let everything = format!("{}{}", text(&out), journal_lines(&w));
+    for needle in [&marker, &b64, &secret] {
+        assert!(
+            !everything.contains(needle.as_str()),
+            "output or journal holds Secret data or the client secret"
+        );
+    }
+    w.assert_all_current();
+}

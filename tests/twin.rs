@@ -1,0 +1,439 @@
+//! The twin, end to end over real sockets and TLS with the real client crates: azure_core's
+//! pipeline (ARM), azure_identity (Entra ID), azure_security_keyvault_keys and kube.
+
+mod common;
+
+use common::{small, world};
+use kmsctl::azure::arm::{ApiVersions, ArmClient};
+use kmsctl::azure::keys::{KeyId, KeyVault};
+use kmsctl::azure::transport::Route;
+use kmsctl::engine::kms::{DesiredKms, update};
+use kmsctl::sim::SimOptions;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+struct Clients {
+    arm: ArmClient,
+    path: String,
+    kv: KeyVault,
+    kube: kube::Client,
+    key: KeyId,
+}
+
+async fn clients(w: &common::World) -> Clients {
+    let ids = w.twin.ids();
+    let route = Route {
+        address: Some(w.twin.addr),
+        ca_pem: Some(w.twin.ca_pem.clone().into_bytes()),
+    };
+    let options = route.client_options().unwrap();
+    let cred: Arc<dyn azure_core::credentials::TokenCredential> =
+        azure_identity::ClientSecretCredential::new(
+            &ids.tenant,
+            ids.client_id.clone(),
+            ids.client_secret.clone().into(),
+            Some(azure_identity::ClientSecretCredentialOptions {
+                client_options: options.clone(),
+            }),
+        )
+        .unwrap();
+    let arm = ArmClient::new(cred.clone(), options.clone(), ApiVersions::default());
+    let path =
+        kmsctl::checks::facts::cluster_path(&ids.subscription, &ids.resource_group, &ids.cluster);
+    let c = arm.get(&path, &arm.api.aks).await.unwrap();
+    let key = KeyId::parse(
+        c.body["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let kv = KeyVault::new(&key.vault_url, cred, options, Default::default()).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(w.dir.path().join("kubeconfig")).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.default_retry = false;
+    Clients {
+        arm,
+        path,
+        kv,
+        kube: kube::Client::try_from(cfg).unwrap(),
+        key,
+    }
+}
+
+async fn put(
+    c: &Clients,
+    body: &Value,
+) -> Result<kmsctl::azure::arm::Answer, kmsctl::azure::RemoteError> {
+    let cur = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap();
+    c.arm
+        .put_if_match(&c.path, &c.arm.api.aks, body, cur.etag.as_deref().unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn get_put_round_trip_keeps_unknown_fields_and_follows_the_operation() {
+    let w = world(SimOptions {
+        lro_seconds: 1,
+        ..small(10)
+    })
+    .await;
+    let c = clients(&w).await;
+    let mut body = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
+    body["properties"]["brandNewField2027"] = json!({ "nested": [1, 2, 3] });
+    body["properties"]["securityProfile"]["azureKeyVaultKms"]["futureKmsField"] = json!("kept");
+    let started = put(&c, &body).await.unwrap();
+    assert_eq!(started.body["properties"]["provisioningState"], "Updating");
+    assert!(
+        started
+            .async_operation
+            .as_deref()
+            .unwrap()
+            .contains("/operations/")
+    );
+    let mut seen = Vec::new();
+    let outcome = c
+        .arm
+        .wait_operation(&started, |s| seen.push(s.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, "Succeeded");
+    let after = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap();
+    assert_eq!(
+        after.body["properties"]["brandNewField2027"]["nested"][2],
+        3
+    );
+    assert_eq!(
+        after.body["properties"]["securityProfile"]["azureKeyVaultKms"]["futureKmsField"],
+        "kept"
+    );
+    assert_eq!(after.body["properties"]["provisioningState"], "Succeeded");
+    assert_ne!(after.etag, started.etag, "every write changes the eTag");
+}
+
+#[tokio::test]
+async fn stale_if_match_is_412_and_a_running_operation_is_409() {
+    let w = world(SimOptions {
+        lro_seconds: 3,
+        ..small(10)
+    })
+    .await;
+    let c = clients(&w).await;
+    let first = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap();
+    let mut body = first.body.clone();
+    body["tags"]["x"] = json!("1");
+    c.arm
+        .put_if_match(
+            &c.path,
+            &c.arm.api.aks,
+            &body,
+            first.etag.as_deref().unwrap(),
+        )
+        .await
+        .unwrap();
+    let stale = c
+        .arm
+        .put_if_match(
+            &c.path,
+            &c.arm.api.aks,
+            &body,
+            first.etag.as_deref().unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (stale.status(), stale.code()),
+        (Some(412), "PreconditionFailed")
+    );
+    let busy = put(&c, &body).await.unwrap_err();
+    assert_eq!(
+        (busy.status(), busy.code()),
+        (Some(409), "OperationNotAllowed")
+    );
+    assert!(busy.to_string().contains("in progress"), "{busy}");
+}
+
+#[tokio::test]
+async fn aks_rules_are_enforced_with_arm_errors() {
+    let w = world(SimOptions {
+        kubernetes_version: "1.26.15".into(),
+        ..small(10)
+    })
+    .await;
+    let c = clients(&w).await;
+    let base = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
+    let kms_path = "/properties/securityProfile/azureKeyVaultKms";
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "mode change while enabled",
+            Box::new(|b: &mut Value| {
+                b["properties"]["apiServerAccessProfile"]["enableVnetIntegration"] = json!(true);
+                let k = b.pointer_mut(kms_path).unwrap();
+                k["keyVaultNetworkAccess"] = json!("Private");
+                k["keyVaultResourceId"] = json!(
+                    "/subscriptions/x/resourceGroups/y/providers/Microsoft.KeyVault/vaults/kv-kmsctl-twin"
+                );
+            }),
+            "not allowed while KMS is enabled",
+        ),
+        (
+            "system-assigned identity",
+            Box::new(|b: &mut Value| b["identity"] = json!({ "type": "SystemAssigned" })),
+            "system-assigned",
+        ),
+        (
+            "skipping a minor version",
+            Box::new(|b: &mut Value| b["properties"]["kubernetesVersion"] = json!("1.28")),
+            "Available upgrades: [1.27.16]",
+        ),
+        (
+            "1.27 while KMS v1 is on",
+            Box::new(|b: &mut Value| b["properties"]["kubernetesVersion"] = json!("1.27")),
+            "KMS v1",
+        ),
+        (
+            "network access unspecified",
+            Box::new(|b: &mut Value| {
+                b.pointer_mut(kms_path)
+                    .unwrap()
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("keyVaultNetworkAccess");
+            }),
+            "KeyVault network access is unspecified",
+        ),
+    ];
+    for (name, change, message) in cases {
+        let mut body = base.clone();
+        change(&mut body);
+        let e = put(&c, &body).await.expect_err(name);
+        assert_eq!(e.status(), Some(400), "{name}: {e}");
+        assert!(e.to_string().contains(message), "{name}: {e}");
+    }
+    // Private needs a resource id, and VNet integration.
+    let disable = DesiredKms {
+        enabled: false,
+        key_id: None,
+        network_access: None,
+        vault_resource_id: None,
+    };
+    update(&c.arm, &c.path, &disable, |_| {}).await.unwrap();
+    let mut private = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
+    private["properties"]["securityProfile"]["azureKeyVaultKms"] =
+        json!({ "enabled": true, "keyId": c.key.to_string(), "keyVaultNetworkAccess": "Private" });
+    assert!(
+        put(&c, &private)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("KeyVault resource ID is empty")
+    );
+    private["properties"]["securityProfile"]["azureKeyVaultKms"]["keyVaultResourceId"] =
+        json!(w.twin.ids().vault_id());
+    assert!(
+        put(&c, &private)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("API Server VNet Integration")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_operation_reports_failed() {
+    let w = world(small(10)).await;
+    let c = clients(&w).await;
+    w.twin.shared.world().fail_next_operations = 1;
+    let body = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
+    let started = put(&c, &body).await.unwrap();
+    let outcome = c.arm.wait_operation(&started, |_| {}).await.unwrap();
+    assert_eq!(outcome.status, "Failed");
+    assert!(outcome.error.unwrap()["code"].is_string());
+    assert_eq!(
+        c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body["properties"]["provisioningState"],
+        "Failed"
+    );
+}
+
+#[tokio::test]
+async fn key_vault_rotation_keeps_old_versions_and_expired_keys_stop_writes() {
+    let w = world(small(10)).await;
+    let c = clients(&w).await;
+    let new = c.kv.rotate(&c.key.name).await.unwrap();
+    assert_ne!(new.id.version, c.key.version);
+    let old = c.kv.version(&c.key).await.unwrap();
+    assert!(old.enabled);
+    assert_eq!(old.kty.as_deref(), Some("RSA"));
+    assert_eq!(c.kv.versions(&c.key.name).await.unwrap().len(), 2);
+    // The key version in use expires: the KMS plugin can no longer encrypt.
+    for v in w
+        .twin
+        .shared
+        .world()
+        .keys
+        .get_mut("kms-key")
+        .unwrap()
+        .versions
+        .iter_mut()
+    {
+        v.exp = Some(1);
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(c.kube.clone(), "default");
+    let s = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("new".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("KeyExpired"), "{e}");
+    // Disabling a version makes what it encrypted unreadable.
+    c.kv.set_enabled(&c.key, false).await.unwrap();
+    let all: Api<k8s_openapi::api::core::v1::Secret> = Api::all(c.kube.clone());
+    assert!(
+        all.list(&ListParams::default())
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("KeyDisabled")
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_pages_conflicts_expiry_and_throttling() {
+    let w = world(SimOptions {
+        continue_ttl_seconds: 1,
+        write_qps: Some(5.0),
+        ..small(120)
+    })
+    .await;
+    let c = clients(&w).await;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::all(c.kube.clone());
+    let mut lp = ListParams::default().limit(50);
+    let mut names = 0;
+    let mut token = None;
+    loop {
+        let page = api.list(&lp).await.unwrap();
+        names += page.items.len();
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(t) => {
+                token.get_or_insert(t.clone());
+                lp = lp.continue_token(&t)
+            }
+            None => break,
+        }
+    }
+    assert_eq!(names, 120);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    match api
+        .list(
+            &ListParams::default()
+                .limit(50)
+                .continue_token(&token.unwrap()),
+        )
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
+            assert!(
+                s.metadata
+                    .and_then(|m| m.continue_)
+                    .is_some_and(|t| !t.is_empty())
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let ns: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.kube.clone(), "team-000");
+    let mut s = ns
+        .list(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let name = s.metadata.name.clone().unwrap();
+    let fresh = ns.replace(&name, &PostParams::default(), &s).await.unwrap();
+    assert_eq!(
+        fresh.metadata.resource_version, s.metadata.resource_version,
+        "an unchanged, current Secret is not rewritten"
+    );
+    s.metadata.resource_version = Some("1".into());
+    s.metadata.labels = Some([("changed".to_string(), "yes".to_string())].into());
+    match ns
+        .replace(&name, &PostParams::default(), &s)
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(st) => assert_eq!(st.code, 409),
+        other => panic!("{other}"),
+    }
+    let mut throttled = None;
+    for _ in 0..20 {
+        if let Err(kube::Error::Api(st)) = ns.replace(&name, &PostParams::default(), &fresh).await {
+            throttled = Some(st);
+            break;
+        }
+    }
+    let st = throttled.expect("writes above the rate are refused");
+    assert_eq!((st.code, st.details.unwrap().retry_after_seconds), (429, 1));
+}
+
+#[tokio::test]
+async fn kubectl_pipeline_moves_secrets_only_after_a_key_change() {
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        panic!("kubectl is required (.ci/run installs it)");
+    }
+    let w = world(small(200)).await;
+    let kubeconfig = w.dir.path().join("kubeconfig");
+    let pipeline = || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let k = kubeconfig.display().to_string();
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("kubectl --kubeconfig {k} get secrets -A -o json | kubectl --kubeconfig {k} replace -f - >/dev/null"))
+                    .status()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let before = w.inspect()["storage"].clone();
+    assert!(pipeline().await.success());
+    assert_eq!(
+        w.inspect()["storage"],
+        before,
+        "without a key change nothing is rewritten"
+    );
+    let c = clients(&w).await;
+    let new = c.kv.rotate(&c.key.name).await.unwrap();
+    update(
+        &c.arm,
+        &c.path,
+        &DesiredKms {
+            enabled: true,
+            key_id: Some(new.id.to_string()),
+            network_access: Some("Public".into()),
+            vault_resource_id: None,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(pipeline().await.success());
+    w.assert_all_current();
+}
