@@ -12,7 +12,7 @@ fn fixtures() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-fn example(dir: &PathBuf, file: &str) -> Value {
+fn example(dir: &std::path::Path, file: &str) -> Value {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
     v["responses"]["200"]["body"].clone()
 }

@@ -165,7 +165,8 @@ async fn aks_rules_are_enforced_with_arm_errors() {
     let c = clients(&w).await;
     let base = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
     let kms_path = "/properties/securityProfile/azureKeyVaultKms";
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
         (
             "mode change while enabled",
             Box::new(|b: &mut Value| {

@@ -79,7 +79,6 @@ pub fn credential(
             let opts = ManagedIdentityCredentialOptions {
                 user_assigned_id,
                 client_options: options.clone(),
-                ..Default::default()
             };
             ManagedIdentityCredential::new(Some(opts))
                 .context("building the managed identity credential")?

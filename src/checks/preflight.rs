@@ -337,7 +337,7 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let f = i.facts;
     let hosts = f.cluster.api_server_hosts();
     if i.intent != Intent::Reencrypt {
-        out.push(if hosts.iter().any(|h| *h == f.kube.server_host) {
+        out.push(if hosts.contains(&f.kube.server_host) {
             Finding::pass("kubeconfig-cluster", format!("the kubeconfig context's server {} is this cluster's API server", f.kube.server_host))
         } else {
             Finding::refuse(

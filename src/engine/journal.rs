@@ -72,7 +72,7 @@ pub struct RunHeader {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Entry {
-    Run(RunHeader),
+    Run(Box<RunHeader>),
     StepStarted {
         index: usize,
         at: chrono::DateTime<chrono::Utc>,
@@ -174,7 +174,7 @@ impl Journal {
             path,
             last_sync: std::time::Instant::now(),
         };
-        j.append(&Entry::Run(header))?;
+        j.append(&Entry::Run(Box::new(header)))?;
         Ok(j)
     }
 
@@ -251,7 +251,7 @@ pub fn replay(path: &Path) -> anyhow::Result<Record> {
                 let steps = vec![StepRecord::default(); h.procedure.steps.len()];
                 record = Some(Record {
                     path: path.to_path_buf(),
-                    header: h,
+                    header: *h,
                     steps,
                     finished: None,
                 });

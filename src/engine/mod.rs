@@ -20,7 +20,7 @@ pub enum StepError {
     #[error("verification failed: {0}")]
     Verification(String),
     #[error("{} Secrets could not be re-encrypted; they stay under the old key, which must stay alive. Fix the cause and run `kmsctl resume`", .0.totals.failed)]
-    Incomplete(crate::reencrypt::Summary),
+    Incomplete(Box<crate::reencrypt::Summary>),
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
 }

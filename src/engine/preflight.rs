@@ -17,8 +17,10 @@ pub struct Preflight {
 }
 
 pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::Result<Facts> {
-    let mut f = Facts::default();
-    f.kube = facts::kube(&ctx.kube, ctx.kube_server_host.clone()).await?;
+    let mut f = Facts {
+        kube: facts::kube(&ctx.kube, ctx.kube_server_host.clone()).await?,
+        ..Default::default()
+    };
     let Some(az) = &ctx.azure else { return Ok(f) };
     f.cluster = facts::cluster(&az.arm, &az.cluster_path, &az.subscription).await?;
     let key = match intent {

@@ -90,17 +90,17 @@ pub async fn execute(
             continue;
         }
         if rec.skipped || step.condition().is_some_and(|c| !header.params.flag(c)) {
-            if !rec.skipped {
-                if let Err(e) = append(
+            if !rec.skipped
+                && let Err(e) = append(
                     &journal,
                     Entry::StepSkipped {
                         index,
                         reason: "condition not set".into(),
                     },
-                ) {
-                    result = Err(e);
-                    break;
-                }
+                )
+            {
+                result = Err(e);
+                break;
             }
             observer.step_skipped(index, step.name(), "not asked for");
             reports.push(StepReport {
@@ -138,7 +138,7 @@ pub async fn execute(
             }
             Err(e) => {
                 if let StepError::Incomplete(s) = &e {
-                    summaries.push(s.clone());
+                    summaries.push((**s).clone());
                 }
                 let _ = append(
                     &journal,

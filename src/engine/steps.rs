@@ -178,7 +178,7 @@ pub async fn reencrypt(
         .await
         .map_err(|e| StepError::Failed(e.into()))?;
     if !summary.ok() {
-        return Err(StepError::Incomplete(summary));
+        return Err(StepError::Incomplete(Box::new(summary)));
     }
     if p.namespaces.is_empty() {
         let now = chrono::Utc::now();

@@ -50,18 +50,17 @@ impl Ledger {
         {
             e.out_of_service_since = Some(at);
         }
-        if let Some(k) = key_id {
-            if !self
+        if let Some(k) = key_id
+            && !self
                 .entries
                 .iter()
                 .any(|e| e.key_id == k && e.out_of_service_since.is_none())
-            {
-                self.entries.push(LedgerEntry {
-                    key_id: k.to_string(),
-                    in_service_since: at,
-                    ..Default::default()
-                });
-            }
+        {
+            self.entries.push(LedgerEntry {
+                key_id: k.to_string(),
+                in_service_since: at,
+                ..Default::default()
+            });
         }
     }
 

@@ -83,10 +83,10 @@ pub fn render_findings(findings: &[Finding]) -> String {
             Level::Refuse => "REFUSE",
         };
         out.push_str(&format!("  {mark} {}: {}\n", f.check, f.message));
-        if f.level != Level::Pass {
-            if let Some(fix) = &f.fix {
-                out.push_str(&format!("         fix: {fix}\n"));
-            }
+        if f.level != Level::Pass
+            && let Some(fix) = &f.fix
+        {
+            out.push_str(&format!("         fix: {fix}\n"));
         }
     }
     out

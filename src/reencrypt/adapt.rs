@@ -111,13 +111,12 @@ impl Controller {
         if s.limit < s.max as f64 {
             s.limit = (s.limit + 1.0 / s.limit).min(s.max as f64);
         }
-        if let Some(r) = s.rate {
-            if now.duration_since(s.last_increase) >= Duration::from_millis(500)
-                && now.duration_since(s.last_decrease) >= Duration::from_millis(500)
-            {
-                s.rate = Some(r + (r * 0.02).max(1.0));
-                s.last_increase = now;
-            }
+        if let Some(r) = s.rate
+            && now.duration_since(s.last_increase) >= Duration::from_millis(500)
+            && now.duration_since(s.last_decrease) >= Duration::from_millis(500)
+        {
+            s.rate = Some(r + (r * 0.02).max(1.0));
+            s.last_increase = now;
         }
         drop(s);
         self.notify.notify_one();

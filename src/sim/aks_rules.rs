@@ -271,12 +271,9 @@ mod tests {
                                 "securityProfile": { "azureKeyVaultKms": kms } } })
     }
 
-    fn facts_ok() -> (fn(&str, &str) -> bool, fn(&str) -> bool) {
-        (|_, _| true, |_| true)
-    }
-
     fn check(cur: &Value, want: &Value) -> Result<(), Refusal> {
-        let (k, a) = facts_ok();
+        let k = |_: &str, _: &str| true;
+        let a = |_: &str| true;
         validate(
             cur,
             want,

@@ -249,14 +249,14 @@ fn put_cluster(shared: &Shared, w: &mut World, req: &Req, fail: bool) -> Resp {
             "The request content was invalid and could not be deserialized.",
         );
     };
-    if let Some(m) = req.header("if-match").filter(|m| *m != "*") {
-        if m != w.cluster["eTag"].as_str().unwrap_or_default() {
-            return arm_error(
-                StatusCode::PRECONDITION_FAILED,
-                "PreconditionFailed",
-                "Operation failed due to a mismatched eTag: the resource was changed since it was read. Get the resource again and retry. See https://aka.ms/aks/etag",
-            );
-        }
+    if let Some(m) = req.header("if-match").filter(|m| *m != "*")
+        && m != w.cluster["eTag"].as_str().unwrap_or_default()
+    {
+        return arm_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "Operation failed due to a mismatched eTag: the resource was changed since it was read. Get the resource again and retry. See https://aka.ms/aks/etag",
+        );
     }
     if let Some(op) = w.running_op.clone() {
         let started = w

@@ -4,7 +4,7 @@
 
 use super::http::{Req, Resp, json_resp, kv_error, with_header};
 use super::resources::{key_attributes, key_bundle, kid};
-use super::world::{KeyRecord, KeyVersion, Shared, World, new_key_version, now_unix};
+use super::world::{KeyVersion, Shared, World, new_key_version, now_unix};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -155,11 +155,7 @@ fn create(w: &mut World, name: &str, req: &Req) -> Resp {
         v.tags = body["tags"].clone();
     }
     let bundle = key_bundle(&w.ids, name, &v);
-    w.keys
-        .entry(name.to_string())
-        .or_insert_with(KeyRecord::default)
-        .versions
-        .push(v);
+    w.keys.entry(name.to_string()).or_default().versions.push(v);
     json_resp(StatusCode::OK, &bundle)
 }
 

@@ -428,13 +428,13 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
             let have_uid = store
                 .get(res, ns, n)
                 .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string));
-            if let (Some(want), Some(have)) = (&want_uid, &have_uid) {
-                if want != have {
-                    let msg = format!(
-                        "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
-                    );
-                    return k8s_status(StatusCode::CONFLICT, "Conflict", &msg, None);
-                }
+            if let (Some(want), Some(have)) = (&want_uid, &have_uid)
+                && want != have
+            {
+                let msg = format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+                );
+                return k8s_status(StatusCode::CONFLICT, "Conflict", &msg, None);
             }
             objects_delete(store, res, ns, n)
         }
