@@ -360,13 +360,18 @@ async fn kubernetes_pages_conflicts_expiry_and_throttling() {
         .items
         .remove(0);
     let name = s.metadata.name.clone().unwrap();
+    // At 5 writes/s the limiter admits one write per 200 ms: let it refill before each write
+    // whose answer is checked (API Priority and Fairness answers 429 before any validation).
+    let refill = || tokio::time::sleep(std::time::Duration::from_millis(300));
+    refill().await;
     let fresh = ns.replace(&name, &PostParams::default(), &s).await.unwrap();
     assert_eq!(
         fresh.metadata.resource_version, s.metadata.resource_version,
         "an unchanged, current Secret is not rewritten"
     );
-    s.metadata.resource_version = Some("1".into());
+    s.metadata.resource_version = Some("999999999".into());
     s.metadata.labels = Some([("changed".to_string(), "yes".to_string())].into());
+    refill().await;
     match ns
         .replace(&name, &PostParams::default(), &s)
         .await

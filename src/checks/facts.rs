@@ -223,16 +223,7 @@ pub async fn key(vault: &KeyVault, id: &KeyId) -> Result<KeyVersionInfo, RemoteE
 }
 
 pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFacts, KubeError> {
-    let secrets: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "Secret".into(),
-            plural: "secrets".into(),
-        },
-    );
+    let secrets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::k8s::secrets());
     let page = secrets
         .list_metadata(&ListParams::default().limit(1))
         .await

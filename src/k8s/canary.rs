@@ -6,25 +6,15 @@
 
 use super::KubeError;
 use crate::retry::{RetryPolicy, Retryable};
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub const NAME: &str = "kmsctl-canary";
 const NAMESPACE: &str = "kube-system";
 
-fn resource() -> ApiResource {
-    ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: "Secret".into(),
-        plural: "secrets".into(),
-    }
-}
-
 fn api(client: &kube::Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NAMESPACE, &resource())
+    Api::namespaced_with(client.clone(), NAMESPACE, &crate::k8s::secrets())
 }
 
 /// Makes sure the canary exists; returns its resourceVersion (the "planted" one).
@@ -39,7 +29,7 @@ pub async fn plant(client: &kube::Client) -> Result<String, KubeError> {
     {
         return Ok(c.metadata.resource_version.unwrap_or_default());
     }
-    let mut s = DynamicObject::new(NAME, &resource()).within(NAMESPACE);
+    let mut s = DynamicObject::new(NAME, &crate::k8s::secrets()).within(NAMESPACE);
     s.metadata.labels = Some(
         [(
             "app.kubernetes.io/managed-by".to_string(),

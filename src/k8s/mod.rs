@@ -8,7 +8,20 @@ pub mod lease;
 pub mod ledger;
 
 use crate::retry::{RetryHint, Retryable};
+use kube::api::ApiResource;
 use std::time::Duration;
+
+/// core/v1 Secrets for untyped access (`DynamicObject`): a PUT then sends back every field the
+/// server sent, including ones this client's types do not know.
+pub fn secrets() -> ApiResource {
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        plural: "secrets".into(),
+    }
+}
 
 /// A Kubernetes API failure, classified for kmsctl's retry policy.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use adapt::Controller;
 use budget::Budget;
 use futures::stream::{FuturesUnordered, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
+use kube::api::{Api, DynamicObject, ListParams, ObjectList};
 use rewrite::Outcome;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -66,16 +66,6 @@ pub enum EngineError {
     KmsUnavailable(KubeError),
     #[error("listing {what}: {source}")]
     List { what: String, source: KubeError },
-}
-
-fn secret_resource() -> ApiResource {
-    ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: "Secret".into(),
-        plural: "secrets".into(),
-    }
 }
 
 struct Shared<'a> {
@@ -240,12 +230,12 @@ async fn count_secrets(
     retry: &RetryPolicy,
 ) -> Option<u64> {
     let scopes: Vec<Api<DynamicObject>> = if options.namespaces.is_empty() {
-        vec![Api::all_with(client.clone(), &secret_resource())]
+        vec![Api::all_with(client.clone(), &crate::k8s::secrets())]
     } else {
         options
             .namespaces
             .iter()
-            .map(|n| Api::namespaced_with(client.clone(), n, &secret_resource()))
+            .map(|n| Api::namespaced_with(client.clone(), n, &crate::k8s::secrets()))
             .collect()
     };
     let mut total = 0;
@@ -358,7 +348,7 @@ async fn namespace(
         namespace: ns.to_string(),
     });
     let api: Api<DynamicObject> =
-        Api::namespaced_with(shared.client.clone(), ns, &secret_resource());
+        Api::namespaced_with(shared.client.clone(), ns, &crate::k8s::secrets());
     let mut counts = Counts::default();
     let mut page_start = start.clone();
     // Once a page had a Secret that failed, the checkpoint stays at that page's start, so a
