@@ -62,9 +62,9 @@ pub const PAGES_MAX_BYTES: u64 = 16 << 20;
 pub const PAGE_TARGET_BYTES: u64 = 1 << 20;
 /// A Secret at least this large counts as large: few of them are written at once.
 pub const LARGE_SECRET_BYTES: usize = 64 << 10;
-pub const LARGE_IN_FLIGHT: usize = 8;
+pub const LARGE_IN_FLIGHT: usize = 32;
 /// List requests in flight at once: each may bring a page larger than expected.
-pub const LISTS_IN_FLIGHT: usize = 3;
+pub const LISTS_IN_FLIGHT: usize = 4;
 
 /// The page size for a namespace, from the bytes per Secret seen so far.
 pub fn page_limit(batch_size: u32, bytes_per_secret: Option<u64>) -> u32 {

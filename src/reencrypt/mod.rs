@@ -20,7 +20,7 @@ use adapt::Controller;
 use budget::Budget;
 use futures::stream::{FuturesUnordered, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ListParams, ObjectList};
+use kube::api::{Api, DynamicObject, ListParams};
 use rewrite::Outcome;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -256,9 +256,18 @@ async fn count_secrets(
 
 /// A page, with the bytes it holds reserved in the budget until its writes are done.
 struct Page {
-    items: Vec<DynamicObject>,
+    items: Vec<rewrite::Listed>,
     next: Option<String>,
     bytes: u64,
+}
+
+/// A list answer with its items left as the JSON the server sent.
+#[derive(serde::Deserialize)]
+struct RawList {
+    #[serde(default)]
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta,
+    #[serde(default)]
+    items: Vec<Box<serde_json::value::RawValue>>,
 }
 
 async fn fetch(
@@ -266,7 +275,7 @@ async fn fetch(
     ns: &str,
     limit: u32,
     token: Option<&str>,
-) -> Result<(ObjectList<DynamicObject>, u64), KubeError> {
+) -> Result<(RawList, u64), KubeError> {
     let mut lp = ListParams::default().limit(limit);
     if let Some(t) = token {
         lp = lp.continue_token(t);
@@ -304,11 +313,22 @@ async fn list_page(
             Ok((list, bytes)) => {
                 shared.pages.adjust(expected, bytes);
                 let next = list.metadata.continue_.clone().filter(|c| !c.is_empty());
-                return Ok(Page {
-                    items: list.items,
-                    next,
-                    bytes,
-                });
+                let items: Result<Vec<_>, String> = list
+                    .items
+                    .into_iter()
+                    .map(rewrite::Listed::from_raw)
+                    .collect();
+                let items = match items {
+                    Ok(i) => i,
+                    Err(e) => {
+                        shared.pages.release(bytes);
+                        return Err(EngineError::List {
+                            what: format!("secrets in {ns}"),
+                            source: KubeError::Other(e),
+                        });
+                    }
+                };
+                return Ok(Page { items, next, bytes });
             }
             // The continue token outlived the server's compaction window: go on from the position
             // the server hands back (or from the start of the namespace: unchanged Secrets are cheap no-ops).
@@ -347,8 +367,6 @@ async fn namespace(
     shared.observer.event(&Event::NamespaceStarted {
         namespace: ns.to_string(),
     });
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(shared.client.clone(), ns, &crate::k8s::secrets());
     let mut counts = Counts::default();
     let mut page_start = start.clone();
     // Once a page had a Secret that failed, the checkpoint stays at that page's start, so a
@@ -366,7 +384,7 @@ async fn namespace(
         // The page's bytes go back to the budget as soon as its writes are done, so the prefetch
         // waiting for room is never waiting on itself.
         let writes = async {
-            let c = write_page(shared, &api, ns, items).await;
+            let c = write_page(shared, ns, items).await;
             shared.pages.release(bytes);
             c
         };
@@ -417,16 +435,10 @@ async fn namespace(
     Ok(counts)
 }
 
-async fn write_page(
-    shared: &Shared<'_>,
-    api: &Api<DynamicObject>,
-    ns: &str,
-    items: Vec<DynamicObject>,
-) -> Counts {
+async fn write_page(shared: &Shared<'_>, ns: &str, items: Vec<rewrite::Listed>) -> Counts {
     let mut counts = Counts::default();
     let collection = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/secrets"));
     let target = rewrite::Target {
-        api,
         client: &shared.client,
         collection: &collection,
         large: &shared.large,
@@ -434,9 +446,10 @@ async fn write_page(
     let target = &target;
     let mut pending: FuturesUnordered<_> = items
         .into_iter()
-        .map(|obj| async move {
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let (outcome, stats) = rewrite::rewrite(target, &shared.ctl, &shared.retry, obj).await;
+        .map(|secret| async move {
+            let name = secret.name.clone();
+            let (outcome, stats) =
+                rewrite::rewrite(target, &shared.ctl, &shared.retry, secret).await;
             (name, outcome, stats)
         })
         .collect();
