@@ -52,6 +52,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
         .await
         .context("running kmsctl rotate --twice")?;
     eprintln!("after:\n  {}", storage_line(&twin));
+    // The twin ends with the demo, and so do its files (for a lasting one: kmsctl sim serve).
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(status.code().unwrap_or(1))
 }
 
