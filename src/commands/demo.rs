@@ -33,11 +33,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
     );
     let twin = Twin::start(opts).await?;
     twin.write_files(&dir)?;
-    eprintln!(
-        "twin files in {} (source {}/env to use it from a shell)",
-        dir.display(),
-        dir.display()
-    );
     eprintln!("before:\n  {}", storage_line(&twin));
     let exe = std::env::current_exe().context("finding the kmsctl binary")?;
     let mut cmd = tokio::process::Command::new(exe);
