@@ -195,6 +195,22 @@ async fn sigkill_during_the_operation_wait_and_during_reencryption() {
     assert_double_rotation(&w);
 }
 
+/// `kmsctl enable --network-access private` with the twin's current key and vault.
+async fn enable_private(w: &World) -> std::process::Output {
+    let (k, vault_id) = (current_kid(w), w.twin.ids().vault_id());
+    w.run(&[
+        "enable",
+        "--key-id",
+        &k,
+        "--network-access",
+        "private",
+        "--vault-resource-id",
+        &vault_id,
+        "--yes",
+    ])
+    .await
+}
+
 async fn refused(opts: SimOptions, args: &[&str], change: impl FnOnce(&World), expect: &str) {
     let w = world(opts).await;
     change(&w);
@@ -323,19 +339,7 @@ async fn preflight_refusals_change_nothing() {
         ..small(20)
     })
     .await;
-    let (k, vault_id) = (kid(&w), w.twin.ids().vault_id());
-    let out = w
-        .run(&[
-            "enable",
-            "--key-id",
-            &k,
-            "--network-access",
-            "private",
-            "--vault-resource-id",
-            &vault_id,
-            "--yes",
-        ])
-        .await;
+    let out = enable_private(&w).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("API Server VNet Integration"),
@@ -356,19 +360,7 @@ async fn preflight_refusals_change_nothing() {
             .unwrap()
             .ends_with("f25e0fa2-a7c8-4377-a976-54943a77a395")
     });
-    let (k, vault_id) = (kid(&w), w.twin.ids().vault_id());
-    let out = w
-        .run(&[
-            "enable",
-            "--key-id",
-            &k,
-            "--network-access",
-            "private",
-            "--vault-resource-id",
-            &vault_id,
-            "--yes",
-        ])
-        .await;
+    let out = enable_private(&w).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("Key Vault Contributor"),
@@ -403,19 +395,7 @@ async fn preflight_refusals_change_nothing() {
         ..small(20)
     })
     .await;
-    let (k, vault_id) = (kid(&w), w.twin.ids().vault_id());
-    let out = w
-        .run(&[
-            "enable",
-            "--key-id",
-            &k,
-            "--network-access",
-            "private",
-            "--vault-resource-id",
-            &vault_id,
-            "--yes",
-        ])
-        .await;
+    let out = enable_private(&w).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("cannot change while KMS is enabled"),

@@ -25,6 +25,23 @@ pub enum StepError {
     Failed(#[from] anyhow::Error),
 }
 
+// Remote and engine failures stop a step as plain failures (exit 1, resumable).
+macro_rules! failed_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StepError {
+            fn from(e: $t) -> Self {
+                StepError::Failed(e.into())
+            }
+        }
+    )*};
+}
+failed_from!(
+    crate::azure::RemoteError,
+    crate::k8s::KubeError,
+    crate::reencrypt::EngineError,
+    crate::k8s::canary::BarrierError
+);
+
 impl StepError {
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -12,6 +12,18 @@ use crate::reencrypt::{self, Checkpoint, Observer};
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// The cluster resource as ARM returns it now.
+async fn cluster(az: &super::context::Azure) -> Result<Value, StepError> {
+    Ok(az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body)
+}
+
+fn kms_of(cluster: &Value) -> Value {
+    cluster
+        .pointer("/properties/securityProfile/azureKeyVaultKms")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 fn key_id(state: &RunState) -> Result<KeyId, StepError> {
     let raw = state.key_id.clone().ok_or_else(|| {
         StepError::Failed(anyhow::anyhow!(
@@ -22,21 +34,10 @@ fn key_id(state: &RunState) -> Result<KeyId, StepError> {
 }
 
 pub async fn plant_canary(ctx: &Context) -> Result<Value, StepError> {
-    let planted = canary::plant(&ctx.kube)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    let planted = canary::plant(&ctx.kube).await?;
     let kms_at_plant = match &ctx.azure {
         Some(az) => {
-            let c = az
-                .arm
-                .get(&az.cluster_path, &az.arm.api.aks)
-                .await
-                .map_err(|e| StepError::Failed(e.into()))?;
-            let k = c
-                .body
-                .pointer("/properties/securityProfile/azureKeyVaultKms")
-                .cloned()
-                .unwrap_or(Value::Null);
+            let k = kms_of(&cluster(az).await?);
             json!({ "enabled": k["enabled"].as_bool() == Some(true), "keyId": k["keyId"], "networkAccess": k["keyVaultNetworkAccess"], "vaultResourceId": k["keyVaultResourceId"] })
         }
         None => Value::Null,
@@ -49,10 +50,7 @@ pub async fn plant_canary(ctx: &Context) -> Result<Value, StepError> {
 pub async fn rotate_key_prepare(ctx: &Context, state: &RunState) -> Result<Value, StepError> {
     let id = key_id(state)?;
     let kv = ctx.azure()?.key_vault(&id)?;
-    let versions = kv
-        .versions(&id.name)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    let versions = kv.versions(&id.name).await?;
     Ok(json!({ "latestBefore": versions.last().map(|v| v.id.to_string()) }))
 }
 
@@ -63,10 +61,7 @@ pub async fn rotate_key(
 ) -> Result<Value, StepError> {
     let id = key_id(state)?;
     let kv = ctx.azure()?.key_vault(&id)?;
-    let versions = kv
-        .versions(&id.name)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    let versions = kv.versions(&id.name).await?;
     let latest = versions.last().map(|v| v.id.to_string());
     if latest.is_some()
         && latest.as_deref() != prepared["latestBefore"].as_str()
@@ -75,10 +70,7 @@ pub async fn rotate_key(
         tracing::info!("the rotation already happened before an interruption; using its version");
         return Ok(json!({ "keyId": latest, "resumed": true }));
     }
-    let new = kv
-        .rotate(&id.name)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    let new = kv.rotate(&id.name).await?;
     Ok(json!({ "keyId": new.id.to_string(), "expiresOn": new.expires_on }))
 }
 
@@ -108,15 +100,11 @@ pub async fn verify_kms(ctx: &Context, state: &RunState) -> Result<Value, StepEr
             "verify-kms needs an update-kms step before it"
         ))
     })?;
-    let c = az
-        .arm
-        .get(&az.cluster_path, &az.arm.api.aks)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
-    let ps = c.body["properties"]["provisioningState"]
+    let c = cluster(az).await?;
+    let ps = c["properties"]["provisioningState"]
         .as_str()
         .unwrap_or("Unknown");
-    let mut diffs = desired.differences(&c.body);
+    let mut diffs = desired.differences(&c);
     if ps != "Succeeded" {
         diffs.push(format!("provisioningState is {ps}, want Succeeded"));
     }
@@ -128,10 +116,8 @@ pub async fn verify_kms(ctx: &Context, state: &RunState) -> Result<Value, StepEr
     }
     let now = chrono::Utc::now();
     let in_service = desired.enabled.then(|| desired.key_id.clone()).flatten();
-    ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now))
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
-    Ok(json!({ "kms": c.body["properties"]["securityProfile"]["azureKeyVaultKms"] }))
+    ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now)).await?;
+    Ok(json!({ "kms": kms_of(&c) }))
 }
 
 pub async fn prove_key_switch(
@@ -149,10 +135,7 @@ pub async fn prove_key_switch(
     let timeout = Duration::from_secs(params.barrier_timeout_seconds);
     match canary::prove_switch(&ctx.kube, &planted, timeout, Duration::from_secs(2)).await {
         Ok(waited) => Ok(json!({ "waitedSeconds": waited.as_secs_f64() })),
-        Err(canary::BarrierError::Timeout { waited }) => Err(StepError::Failed(
-            canary::BarrierError::Timeout { waited }.into(),
-        )),
-        Err(e) => Err(StepError::Failed(e.into())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -174,17 +157,13 @@ pub async fn reencrypt(
         max_qps: p.max_qps,
         ..Default::default()
     };
-    let summary = reencrypt::run(ctx.kube.clone(), &options, checkpoint, observer)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    let summary = reencrypt::run(ctx.kube.clone(), &options, checkpoint, observer).await?;
     if !summary.ok() {
         return Err(StepError::Incomplete(Box::new(summary)));
     }
     if p.namespaces.is_empty() {
         let now = chrono::Utc::now();
-        ledger::update(&ctx.kube, |l| l.reencrypted(now))
-            .await
-            .map_err(|e| StepError::Failed(e.into()))?;
+        ledger::update(&ctx.kube, |l| l.reencrypted(now)).await?;
     }
     Ok((serde_json::to_value(&summary).unwrap_or_default(), summary))
 }
@@ -202,11 +181,7 @@ pub async fn check_rotation_window(
         .flatten()
     {
         let id = KeyId::parse(raw).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))?;
-        let v = az
-            .key_vault(&id)?
-            .version(&id)
-            .await
-            .map_err(|e| StepError::Failed(e.into()))?;
+        let v = az.key_vault(&id)?.version(&id).await?;
         if !v.enabled {
             return Err(StepError::Failed(anyhow::anyhow!(
                 "{id} is disabled, but KMS still needs it until the next rotation finishes; enable it (az keyvault key set-attributes --enabled true) and run `kmsctl resume`"
@@ -234,29 +209,18 @@ pub async fn retire_oldest(ctx: &Context, state: &RunState) -> Result<Value, Ste
             "retire-oldest needs two rotations, each followed by a complete re-encryption; refusing to disable {oldest}"
         )));
     }
-    let c = az
-        .arm
-        .get(&az.cluster_path, &az.arm.api.aks)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
-    let current = c
-        .body
-        .pointer("/properties/securityProfile/azureKeyVaultKms/keyId")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let current = kms_of(&cluster(az).await?)["keyId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if current.eq_ignore_ascii_case(&oldest) {
         return Err(StepError::Verification(format!(
             "the cluster still uses {oldest}; refusing to disable it"
         )));
     }
     let id = KeyId::parse(&oldest).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))?;
-    az.key_vault(&id)?
-        .set_enabled(&id, false)
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    az.key_vault(&id)?.set_enabled(&id, false).await?;
     let now = chrono::Utc::now();
-    ledger::update(&ctx.kube, |l| l.retired(&oldest, now))
-        .await
-        .map_err(|e| StepError::Failed(e.into()))?;
+    ledger::update(&ctx.kube, |l| l.retired(&oldest, now)).await?;
     Ok(json!({ "disabled": oldest }))
 }
