@@ -611,3 +611,32 @@ async fn no_secret_data_or_credential_in_any_output() {
     }
     w.assert_all_current();
 }
+
+#[tokio::test]
+async fn a_run_that_loses_its_lease_stops_and_can_be_resumed() {
+    let w = world(SimOptions {
+        lro_seconds: 20,
+        ..small(50)
+    })
+    .await;
+    let mut command = w.command(&["rotate", "--yes"]);
+    let run = tokio::task::spawn_blocking(move || command.output());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Someone deletes the lease while the cluster update runs.
+    w.twin
+        .shared
+        .world()
+        .objects
+        .delete("leases", "kube-system", "kmsctl-run")
+        .expect("the run holds a lease");
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("lost the cluster's lease"),
+        "{}",
+        text(&out)
+    );
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+}

@@ -228,7 +228,7 @@ async fn finish_run(
     format: Format,
 ) -> anyhow::Result<i32> {
     let display = RunDisplay::default();
-    let (report, result) = runner::execute(ctx, j, record, &display).await;
+    let (report, result) = runner::execute(ctx, j, record, &display, &lease.lost).await;
     display.finish();
     lease.release().await;
     match format {

@@ -64,11 +64,14 @@ fn append(journal: &Mutex<Journal>, entry: Entry) -> Result<(), StepError> {
         .map_err(StepError::Failed)
 }
 
+/// Runs the steps left to do. `lease_lost` is checked before each step: a run that no longer
+/// holds the cluster's lease stops, as another kmsctl may be acting on the cluster.
 pub async fn execute(
     ctx: &Context,
     journal: Journal,
     record: Record,
     observer: &dyn RunObserver,
+    lease_lost: &std::sync::atomic::AtomicBool,
 ) -> (RunReport, Result<(), StepError>) {
     let journal = Mutex::new(journal);
     let header = &record.header;
@@ -110,6 +113,14 @@ pub async fn execute(
                 output: Value::Null,
             });
             continue;
+        }
+        if lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            result = Err(StepError::Failed(anyhow::anyhow!(
+                "lost the cluster's lease kube-system/{} (another kmsctl may be acting on this cluster); stopped before {}. Run `kmsctl resume` once no other run is active",
+                crate::k8s::lease::NAME,
+                step.name()
+            )));
+            break;
         }
         observer.step_started(index, steps.len(), step.name());
         let outcome = run_step(ctx, &journal, &record, index, step, &state, observer).await;

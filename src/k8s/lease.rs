@@ -5,7 +5,9 @@
 use super::KubeError;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams, Preconditions};
 use serde_json::json;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 pub const NAME: &str = "kmsctl-run";
 pub const NAMESPACE: &str = "kube-system";
@@ -41,6 +43,9 @@ pub struct Lease {
     api: Api<DynamicObject>,
     uid: Option<String>,
     renewer: tokio::task::JoinHandle<()>,
+    /// Set when the lease was taken by another holder or could not be renewed before it expired:
+    /// the run must stop, as another kmsctl may now act on the cluster.
+    pub lost: Arc<AtomicBool>,
 }
 
 fn holder_of(obj: &DynamicObject) -> (String, Option<chrono::DateTime<chrono::Utc>>, i64) {
@@ -117,11 +122,13 @@ impl Lease {
                 .map_err(KubeError::from)?
             }
         };
-        let renewer = tokio::spawn(renew_loop(api.clone(), holder));
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew_loop(api.clone(), holder, lost.clone()));
         Ok(Lease {
             api,
             uid: taken.metadata.uid,
             renewer,
+            lost,
         })
     }
 
@@ -140,19 +147,38 @@ impl Lease {
     }
 }
 
-async fn renew_loop(api: Api<DynamicObject>, holder: String) {
+async fn renew_loop(api: Api<DynamicObject>, holder: String, lost: Arc<AtomicBool>) {
+    let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs((DURATION_SECONDS / 4) as u64)).await;
-        let Ok(Some(mut obj)) = api.get_opt(NAME).await else {
-            continue;
-        };
-        if holder_of(&obj).0 != holder {
-            tracing::warn!("the run lease was taken over by another holder");
-            return;
+        match api.get_opt(NAME).await {
+            Ok(Some(obj)) if holder_of(&obj).0 != holder => {
+                tracing::warn!("the run lease was taken over by another holder");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Ok(Some(mut obj)) => {
+                obj.data["spec"]["renewTime"] = json!(now_micro());
+                match api.replace(NAME, &PostParams::default(), &obj).await {
+                    Ok(_) => renewed = Instant::now(),
+                    Err(e) => {
+                        tracing::warn!(error = %KubeError::from(e), "renewing the run lease failed; will retry")
+                    }
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("the run lease was deleted by someone else");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %KubeError::from(e), "reading the run lease failed; will retry")
+            }
         }
-        obj.data["spec"]["renewTime"] = json!(now_micro());
-        if let Err(e) = api.replace(NAME, &PostParams::default(), &obj).await {
-            tracing::warn!(error = %KubeError::from(e), "renewing the run lease failed; will retry");
+        // Keep a margin: stop believing in the lease before others may take it.
+        if renewed.elapsed() >= Duration::from_secs((DURATION_SECONDS * 3 / 4) as u64) {
+            lost.store(true, Ordering::SeqCst);
+            return;
         }
     }
 }
