@@ -1,8 +1,8 @@
 //! Preflight: every limit in shared/domain.md §3 that can be checked, before anything changes.
 //! Pure: facts in, findings out. A `Refuse` stops the run with exit code 2.
 
+use super::Finding;
 use super::facts::{Facts, minor};
-use super::{Finding, Level};
 use crate::playbook::Intent;
 use serde_json::Value;
 
@@ -366,13 +366,4 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
             "kmsctl re-encrypts with at most 4 requests in flight; find what overloads the API server first",
         ));
     }
-}
-
-/// The findings that matter for a summary line.
-pub fn worst(findings: &[Finding]) -> Level {
-    findings
-        .iter()
-        .map(|f| f.level)
-        .max()
-        .unwrap_or(Level::Pass)
 }

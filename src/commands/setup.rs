@@ -57,6 +57,5 @@ pub async fn context(
         azure,
         kube_server_host: client::server_host(&cluster.server),
         kube: cluster.client,
-        progress: true,
     })
 }

@@ -29,8 +29,6 @@ pub struct Context {
     pub azure: Option<Azure>,
     pub kube: kube::Client,
     pub kube_server_host: String,
-    /// Draw progress on stderr (indicatif hides itself when stderr is not a terminal).
-    pub progress: bool,
 }
 
 impl Context {

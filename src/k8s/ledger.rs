@@ -185,6 +185,13 @@ pub async fn update(
 mod tests {
     use super::*;
 
+    fn alive(l: &Ledger) -> Vec<&str> {
+        l.must_stay_alive()
+            .iter()
+            .map(|e| e.key_id.as_str())
+            .collect()
+    }
+
     #[test]
     fn two_rotations_free_the_oldest() {
         let t = chrono::Utc::now();
@@ -192,20 +199,10 @@ mod tests {
         l.put_in_service(Some("k1"), t);
         l.put_in_service(Some("k2"), t);
         l.reencrypted(t);
-        let alive: Vec<&str> = l
-            .must_stay_alive()
-            .iter()
-            .map(|e| e.key_id.as_str())
-            .collect();
-        assert_eq!(alive, ["k1", "k2"]);
+        assert_eq!(alive(&l), ["k1", "k2"]);
         l.put_in_service(Some("k3"), t);
         l.reencrypted(t);
-        let alive: Vec<&str> = l
-            .must_stay_alive()
-            .iter()
-            .map(|e| e.key_id.as_str())
-            .collect();
-        assert_eq!(alive, ["k2", "k3"]);
+        assert_eq!(alive(&l), ["k2", "k3"]);
         l.put_in_service(Some("k3"), t);
         assert_eq!(l.entries.len(), 3, "idempotent");
     }
