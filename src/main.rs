@@ -23,6 +23,8 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs in files and CI stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = kmsctl::cli::Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");

@@ -443,3 +443,160 @@ async fn kubectl_pipeline_moves_secrets_only_after_a_key_change() {
     assert!(pipeline().await.success());
     w.assert_all_current();
 }
+
+async fn kubectl(w: &common::World, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new("kubectl");
+    c.arg("--kubeconfig")
+        .arg(w.dir.path().join("kubeconfig"))
+        .args(args);
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kubectl_namespaces_and_annotate_work() {
+    let w = world(small(20)).await;
+    let out = kubectl(&w, &["create", "namespace", "made-by-kubectl"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&w, &["get", "ns", "-o", "name"]).await;
+    let names = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success()
+            && names.contains("namespace/made-by-kubectl")
+            && names.contains("namespace/kube-system"),
+        "{names}"
+    );
+    let out = kubectl(
+        &w,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "-n",
+            "made-by-kubectl",
+            "--from-literal=a=b",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(
+        &w,
+        &[
+            "annotate",
+            "secret",
+            "s1",
+            "-n",
+            "made-by-kubectl",
+            "touched=yes",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = w
+        .twin
+        .shared
+        .secrets_read()
+        .get("made-by-kubectl", "s1")
+        .unwrap()
+        .obj
+        .clone();
+    assert_eq!(stored["metadata"]["annotations"]["touched"], "yes");
+    assert_eq!(stored["data"]["a"], "Yg==", "a merge patch keeps the data");
+}
+
+#[tokio::test]
+async fn replicas_learn_a_new_key_at_their_own_status_calls() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 4,
+        ..small(10)
+    })
+    .await;
+    let c = clients(&w).await;
+    let leases: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        c.kube.clone(),
+        "kube-system",
+        &kube::api::ApiResource {
+            group: "coordination.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "coordination.k8s.io/v1".into(),
+            kind: "Lease".into(),
+            plural: "leases".into(),
+        },
+    );
+    let ids = leases
+        .list(&ListParams::default().labels("apiserver.kubernetes.io/identity=kube-apiserver"))
+        .await
+        .unwrap();
+    assert_eq!(ids.items.len(), 2, "one identity Lease per replica");
+    let old = w
+        .twin
+        .shared
+        .world()
+        .replica_label(0, std::time::Instant::now());
+    w.twin.shared.world().plugin_changed(std::sync::Arc::from(
+        "kms:v2:https://kv.vault.azure.net/keys/k/new",
+    ));
+    // The replicas learn it at different moments, each within one period.
+    let mut first_switch = [None, None];
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(9)
+        && first_switch.iter().any(Option::is_none)
+    {
+        for (r, seen) in first_switch.iter_mut().enumerate() {
+            let label = w
+                .twin
+                .shared
+                .world()
+                .replica_label(r, std::time::Instant::now());
+            if seen.is_none() && label != old {
+                *seen = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (a, b) = (
+        first_switch[0].expect("replica 0 switched"),
+        first_switch[1].expect("replica 1 switched"),
+    );
+    assert!(
+        a.abs_diff(b) >= std::time::Duration::from_millis(500),
+        "{a:?} vs {b:?}: not at the same moment"
+    );
+    assert!(
+        a.max(b) <= std::time::Duration::from_millis(4300),
+        "{a:?} {b:?}: each within a period"
+    );
+    // /metrics of each replica (reached over fresh connections) shows the key its plugin returned.
+    let cfg = {
+        let kc = kube::config::Kubeconfig::read_from(w.dir.path().join("kubeconfig")).unwrap();
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap()
+    };
+    let hashes = kmsctl::k8s::replicas::sample_key_hashes(&cfg, 2, 8)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hashes.len(), 2, "{hashes:?}");
+    let keys: std::collections::BTreeSet<_> = hashes.values().map(|(k, _)| k.clone()).collect();
+    assert_eq!(
+        keys.len(),
+        1,
+        "both replicas report the new key: {hashes:?}"
+    );
+}

@@ -245,6 +245,21 @@ impl ArmClient {
         }
     }
 
+    /// Every item of a collection, following `nextLink` page by page.
+    pub async fn list_all(&self, path: &str, api: &str) -> Result<Vec<Value>, RemoteError> {
+        let mut out = Vec::new();
+        let mut next = Some(Self::url(path, api)?.to_string());
+        while let Some(u) = next.take() {
+            let a = self.get(&u, "").await?;
+            out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
+            next = a.body["nextLink"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string);
+        }
+        Ok(out)
+    }
+
     /// Role assignments that apply at `scope` (including inherited ones), optionally for one principal.
     pub async fn role_assignments(
         &self,

@@ -35,8 +35,8 @@ pub enum Command {
     Reencrypt(ReencryptCommand),
     /// Continue the newest unfinished run (or --run ID) from its journal.
     Resume(ResumeArgs),
-    /// List runs and their state.
-    Runs(StateArgs),
+    /// List runs and their state (running, interrupted, failed, succeeded, abandoned).
+    Runs(RunsArgs),
     /// Start a twin in-process and run `rotate --twice` on it.
     Demo(DemoArgs),
     /// The local twin of AKS, Key Vault, Entra ID and the Kubernetes API.
@@ -113,9 +113,22 @@ pub struct ChangeArgs {
     /// Key versions in use must not expire within this many days.
     #[arg(long, default_value_t = 7)]
     pub margin_days: u32,
-    /// How long to wait for the API server to write with the new key.
+    /// How long to wait for every API server replica to write with the new key.
     #[arg(long, default_value_t = 600)]
     pub switch_timeout_seconds: u64,
+    /// How often an API server replica asks its KMS plugin for the key id (about 60 s on AKS).
+    /// Without readable /metrics, the switch is proven once no unchanged PUT of the canary has
+    /// rewritten it for 1.5 of these plus 2 s.
+    #[arg(long, default_value_t = 60, env = "KMSCTL_KMS_STATUS_PERIOD_SECONDS")]
+    pub kms_status_period_seconds: u64,
+    /// How often the key-switch barrier PUTs the canary, in milliseconds.
+    #[arg(
+        long,
+        default_value_t = 2000,
+        hide = true,
+        env = "KMSCTL_BARRIER_POLL_MILLIS"
+    )]
+    pub barrier_poll_millis: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -162,13 +175,25 @@ pub struct ReencryptCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct ResumeArgs {
-    /// The run to continue (default: the newest unfinished one).
+    /// The run to continue (default: the newest unfinished run of the cluster named by
+    /// --subscription/-g/-n or the environment). It must be that cluster's run.
     #[arg(long = "run")]
     pub run_id: Option<String>,
+    /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    #[arg(long, value_enum, default_value = "auto", env = "KMSCTL_AUTH")]
-    pub auth: AuthMode,
+    /// Wait this long for the key switch instead of what the run was started with.
+    #[arg(long)]
+    pub switch_timeout_seconds: Option<u64>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunsArgs {
+    /// Mark this run abandoned: nobody will resume it (its journal stays, for the record).
+    #[arg(long, value_name = "RUN")]
+    pub abandon: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
 }

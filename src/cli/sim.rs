@@ -61,6 +61,16 @@ pub struct ServeArgs {
     /// How long after a KMS change the API server keeps writing with the previous key.
     #[arg(long, default_value_t = 0)]
     pub kms_propagation_seconds: u64,
+    /// kube-apiserver replicas behind the one address; each connection is served by one of them.
+    #[arg(long, default_value_t = 1)]
+    pub apiserver_replicas: usize,
+    /// Each replica asks its KMS plugin for the key id this often (seconds; 0: at once), and
+    /// writes with a new key only from its next such call (a real one: about 60 s).
+    #[arg(long, default_value_t = 0)]
+    pub kms_status_period: u64,
+    /// Answer /metrics with 403, as for a user without access to it.
+    #[arg(long)]
+    pub no_metrics: bool,
     /// Above this many writes per second the Kubernetes API answers 429.
     #[arg(long)]
     pub write_qps: Option<f64>,

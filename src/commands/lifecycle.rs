@@ -1,20 +1,19 @@
-//! `enable`, `disable`, `rotate`, `reencrypt`, `resume`, `runs`: each starts (or continues) a run
-//! of a built-in playbook on the one engine.
+//! `enable`, `disable`, `rotate`, `reencrypt`: each starts a run of a built-in playbook on the
+//! one engine. Whatever ends a run (success, refusal, error, SIGINT), its lease is released.
 
-use super::{Refusal, setup};
+use super::{Refusal, runs, setup};
 use crate::checks;
 use crate::cli::{
-    ChangeArgs, EnableArgs, NetworkAccess, ReencryptArgs, ReencryptCommand, ResumeArgs, RotateArgs,
-    StateArgs,
+    ChangeArgs, EnableArgs, NetworkAccess, ReencryptArgs, ReencryptCommand, RotateArgs,
 };
 use crate::engine::context::Context;
 use crate::engine::journal::{self, Entry, Journal, ReencryptParams, RunHeader, RunParams, Target};
-use crate::engine::{preflight, runner};
+use crate::engine::{preflight, proof};
 use crate::exit_codes;
-use crate::k8s::lease::Lease;
-use crate::output::run::{RunDisplay, render_findings, render_plan, render_report};
-use crate::output::{Format, print_json};
-use crate::playbook::{self, Intent};
+use crate::k8s::{lease::Lease, ledger};
+use crate::output::run::{render_findings, render_plan};
+use crate::output::{Format, out, print_json};
+use crate::playbook::{self, Procedure};
 use std::io::IsTerminal;
 
 fn reencrypt_params(r: &ReencryptArgs) -> ReencryptParams {
@@ -34,17 +33,27 @@ fn params(c: &ChangeArgs) -> RunParams {
         retire_old: false,
         margin_days: c.margin_days,
         barrier_timeout_seconds: c.switch_timeout_seconds,
+        kms_status_period_seconds: c.kms_status_period_seconds,
+        barrier_poll_millis: c.barrier_poll_millis.max(50),
         reencrypt: reencrypt_params(&c.reencrypt),
     }
 }
 
-fn state_dir(s: &StateArgs) -> std::path::PathBuf {
-    s.state_dir
-        .clone()
-        .unwrap_or_else(journal::default_state_dir)
+/// Lifecycle commands change the key of the whole cluster: a partial re-encryption cannot be
+/// the proof that lets the old key go.
+fn refuse_scoped(c: &ChangeArgs) -> anyhow::Result<()> {
+    if c.reencrypt.namespaces.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal(format!(
+        "--namespace {}: enable, disable and rotate act on the whole cluster, since every Secret must move to the new key before the old one may be called re-encrypted away. Run without --namespace; to rewrite some namespaces only, use `kmsctl reencrypt --namespace NS` (which never counts as proof for the key ledger)",
+        c.reencrypt.namespaces.join(",")
+    ))
+    .into())
 }
 
 pub async fn enable(a: EnableArgs, format: Format) -> anyhow::Result<i32> {
+    refuse_scoped(&a.change)?;
     crate::azure::keys::KeyId::parse(&a.key_id).map_err(Refusal)?;
     let mut p = params(&a.change);
     p.key_id = Some(a.key_id.clone());
@@ -66,11 +75,13 @@ pub async fn enable(a: EnableArgs, format: Format) -> anyhow::Result<i32> {
 }
 
 pub async fn disable(a: ChangeArgs, format: Format) -> anyhow::Result<i32> {
+    refuse_scoped(&a)?;
     let p = params(&a);
     start("disable", &a, p, format).await
 }
 
 pub async fn rotate(a: RotateArgs, format: Format) -> anyhow::Result<i32> {
+    refuse_scoped(&a.change)?;
     let mut p = params(&a.change);
     p.retire_old = a.retire_old;
     start(
@@ -95,24 +106,92 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         retire_old: false,
         margin_days: 0,
         barrier_timeout_seconds: 0,
+        kms_status_period_seconds: 60,
+        barrier_poll_millis: 2000,
         reencrypt: reencrypt_params(&a.reencrypt),
     };
     let ctx = setup::context(&target, crate::azure::credential::AuthMode::Auto, "", false).await?;
     let procedure = playbook::built_in("reencrypt")?;
-    let header = RunHeader {
-        format: journal::FORMAT_VERSION,
-        run_id: journal::new_run_id("reencrypt"),
-        procedure,
-        params: p,
-        target,
-        created_at: chrono::Utc::now(),
-    };
-    let lease = Lease::acquire(ctx.kube.clone(), &header.run_id)
+    let run_id = journal::new_run_id("reencrypt");
+    let lease = Lease::acquire(ctx.kube.clone(), &run_id)
         .await
         .map_err(|e| Refusal(e.to_string()))?;
-    let j = Journal::create(&state_dir(&a.state), header)?;
-    let record = journal::replay(&j.path)?;
-    finish_run(&ctx, j, record, lease, format).await
+    let prepared = async {
+        // AKS's API server guard means the API server is struggling: go gently.
+        let guard = crate::checks::facts::kube(&ctx.kube, ctx.kube_server_host.clone())
+            .await
+            .map(|f| f.apiserver_guard)
+            .unwrap_or(false);
+        let mut p = p;
+        if guard {
+            eprintln!(
+                "AKS's API server guard (FlowSchema aks-managed-apiserver-guard) is in place: at most 4 requests in flight"
+            );
+            p.reencrypt.concurrency = p.reencrypt.concurrency.min(4);
+        }
+        let header = header(&ctx, &target, run_id.clone(), procedure, p).await?;
+        let j = Journal::create(&runs::state_dir(&a.state), header)?;
+        let record = journal::replay(&j.path)?;
+        anyhow::Ok((j, record))
+    }
+    .await;
+    match prepared {
+        Ok((j, record)) => runs::execute(&ctx, j, record, lease, format).await,
+        Err(e) => {
+            lease.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// What a run records about its cluster, so `resume` never continues it elsewhere.
+pub async fn identity(ctx: &Context) -> anyhow::Result<journal::ClusterIdentity> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(ctx.kube.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        Refusal(format!(
+            "cannot read namespace kube-system: {}",
+            crate::k8s::KubeError::from(e)
+        ))
+    })?;
+    let arm_id = match &ctx.azure {
+        Some(az) => az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body["id"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| Some(az.cluster_path.clone())),
+        None => None,
+    };
+    Ok(journal::ClusterIdentity {
+        arm_id,
+        api_server: ctx.kube_server.clone(),
+        kube_system_uid: ns.metadata.uid.unwrap_or_default(),
+        kubeconfig: ctx.kubeconfig.clone(),
+        context: ctx.kube_context.clone(),
+    })
+}
+
+async fn header(
+    ctx: &Context,
+    target: &Target,
+    run_id: String,
+    procedure: Procedure,
+    params: RunParams,
+) -> anyhow::Result<RunHeader> {
+    Ok(RunHeader {
+        format: journal::FORMAT_VERSION,
+        run_id,
+        procedure,
+        params,
+        target: target.clone(),
+        cluster: Some(identity(ctx).await?),
+        created_at: chrono::Utc::now(),
+    })
+}
+
+/// How a run's preparation ended: a journal to execute, or an exit code (nothing changed).
+enum Prepared {
+    Run(Journal, journal::Record),
+    Stop(i32),
 }
 
 /// Preflight, plan, confirmation, journal, then the engine.
@@ -131,16 +210,43 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
                 .map_err(|e| Refusal(e.to_string()))?,
         )
     };
-    let pre = preflight::run(&ctx, procedure.intent, &p).await;
-    let pre = match pre {
-        Ok(pre) => pre,
-        Err(e) => {
+    let prepared = prepare(&ctx, c, &target, run_id, procedure, p, format).await;
+    match (prepared, lease) {
+        (Ok(Prepared::Run(j, record)), Some(lease)) => {
+            runs::execute(&ctx, j, record, lease, format).await
+        }
+        (Ok(Prepared::Run(..)), None) => Ok(exit_codes::OK),
+        (other, lease) => {
             if let Some(l) = lease {
                 l.release().await;
             }
-            return Err(e);
+            other.map(|p| match p {
+                Prepared::Stop(code) => code,
+                Prepared::Run(..) => exit_codes::OK,
+            })
         }
-    };
+    }
+}
+
+async fn prepare(
+    ctx: &Context,
+    c: &ChangeArgs,
+    target: &Target,
+    run_id: String,
+    procedure: Procedure,
+    p: RunParams,
+    format: Format,
+) -> anyhow::Result<Prepared> {
+    let l = ledger::load(&ctx.kube).await.map_err(|e| {
+        Refusal(format!(
+            "cannot read the key ledger kube-system/{}: {e}. kmsctl needs get, create and update on it (see README, Safety model)",
+            ledger::NAME
+        ))
+    })?;
+    if let Err(e) = proof::refuse_unproven(&l.0, &run_id) {
+        return Err(Refusal(e.to_string()).into());
+    }
+    let pre = preflight::run(ctx, procedure.intent, &p).await?;
     let refused = checks::refused(&pre.findings);
     match format {
         Format::Json => {
@@ -157,25 +263,19 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
                 render_findings(&pre.findings)
             );
             if c.dry_run {
-                print!("{text}")
+                out(&text)
             } else {
                 eprint!("{text}")
             }
         }
     }
-    if refused || c.dry_run {
-        if let Some(l) = lease {
-            l.release().await;
-        }
-        if refused {
-            eprintln!(
-                "refused: nothing was changed. Fix what is marked REFUSE above and run again."
-            );
-            return Ok(exit_codes::REFUSED);
-        }
-        return Ok(exit_codes::OK);
+    if refused {
+        eprintln!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
+        return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
-    let lease = lease.expect("a real run holds the lease");
+    if c.dry_run {
+        return Ok(Prepared::Stop(exit_codes::OK));
+    }
     if !c.yes
         && !confirm(&format!(
             "{} cluster {}?",
@@ -183,18 +283,10 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
             c.target.cluster.as_deref().unwrap_or_default()
         ))?
     {
-        lease.release().await;
-        return Ok(exit_codes::REFUSED);
+        return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
-    let header = RunHeader {
-        format: journal::FORMAT_VERSION,
-        run_id,
-        procedure,
-        params: p,
-        target,
-        created_at: chrono::Utc::now(),
-    };
-    let mut j = Journal::create(&state_dir(&c.target.state), header)?;
+    let header = header(ctx, target, run_id, procedure, p).await?;
+    let mut j = Journal::create(&runs::state_dir(&c.target.state), header)?;
     let now = chrono::Utc::now();
     j.append(&Entry::StepStarted {
         index: 0,
@@ -207,10 +299,10 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
         output: pre.output,
     })?;
     let record = journal::replay(&j.path)?;
-    finish_run(&ctx, j, record, lease, format).await
+    Ok(Prepared::Run(j, record))
 }
 
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(Refusal("refusing to change the cluster without confirmation: stdin is not a terminal; pass --yes".into()).into());
     }
@@ -218,112 +310,4 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-async fn finish_run(
-    ctx: &Context,
-    j: Journal,
-    record: journal::Record,
-    lease: Lease,
-    format: Format,
-) -> anyhow::Result<i32> {
-    let display = RunDisplay::default();
-    let (report, result) = runner::execute(ctx, j, record, &display, &lease.lost).await;
-    display.finish();
-    lease.release().await;
-    match format {
-        Format::Json => print_json(&report),
-        Format::Text => print!("{}", render_report(&report)),
-    }
-    Ok(match result {
-        Ok(()) => exit_codes::OK,
-        Err(e) => {
-            if format == Format::Json {
-                eprintln!("error: {e}");
-            }
-            e.exit_code()
-        }
-    })
-}
-
-pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
-    let dir = state_dir(&a.state);
-    let runs = journal::list(&dir)?;
-    let chosen = match &a.run_id {
-        Some(id) => runs
-            .into_iter()
-            .find(|r| &r.header.run_id == id)
-            .ok_or_else(|| Refusal(format!("no run {id} in {}", dir.display())))?,
-        None => runs
-            .into_iter()
-            .find(|r| r.state() != "succeeded")
-            .ok_or_else(|| Refusal(format!("no unfinished run in {}", dir.display())))?,
-    };
-    if chosen.state() == "succeeded" {
-        return Err(Refusal(format!("run {} already succeeded", chosen.header.run_id)).into());
-    }
-    let h = &chosen.header;
-    let need_azure = h.procedure.intent != Intent::Reencrypt;
-    let ctx = setup::context(
-        &h.target,
-        a.auth,
-        &crate::azure::arm::ApiVersions::default().aks,
-        need_azure,
-    )
-    .await?;
-    let lease = Lease::acquire(ctx.kube.clone(), &h.run_id)
-        .await
-        .map_err(|e| Refusal(e.to_string()))?;
-    let next = chosen
-        .next_step()
-        .map(|i| h.procedure.steps[i].name())
-        .unwrap_or("the end");
-    eprintln!(
-        "resuming run {} ({}) at step {next}",
-        h.run_id, h.procedure.name
-    );
-    if !a.yes && !confirm(&format!("Continue run {}?", h.run_id))? {
-        lease.release().await;
-        return Ok(exit_codes::REFUSED);
-    }
-    let (j, record) = Journal::open(&chosen.path)?;
-    finish_run(&ctx, j, record, lease, format).await
-}
-
-pub fn runs(a: StateArgs, format: Format) -> anyhow::Result<i32> {
-    let runs = journal::list(&state_dir(&a))?;
-    let rows: Vec<serde_json::Value> = runs
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "runId": r.header.run_id,
-                "procedure": r.header.procedure.name,
-                "cluster": r.header.target.cluster,
-                "state": r.state(),
-                "nextStep": r.next_step().map(|i| r.header.procedure.steps[i].name()),
-                "createdAt": r.header.created_at,
-                "message": r.finished.as_ref().and_then(|f| f.1.clone()),
-            })
-        })
-        .collect();
-    match format {
-        Format::Json => print_json(&rows),
-        Format::Text => {
-            println!(
-                "{:<44} {:<13} {:<12} {:<12} NEXT STEP",
-                "RUN", "PROCEDURE", "CLUSTER", "STATE"
-            );
-            for r in &rows {
-                println!(
-                    "{:<44} {:<13} {:<12} {:<12} {}",
-                    r["runId"].as_str().unwrap_or_default(),
-                    r["procedure"].as_str().unwrap_or_default(),
-                    r["cluster"].as_str().unwrap_or("-"),
-                    r["state"].as_str().unwrap_or_default(),
-                    r["nextStep"].as_str().unwrap_or("-")
-                );
-            }
-        }
-    }
-    Ok(exit_codes::OK)
 }

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod lifecycle;
+pub mod runs;
 pub mod setup;
 pub mod sim;
 pub mod status;
@@ -22,8 +23,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Disable(a) => lifecycle::disable(a, format).await,
         Command::Rotate(a) => lifecycle::rotate(a, format).await,
         Command::Reencrypt(a) => lifecycle::reencrypt(a, format).await,
-        Command::Resume(a) => lifecycle::resume(a, format).await,
-        Command::Runs(a) => lifecycle::runs(a, format),
+        Command::Resume(a) => runs::resume(a, format).await,
+        Command::Runs(a) => runs::runs(a, format),
         Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -27,7 +27,10 @@ pub async fn context(
     aks_api: &str,
     need_azure: bool,
 ) -> anyhow::Result<Context> {
-    let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await?;
+    // Nothing has changed yet: a kubeconfig or context that cannot be used is a refusal (exit 2).
+    let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref())
+        .await
+        .map_err(|e| Refusal(format!("{e:#}")))?;
     let azure = if need_azure {
         let (Some(sub), Some(rg), Some(name)) = (
             &target.subscription,
@@ -37,7 +40,8 @@ pub async fn context(
             return Err(Refusal("name the cluster: --subscription (or AZURE_SUBSCRIPTION_ID), -g/--resource-group (or KMSCTL_RESOURCE_GROUP), -n/--name (or KMSCTL_CLUSTER)".into()).into());
         };
         let options = Route::from_env()?.client_options()?;
-        let credential = credential::credential(auth, &options)?;
+        let credential =
+            credential::credential(auth, &options).map_err(|e| Refusal(format!("{e:#}")))?;
         let api = ApiVersions {
             aks: aks_api.to_string(),
             ..Default::default()
@@ -56,6 +60,10 @@ pub async fn context(
     Ok(Context {
         azure,
         kube_server_host: client::server_host(&cluster.server),
+        kube_server: cluster.server,
+        kubeconfig: cluster.kubeconfig,
+        kube_context: cluster.context,
+        kube_config: cluster.config,
         kube: cluster.client,
     })
 }

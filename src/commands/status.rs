@@ -71,7 +71,7 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
     });
     match format {
         Format::Json => print_json(&doc),
-        Format::Text => print!("{}", render(&doc)),
+        Format::Text => crate::output::out(&render(&doc)),
     }
     Ok(exit_codes::OK)
 }

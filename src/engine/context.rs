@@ -28,7 +28,13 @@ impl Azure {
 pub struct Context {
     pub azure: Option<Azure>,
     pub kube: kube::Client,
+    /// What `kube` was built from: barriers and verification passes use fresh connections.
+    pub kube_config: kube::Config,
     pub kube_server_host: String,
+    /// The API server URL as the kubeconfig names it (scheme, host and port).
+    pub kube_server: String,
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub kube_context: Option<String>,
 }
 
 impl Context {

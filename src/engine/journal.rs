@@ -46,7 +46,21 @@ pub struct RunParams {
     pub retire_old: bool,
     pub margin_days: u32,
     pub barrier_timeout_seconds: u64,
+    /// How often an API server replica asks its KMS plugin for the key id (the barrier's quiet
+    /// time is one and a half of these plus 2 s).
+    #[serde(default = "default_status_period")]
+    pub kms_status_period_seconds: u64,
+    #[serde(default = "default_poll_millis")]
+    pub barrier_poll_millis: u64,
     pub reencrypt: ReencryptParams,
+}
+
+fn default_status_period() -> u64 {
+    60
+}
+
+fn default_poll_millis() -> u64 {
+    2000
 }
 
 impl RunParams {
@@ -58,6 +72,22 @@ impl RunParams {
     }
 }
 
+/// Which cluster a run acted on, as seen when it started: `resume` continues it only where all
+/// of these still hold, so a run is never continued against another cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIdentity {
+    /// The managed cluster's ARM resource id (compared case-insensitively, as ARM does).
+    pub arm_id: Option<String>,
+    /// The API server URL the kubeconfig context names (scheme, host and port).
+    pub api_server: String,
+    /// The uid of the kube-system namespace: unique per cluster, whatever its address.
+    pub kube_system_uid: String,
+    /// The kubeconfig file and context the run used, resolved.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunHeader {
@@ -66,6 +96,8 @@ pub struct RunHeader {
     pub procedure: Procedure,
     pub params: RunParams,
     pub target: Target,
+    #[serde(default)]
+    pub cluster: Option<ClusterIdentity>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -108,6 +140,10 @@ pub enum Entry {
 pub enum RunStatus {
     Succeeded,
     Failed,
+    /// Stopped by SIGINT/SIGTERM; `resume` continues it.
+    Interrupted,
+    /// Retired with `kmsctl runs --abandon`: nobody will resume it.
+    Abandoned,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -133,7 +169,8 @@ impl Record {
         match &self.finished {
             Some((RunStatus::Succeeded, _)) => "succeeded",
             Some((RunStatus::Failed, _)) => "failed",
-            None => "interrupted",
+            Some((RunStatus::Abandoned, _)) => "abandoned",
+            Some((RunStatus::Interrupted, _)) | None => "interrupted",
         }
     }
     /// The first step not yet done.
@@ -154,6 +191,31 @@ pub fn runs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("runs")
 }
 
+/// An exclusive lock on the journal file while a process runs it (released when the file is
+/// closed, also when the process is killed): a second process cannot run the same run.
+fn lock(file: &std::fs::File, path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor this function borrows; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    anyhow::ensure!(
+        rc == 0,
+        "the run in {} is being executed by another kmsctl process right now; wait for it to end (`kmsctl runs` shows it as running)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Whether another process holds the run's journal (it is running now).
+pub fn is_running(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: as in `lock`; a shared probe released at once when `file` is dropped.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0
+}
+
 impl Journal {
     pub fn create(state_dir: &Path, header: RunHeader) -> anyhow::Result<Journal> {
         let dir = runs_dir(state_dir);
@@ -169,6 +231,7 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating the journal {}", path.display()))?;
+        lock(&file, &path)?;
         let mut j = Journal {
             file,
             path,
@@ -179,11 +242,12 @@ impl Journal {
     }
 
     pub fn open(path: &Path) -> anyhow::Result<(Journal, Record)> {
-        let record = replay(path)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
+        lock(&file, path)?;
+        let record = replay(path)?;
         Ok((
             Journal {
                 file,
@@ -309,15 +373,28 @@ fn apply(r: &mut Record, e: Entry) {
 
 /// Every run in the state directory, newest first.
 pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
+    Ok(list_all(state_dir).0)
+}
+
+/// Every run, newest first, and the journals that could not be read (with why): a damaged
+/// journal is named, never silently dropped.
+pub fn list_all(state_dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
     let dir = runs_dir(state_dir);
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
+        return (Vec::new(), Vec::new());
     };
+    let mut damaged = Vec::new();
     let mut out: Vec<Record> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .filter_map(|p| replay(&p).ok())
+        .filter_map(|p| match replay(&p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                damaged.push((p, format!("{e:#}")));
+                None
+            }
+        })
         .collect();
     out.sort_by(|a, b| {
         b.header
@@ -325,7 +402,7 @@ pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
             .cmp(&a.header.created_at)
             .then(b.header.run_id.cmp(&a.header.run_id))
     });
-    Ok(out)
+    (out, damaged)
 }
 
 /// `--state-dir`, else $XDG_STATE_HOME/kmsctl, else ~/.local/state/kmsctl.
@@ -364,6 +441,8 @@ mod tests {
                 retire_old: false,
                 margin_days: 7,
                 barrier_timeout_seconds: 600,
+                kms_status_period_seconds: 60,
+                barrier_poll_millis: 2000,
                 reencrypt: ReencryptParams {
                     namespaces: vec![],
                     batch_size: 100,
@@ -372,6 +451,7 @@ mod tests {
                 },
             },
             target: Target::default(),
+            cluster: None,
             created_at: chrono::Utc::now(),
         }
     }

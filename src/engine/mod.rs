@@ -6,6 +6,7 @@ pub mod context;
 pub mod journal;
 pub mod kms;
 pub mod preflight;
+pub mod proof;
 pub mod runner;
 pub mod state;
 pub mod steps;

@@ -123,7 +123,10 @@ pub async fn execute(
             break;
         }
         observer.step_started(index, steps.len(), step.name());
-        let outcome = run_step(ctx, &journal, &record, index, step, &state, observer).await;
+        let outcome = run_step(
+            ctx, &journal, &record, index, step, &state, observer, lease_lost,
+        )
+        .await;
         match outcome {
             Ok((output, summary)) => {
                 summaries.extend(summary);
@@ -202,6 +205,7 @@ pub async fn execute(
     (report, result)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     ctx: &Context,
     journal: &Mutex<Journal>,
@@ -210,8 +214,10 @@ async fn run_step(
     step: &Step,
     state: &RunState,
     observer: &dyn RunObserver,
+    lease_lost: &std::sync::atomic::AtomicBool,
 ) -> Result<(Value, Option<Summary>), StepError> {
     let params = &record.header.params;
+    let run_id = record.header.run_id.as_str();
     // What a step needs to resume safely is read before it acts, and journaled with its start;
     // a resumed step reuses what the interrupted one journaled.
     let prepared = match (&record.steps[index].started, step) {
@@ -242,13 +248,18 @@ async fn run_step(
             }
             p.output
         }
-        Step::PlantCanary => steps::plant_canary(ctx).await?,
+        Step::PlantCanary => {
+            status("making the canary Secret current on every API server replica");
+            steps::plant_canary(ctx, run_id).await?
+        }
         Step::RotateKey => steps::rotate_key(ctx, state, &prepared).await?,
-        Step::UpdateKms { enabled } => steps::update_kms(ctx, state, *enabled, status).await?,
+        Step::UpdateKms { enabled } => {
+            steps::update_kms(ctx, state, *enabled, run_id, status).await?
+        }
         Step::VerifyKms => steps::verify_kms(ctx, state).await?,
         Step::ProveKeySwitch => {
-            status("proving the key switch with the canary Secret");
-            steps::prove_key_switch(ctx, state, params).await?
+            status("proving that every API server replica writes with the new key");
+            super::proof::prove_key_switch(ctx, state, params, run_id, lease_lost).await?
         }
         Step::Reencrypt => {
             let obs = JournalObserver {
@@ -257,7 +268,19 @@ async fn run_step(
                 inner: observer.reencrypt(),
             };
             let checkpoint = record.steps[index].checkpoint.clone();
-            let (out, summary) = steps::reencrypt(ctx, state, params, checkpoint, &obs).await?;
+            let lifecycle = record.header.procedure.intent != crate::playbook::Intent::Reencrypt;
+            let (out, summary) = steps::reencrypt(
+                ctx,
+                state,
+                params,
+                lifecycle,
+                checkpoint,
+                &obs,
+                observer.reencrypt(),
+                &status,
+                lease_lost,
+            )
+            .await?;
             return Ok((out, Some(summary)));
         }
         Step::CheckRotationWindow => steps::check_rotation_window(ctx, state, params).await?,
@@ -280,17 +303,28 @@ fn describe(step: &Step, output: &Value) -> String {
             }
         }
         Step::VerifyKms => "securityProfile.azureKeyVaultKms is as asked".into(),
-        Step::ProveKeySwitch => match output["skipped"].as_str() {
-            Some(s) => s.to_string(),
-            None => format!(
-                "the API server writes with the new key (after {:.0}s)",
-                output["waitedSeconds"].as_f64().unwrap_or(0.0)
-            ),
-        },
+        Step::ProveKeySwitch => format!(
+            "proven by {} after {:.0}s: {}",
+            output["evidence"].as_str().unwrap_or("?"),
+            output["waitedSeconds"].as_f64().unwrap_or(0.0),
+            output["detail"].as_str().unwrap_or_default()
+        ),
         Step::Reencrypt => {
             let t = &output["totals"];
+            let verified = match output["verification"]["rounds"].as_u64() {
+                Some(r) => format!(
+                    "; verification pass over fresh connections rewrote nothing ({} unchanged{})",
+                    output["verification"]["unchanged"],
+                    if r > 1 {
+                        format!(", after {r} rounds")
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => String::new(),
+            };
             format!(
-                "{} rewritten, {} already current, {} deleted meanwhile",
+                "{} rewritten, {} already current, {} deleted meanwhile{verified}",
                 t["rewritten"], t["unchanged"], t["deleted"]
             )
         }

@@ -15,8 +15,11 @@ pub struct RunState {
     pub vault_resource_id: Option<String>,
     /// The key version the next update-kms puts in service.
     pub key_id: Option<String>,
-    pub planted_rv: Option<String>,
     pub kms_at_plant: Option<DesiredKms>,
+    /// API server replicas counted at plant time (None: unknown).
+    pub replicas: Option<usize>,
+    /// Each replica's newest KMS key id hash at plant time (None: /metrics not readable).
+    pub metrics_before: Option<crate::k8s::replicas::KeyHashes>,
     pub desired: Option<DesiredKms>,
     pub concurrency_cap: Option<usize>,
     pub reencrypts: Vec<Counts>,
@@ -37,8 +40,9 @@ impl RunState {
                 self.concurrency_cap = output["concurrencyCap"].as_u64().map(|c| c as usize);
             }
             Step::PlantCanary => {
-                self.planted_rv = string(output, "plantedRv");
                 self.kms_at_plant = serde_json::from_value(output["kmsAtPlant"].clone()).ok();
+                self.replicas = output["replicas"].as_u64().map(|n| n as usize);
+                self.metrics_before = serde_json::from_value(output["metricsBefore"].clone()).ok();
             }
             Step::RotateKey => self.key_id = string(output, "keyId"),
             Step::UpdateKms { .. } => {

@@ -3,14 +3,13 @@
 
 use super::StepError;
 use super::context::Context;
-use super::kms::{self, UpdateError};
+use super::kms::{self, DesiredKms, UpdateError};
 use super::state::RunState;
 use crate::azure::keys::KeyId;
 use crate::engine::journal::RunParams;
-use crate::k8s::{canary, ledger};
+use crate::k8s::ledger;
 use crate::reencrypt::{self, Checkpoint, Observer};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// The cluster resource as ARM returns it now.
 async fn cluster(az: &super::context::Azure) -> Result<Value, StepError> {
@@ -33,16 +32,18 @@ fn key_id(state: &RunState) -> Result<KeyId, StepError> {
     KeyId::parse(&raw).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))
 }
 
-pub async fn plant_canary(ctx: &Context) -> Result<Value, StepError> {
-    let planted = canary::plant(&ctx.kube).await?;
+/// The KMS configuration as the cluster reports it, in the form the journal keeps.
+fn kms_config(c: &Value) -> Value {
+    let k = kms_of(c);
+    json!({ "enabled": k["enabled"].as_bool() == Some(true), "keyId": k["keyId"], "networkAccess": k["keyVaultNetworkAccess"], "vaultResourceId": k["keyVaultResourceId"] })
+}
+
+pub async fn plant_canary(ctx: &Context, run_id: &str) -> Result<Value, StepError> {
     let kms_at_plant = match &ctx.azure {
-        Some(az) => {
-            let k = kms_of(&cluster(az).await?);
-            json!({ "enabled": k["enabled"].as_bool() == Some(true), "keyId": k["keyId"], "networkAccess": k["keyVaultNetworkAccess"], "vaultResourceId": k["keyVaultResourceId"] })
-        }
+        Some(az) => kms_config(&cluster(az).await?),
         None => Value::Null,
     };
-    Ok(json!({ "plantedRv": planted, "kmsAtPlant": kms_at_plant }))
+    super::proof::plant(ctx, run_id, kms_at_plant).await
 }
 
 /// Reads the newest version before rotating; kept in the journal so a resumed run can tell
@@ -78,10 +79,53 @@ pub async fn update_kms(
     ctx: &Context,
     state: &RunState,
     enabled: bool,
+    run_id: &str,
     on_status: impl FnMut(&str),
 ) -> Result<Value, StepError> {
     let az = ctx.azure()?;
     let desired = state.desired(enabled);
+    let now_kms: DesiredKms = serde_json::from_value(kms_config(&cluster(az).await?))
+        .map_err(|e| StepError::Failed(e.into()))?;
+    let same_key = |a: &DesiredKms, b: &DesiredKms| {
+        a.enabled == b.enabled
+            && (!a.enabled
+                || a.key_id.as_deref().map(str::to_ascii_lowercase)
+                    == b.key_id.as_deref().map(str::to_ascii_lowercase))
+    };
+    // Someone else changed the key since the canary was made current: what the barrier would
+    // see could come from their change, not this one.
+    if let Some(at_plant) = &state.kms_at_plant
+        && !same_key(&now_kms, at_plant)
+        && !same_key(&now_kms, &desired)
+    {
+        return Err(StepError::Refused(format!(
+            "the cluster's KMS key changed since this run started (now {}, was {}), and not by this run; nothing was changed. Check who changed it, then start again",
+            now_kms.key_id.as_deref().unwrap_or("off"),
+            at_plant.key_id.as_deref().unwrap_or("off")
+        )));
+    }
+    let to = desired.enabled.then(|| desired.key_id.clone()).flatten();
+    let (l, _) = ledger::load(&ctx.kube).await?;
+    super::proof::refuse_unproven(&l, run_id)?;
+    // The switch is recorded as unproven before the cluster changes: until a barrier proves
+    // it, no other run may start a change or re-encrypt.
+    let now = chrono::Utc::now();
+    ledger::update(&ctx.kube, |l| {
+        let already = l
+            .switch
+            .as_ref()
+            .is_some_and(|s| s.run_id == run_id && s.to == to);
+        if !already {
+            l.switch = Some(ledger::Switch {
+                to: to.clone(),
+                run_id: run_id.to_string(),
+                requested_at: now,
+                proven_at: None,
+                evidence: None,
+            });
+        }
+    })
+    .await?;
     let report = kms::update(&az.arm, &az.cluster_path, &desired, on_status)
         .await
         .map_err(|e| match e {
@@ -120,31 +164,19 @@ pub async fn verify_kms(ctx: &Context, state: &RunState) -> Result<Value, StepEr
     Ok(json!({ "kms": kms_of(&c) }))
 }
 
-pub async fn prove_key_switch(
-    ctx: &Context,
-    state: &RunState,
-    params: &RunParams,
-) -> Result<Value, StepError> {
-    if !state.key_switch_expected() {
-        return Ok(json!({ "skipped": "the write key did not change" }));
-    }
-    let planted = state
-        .planted_rv
-        .clone()
-        .ok_or_else(|| StepError::Failed(anyhow::anyhow!("no canary was planted")))?;
-    let timeout = Duration::from_secs(params.barrier_timeout_seconds);
-    match canary::prove_switch(&ctx.kube, &planted, timeout, Duration::from_secs(2)).await {
-        Ok(waited) => Ok(json!({ "waitedSeconds": waited.as_secs_f64() })),
-        Err(e) => Err(e.into()),
-    }
-}
-
+/// Re-encrypts. A lifecycle run re-encrypts the whole cluster and verifies it (only then is
+/// the old key marked re-encrypted away); a standalone `reencrypt` proves nothing for the ledger.
+#[allow(clippy::too_many_arguments)]
 pub async fn reencrypt(
     ctx: &Context,
     state: &RunState,
     params: &RunParams,
+    lifecycle: bool,
     checkpoint: Checkpoint,
-    observer: &dyn Observer,
+    journaled: &dyn Observer,
+    display: &dyn Observer,
+    on_status: &dyn Fn(&str),
+    lease_lost: &std::sync::atomic::AtomicBool,
 ) -> Result<(Value, reencrypt::Summary), StepError> {
     let p = &params.reencrypt;
     let concurrency = state
@@ -157,13 +189,15 @@ pub async fn reencrypt(
         max_qps: p.max_qps,
         ..Default::default()
     };
-    let summary = reencrypt::run(ctx.kube.clone(), &options, checkpoint, observer).await?;
+    if lifecycle && p.namespaces.is_empty() {
+        return super::proof::reencrypt_verified(
+            ctx, state, params, &options, checkpoint, journaled, display, on_status, lease_lost,
+        )
+        .await;
+    }
+    let summary = reencrypt::run(ctx.kube.clone(), &options, checkpoint, journaled).await?;
     if !summary.ok() {
         return Err(StepError::Incomplete(Box::new(summary)));
-    }
-    if p.namespaces.is_empty() {
-        let now = chrono::Utc::now();
-        ledger::update(&ctx.kube, |l| l.reencrypted(now)).await?;
     }
     Ok((serde_json::to_value(&summary).unwrap_or_default(), summary))
 }
@@ -198,29 +232,74 @@ pub async fn check_rotation_window(
     Ok(json!({ "checked": checked }))
 }
 
+/// Disables (never deletes) the version in service before this run, only when the ledger shows
+/// it re-encrypted away by a verified pass, neither in service nor the previous version, and no
+/// other cluster the credential can see uses it.
 pub async fn retire_oldest(ctx: &Context, state: &RunState) -> Result<Value, StepError> {
     let az = ctx.azure()?;
     let Some(oldest) = state.original_key_id.clone() else {
         return Ok(json!({ "skipped": "no key was in use before this run" }));
     };
-    let complete = state.reencrypts.len() >= 2 && state.reencrypts.iter().all(|c| c.failed == 0);
-    if !complete {
-        return Err(StepError::Failed(anyhow::anyhow!(
-            "retire-oldest needs two rotations, each followed by a complete re-encryption; refusing to disable {oldest}"
-        )));
-    }
+    let refuse = |why: String| {
+        Err(StepError::Refused(format!(
+            "not disabling {oldest}: {why}. It stays enabled; nothing was changed"
+        )))
+    };
     let current = kms_of(&cluster(az).await?)["keyId"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     if current.eq_ignore_ascii_case(&oldest) {
-        return Err(StepError::Verification(format!(
-            "the cluster still uses {oldest}; refusing to disable it"
-        )));
+        return refuse("the cluster still uses it".into());
+    }
+    let (l, _) = ledger::load(&ctx.kube).await?;
+    let same = |e: &&ledger::LedgerEntry| e.key_id.eq_ignore_ascii_case(&oldest);
+    let Some(entry) = l.entries.iter().find(same) else {
+        return refuse("the key ledger has no record of it".into());
+    };
+    if entry.reencrypted_away_at.is_none() {
+        return refuse("the key ledger does not show every Secret re-encrypted away from it by a verified, whole-cluster pass".into());
+    }
+    if l.must_stay_alive().iter().any(same) {
+        return refuse("the key ledger says it must stay alive (in service, or the previous version KMS may still use)".into());
+    }
+    let users = other_clusters_using(az, &oldest).await?;
+    if !users.is_empty() {
+        return refuse(format!("other clusters use it: {}", users.join(", ")));
     }
     let id = KeyId::parse(&oldest).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))?;
     az.key_vault(&id)?.set_enabled(&id, false).await?;
     let now = chrono::Utc::now();
     ledger::update(&ctx.kube, |l| l.retired(&oldest, now)).await?;
     Ok(json!({ "disabled": oldest }))
+}
+
+/// Every managed cluster, in every subscription the credential can see, whose KMS key is `key_id`
+/// (this cluster excepted). A listing that fails refuses: "could not check" is not "nobody".
+async fn other_clusters_using(
+    az: &super::context::Azure,
+    key_id: &str,
+) -> Result<Vec<String>, StepError> {
+    let subs = az.arm.list_all("/subscriptions", "2022-12-01").await?;
+    let mut users = Vec::new();
+    for sub in subs {
+        let Some(id) = sub["subscriptionId"].as_str() else {
+            continue;
+        };
+        let path =
+            format!("/subscriptions/{id}/providers/Microsoft.ContainerService/managedClusters");
+        for c in az.arm.list_all(&path, &az.arm.api.aks).await? {
+            let cid = c["id"].as_str().unwrap_or_default();
+            if cid.eq_ignore_ascii_case(&az.cluster_path) {
+                continue;
+            }
+            if kms_of(&c)["keyId"]
+                .as_str()
+                .is_some_and(|k| k.eq_ignore_ascii_case(key_id))
+            {
+                users.push(cid.to_string());
+            }
+        }
+    }
+    Ok(users)
 }

@@ -9,6 +9,18 @@ pub struct Cluster {
     pub client: kube::Client,
     /// The API server URL the context names (for the wrong-cluster guard).
     pub server: String,
+    /// What the client was built from, to build clients with fresh connections.
+    pub config: kube::Config,
+    /// The kubeconfig file and context used, resolved (for a run's journal).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+}
+
+/// A client with its own connection pool. Behind one address a managed control plane may run
+/// several API server replicas, and a balancer picks one per connection: a request on a fresh
+/// connection may reach any of them, a pooled one always reaches the same.
+pub fn fresh(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
+    kube::Client::try_from(config.clone()).map_err(|e| super::KubeError::Other(e.to_string()))
 }
 
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Cluster> {
@@ -19,6 +31,14 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
             Kubeconfig::read().context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)")?
         }
     };
+    let resolved_context = context
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone());
+    let resolved_file = kubeconfig.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("KUBECONFIG")
+            .and_then(|v| std::env::split_paths(&v).next())
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")))
+    });
     let opts = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -31,8 +51,15 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
     config.read_timeout = Some(Duration::from_secs(90));
     config.connect_timeout = Some(Duration::from_secs(15));
     let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-    Ok(Cluster { client, server })
+    let client =
+        kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    Ok(Cluster {
+        client,
+        server,
+        config,
+        kubeconfig: resolved_file,
+        context: resolved_context,
+    })
 }
 
 /// The host a server URL names, without port or scheme.

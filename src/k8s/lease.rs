@@ -1,6 +1,7 @@
-//! One kmsctl run per cluster: a coordination.k8s.io Lease in kube-system, renewed while the run
-//! lives. A run that was killed leaves a lease that expires on its own, and the same run may
-//! take its own lease back on `resume`.
+//! One kmsctl process per cluster: a coordination.k8s.io Lease in kube-system, renewed while the
+//! process lives. Each process holds it under its own identity (run id, host, pid and a random
+//! part), so a live lease is never taken, not even by another process for the same run; a killed
+//! process leaves a lease that expires on its own, and `resume` takes it after that.
 
 use super::KubeError;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams, Preconditions};
@@ -32,7 +33,7 @@ fn now_micro() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error(
-        "another kmsctl run ({holder}) holds this cluster's lease kube-system/{NAME}, renewed {age}s ago; wait for it to finish, or if it died, for the lease to expire ({DURATION_SECONDS}s after its last renewal), or continue that run with `kmsctl resume`"
+        "another kmsctl process ({holder}) holds this cluster's lease kube-system/{NAME}, renewed {age}s ago: a run is still going. Wait for it to finish; if that process died, the lease expires {DURATION_SECONDS}s after its last renewal, and `kmsctl resume` can then continue its run"
     )]
     Held { holder: String, age: i64 },
     #[error(transparent)]
@@ -42,6 +43,7 @@ pub enum LeaseError {
 pub struct Lease {
     api: Api<DynamicObject>,
     uid: Option<String>,
+    holder: String,
     renewer: tokio::task::JoinHandle<()>,
     /// Set when the lease was taken by another holder or could not be renewed before it expired:
     /// the run must stop, as another kmsctl may now act on the cluster.
@@ -87,7 +89,11 @@ impl Lease {
     pub async fn acquire(client: kube::Client, run_id: &str) -> Result<Lease, LeaseError> {
         let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &resource());
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-        let holder = format!("{run_id}@{host}");
+        let holder = format!(
+            "{run_id}@{host}/{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         // Creating first saves a round trip in the usual case, where no lease exists.
         let created = match api
             .create(&PostParams::default(), &lease_object(&holder, None))
@@ -106,8 +112,10 @@ impl Lease {
                 let age = renewed
                     .map(|r| (chrono::Utc::now() - r).num_seconds())
                     .unwrap_or(i64::MAX);
-                let ours = current.split('@').next() == Some(run_id);
-                if !ours && !current.is_empty() && age < duration {
+                // A live lease is never taken: not even one of the same run, which may be
+                // executing in another process right now. The one exception is a holder of this
+                // run on this host whose process is gone (a SIGKILL leaves its lease behind).
+                if !current.is_empty() && age < duration && !dead_holder_of(&current, run_id) {
                     return Err(LeaseError::Held {
                         holder: current,
                         age,
@@ -123,35 +131,77 @@ impl Lease {
             }
         };
         let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew_loop(api.clone(), holder, lost.clone()));
+        let renewer = tokio::spawn(renew_loop(api.clone(), holder.clone(), lost.clone()));
         Ok(Lease {
             api,
             uid: taken.metadata.uid,
+            holder,
             renewer,
             lost,
         })
     }
 
-    /// Gives the lease up (deleting it: it holds nothing but the lock). The uid precondition
-    /// makes sure only the lease this run took is deleted.
+    /// Gives the lease up (deleting it: it holds nothing but the lock), only while this process
+    /// still holds it: the uid and resourceVersion preconditions make sure a lease another
+    /// process took meanwhile is left alone.
     pub async fn release(self) {
         self.renewer.abort();
+        let current = tokio::time::timeout(Duration::from_secs(10), self.api.get_opt(NAME)).await;
+        let Ok(Ok(Some(obj))) = current else {
+            return;
+        };
+        if holder_of(&obj).0 != self.holder {
+            return;
+        }
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: self.uid.clone(),
-                resource_version: None,
+                resource_version: obj.metadata.resource_version.clone(),
             }),
             ..Default::default()
         };
-        let _ = self.api.delete(NAME, &dp).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.api.delete(NAME, &dp)).await;
     }
+}
+
+/// `holder` is `run@host/pid-random` of `run_id`, on this host, and no process has that pid.
+fn dead_holder_of(holder: &str, run_id: &str) -> bool {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let Some((run, rest)) = holder.split_once('@') else {
+        return false;
+    };
+    let Some((h, process)) = rest.split_once('/') else {
+        return false;
+    };
+    let Some(pid) = process
+        .split('-')
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if run != run_id || h != host || pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    !alive
 }
 
 async fn renew_loop(api: Api<DynamicObject>, holder: String, lost: Arc<AtomicBool>) {
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs((DURATION_SECONDS / 4) as u64)).await;
-        match api.get_opt(NAME).await {
+        // Each call is bounded well inside the margin, so a hung request cannot outlive the lease.
+        let call = Duration::from_secs((DURATION_SECONDS / 6) as u64);
+        let read = match tokio::time::timeout(call, api.get_opt(NAME)).await {
+            Ok(r) => r,
+            Err(_) => Err(kube::Error::Service(
+                "reading the run lease timed out".into(),
+            )),
+        };
+        match read {
             Ok(Some(obj)) if holder_of(&obj).0 != holder => {
                 tracing::warn!("the run lease was taken over by another holder");
                 lost.store(true, Ordering::SeqCst);
@@ -159,11 +209,14 @@ async fn renew_loop(api: Api<DynamicObject>, holder: String, lost: Arc<AtomicBoo
             }
             Ok(Some(mut obj)) => {
                 obj.data["spec"]["renewTime"] = json!(now_micro());
-                match api.replace(NAME, &PostParams::default(), &obj).await {
-                    Ok(_) => renewed = Instant::now(),
-                    Err(e) => {
+                match tokio::time::timeout(call, api.replace(NAME, &PostParams::default(), &obj))
+                    .await
+                {
+                    Ok(Ok(_)) => renewed = Instant::now(),
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %KubeError::from(e), "renewing the run lease failed; will retry")
                     }
+                    Err(_) => tracing::warn!("renewing the run lease timed out; will retry"),
                 }
             }
             Ok(None) => {

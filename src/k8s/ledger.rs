@@ -35,9 +35,26 @@ pub struct LedgerEntry {
     pub retired_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The last change of write key kmsctl made, and whether the API servers were shown to follow it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Switch {
+    /// The key version KMS now writes with (None: KMS off).
+    pub to: Option<String>,
+    pub run_id: String,
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub proven_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What proved it (metrics, canary, settled).
+    #[serde(default)]
+    pub evidence: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Ledger {
     pub entries: Vec<LedgerEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<Switch>,
 }
 
 impl Ledger {
@@ -79,6 +96,21 @@ impl Ledger {
         for e in self.entries.iter_mut().filter(|e| e.key_id == key_id) {
             e.retired_at.get_or_insert(at);
         }
+    }
+
+    /// A switch kmsctl asked for and has not proven yet (by another run than `run_id`).
+    pub fn unproven_switch(&self, run_id: &str) -> Option<&Switch> {
+        self.switch
+            .as_ref()
+            .filter(|s| s.proven_at.is_none() && s.run_id != run_id)
+    }
+
+    /// Whether the API servers were shown to write with `to` (None: KMS off).
+    pub fn switch_proven_to(&self, to: Option<&str>) -> bool {
+        self.switch.as_ref().is_some_and(|s| {
+            s.proven_at.is_some()
+                && s.to.as_deref().map(str::to_ascii_lowercase) == to.map(str::to_ascii_lowercase)
+        })
     }
 
     pub fn current(&self) -> Option<&LedgerEntry> {

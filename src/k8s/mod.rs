@@ -6,6 +6,7 @@ pub mod canary;
 pub mod client;
 pub mod lease;
 pub mod ledger;
+pub mod replicas;
 
 use crate::retry::{RetryHint, Retryable};
 use kube::api::ApiResource;

@@ -13,11 +13,19 @@ pub enum Format {
     Json,
 }
 
+/// Writes to stdout. A reader that went away (`kmsctl rotate | head -3`) is not an error
+/// worth a panic: what it did not read is lost, the run itself goes on and ends as it would.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
 pub fn print_json<T: Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    );
+    let text =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    out(&format!("{text}\n"));
 }
 
 pub fn render_reencrypt(summary: &crate::reencrypt::Summary) -> String {

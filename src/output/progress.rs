@@ -4,15 +4,34 @@
 use crate::reencrypt::{Event, Observer};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+/// The re-encryption display: in a terminal, bars made anew for each pass (a run may make
+/// several: each rotation's, and each verification pass); without one, a plain line at the start
+/// and about every 10 s, so a long run in a pipeline or a CI log still shows it is moving.
 pub struct ReencryptProgress {
+    tty: bool,
+    bars: Mutex<Option<Bars>>,
+    plain: Mutex<Plain>,
+}
+
+struct Bars {
     _multi: MultiProgress,
     bar: ProgressBar,
     line: ProgressBar,
-    in_flight: Mutex<BTreeSet<String>>,
+    in_flight: BTreeSet<String>,
 }
+
+struct Plain {
+    total: Option<u64>,
+    done: u64,
+    started: Instant,
+    printed: Instant,
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
 impl Default for ReencryptProgress {
     fn default() -> Self {
@@ -20,8 +39,8 @@ impl Default for ReencryptProgress {
     }
 }
 
-impl ReencryptProgress {
-    pub fn new() -> Self {
+impl Bars {
+    fn new() -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let bar = multi.add(ProgressBar::no_length());
         bar.set_style(
@@ -36,66 +55,138 @@ impl ReencryptProgress {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         line.enable_steady_tick(Duration::from_millis(200));
-        ReencryptProgress {
+        Bars {
             _multi: multi,
             bar,
             line,
-            in_flight: Mutex::new(BTreeSet::new()),
+            in_flight: BTreeSet::new(),
         }
     }
 
-    pub fn finish(&self) {
+    fn clear(&self) {
         self.line.finish_and_clear();
         self.bar.finish_and_clear();
     }
 
     fn show_in_flight(&self) {
-        let set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let names: Vec<&str> = set.iter().map(String::as_str).take(6).collect();
+        let names: Vec<&str> = self.in_flight.iter().map(String::as_str).take(6).collect();
         self.line
             .set_message(format!("namespaces in flight: {}", names.join(", ")));
     }
 }
 
+impl ReencryptProgress {
+    pub fn new() -> Self {
+        let now = Instant::now();
+        ReencryptProgress {
+            tty: std::io::stderr().is_terminal(),
+            bars: Mutex::new(None),
+            plain: Mutex::new(Plain {
+                total: None,
+                done: 0,
+                started: now,
+                printed: now,
+            }),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            b.clear();
+        }
+    }
+
+    fn plain_line(p: &Plain) -> String {
+        let secs = p.started.elapsed().as_secs_f64();
+        let rate = p.done as f64 / secs.max(1e-3);
+        match p.total {
+            Some(t) if t > 0 => format!(
+                "  re-encrypting: {}/{} Secrets ({:.0}%), {rate:.0}/s, {secs:.0}s",
+                p.done,
+                t,
+                100.0 * p.done as f64 / t as f64
+            ),
+            _ => format!(
+                "  re-encrypting: {} Secrets, {rate:.0}/s, {secs:.0}s",
+                p.done
+            ),
+        }
+    }
+
+    fn plain_event(&self, event: &Event) {
+        let mut p = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Started {
+                total,
+                already_done,
+            } => {
+                p.total = *total;
+                p.done = *already_done;
+                p.started = Instant::now();
+                p.printed = Instant::now();
+                eprintln!("{}", Self::plain_line(&p));
+            }
+            Event::PageDone { counts, .. } => {
+                p.done += counts.processed();
+                if p.printed.elapsed() >= PLAIN_EVERY {
+                    p.printed = Instant::now();
+                    eprintln!("{}", Self::plain_line(&p));
+                }
+            }
+            Event::Failed {
+                namespace,
+                name,
+                reason,
+            } => eprintln!("failed: {namespace}/{name}: {reason}"),
+            _ => {}
+        }
+    }
+}
+
 impl Observer for ReencryptProgress {
     fn event(&self, event: &Event) {
+        if !self.tty {
+            return self.plain_event(event);
+        }
+        let mut guard = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Event::Started { .. } = event {
+            if let Some(old) = guard.take() {
+                old.clear();
+            }
+            *guard = Some(Bars::new());
+        }
+        let Some(b) = guard.as_mut() else { return };
         match event {
             Event::Started {
                 total,
                 already_done,
             } => {
                 if let Some(t) = total {
-                    self.bar.set_length(*t);
+                    b.bar.set_length(*t);
                 }
-                self.bar.set_position(*already_done);
-                self.bar.reset_eta();
+                b.bar.set_position(*already_done);
+                b.bar.reset_eta();
             }
             Event::NamespaceStarted { namespace } => {
-                self.in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(namespace.clone());
-                self.show_in_flight();
+                b.in_flight.insert(namespace.clone());
+                b.show_in_flight();
             }
             Event::PageDone { counts, .. } => {
-                self.bar.inc(counts.processed());
-                if self.bar.length().is_some_and(|l| self.bar.position() > l) {
-                    self.bar.set_length(self.bar.position());
+                b.bar.inc(counts.processed());
+                if b.bar.length().is_some_and(|l| b.bar.position() > l) {
+                    b.bar.set_length(b.bar.position());
                 }
             }
             Event::NamespaceDone { namespace } => {
-                self.in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(namespace);
-                self.show_in_flight();
+                b.in_flight.remove(namespace);
+                b.show_in_flight();
             }
             Event::Failed {
                 namespace,
                 name,
                 reason,
             } => {
-                self.bar
+                b.bar
                     .suspend(|| eprintln!("failed: {namespace}/{name}: {reason}"));
             }
         }

@@ -47,13 +47,11 @@ impl RunObserver for RunDisplay {
             Some(step_spinner(name.to_string()));
     }
     fn step_status(&self, message: &str) {
-        if let Some(s) = self
-            .spinner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            s.set_message(message.to_string());
+        let spinner = self.spinner.lock().unwrap_or_else(|e| e.into_inner());
+        match spinner.as_ref() {
+            Some(s) if !s.is_hidden() => s.set_message(message.to_string()),
+            // No terminal (or the spinner made way for the bars): a plain line.
+            _ => eprintln!("      {message}"),
         }
         tracing::info!("{message}");
     }
@@ -69,6 +67,7 @@ impl RunObserver for RunDisplay {
         eprintln!("[{}] {name} skipped ({reason})", index + 1);
     }
     fn reencrypt(&self) -> &dyn crate::reencrypt::Observer {
+        // The step's spinner would fight the re-encryption bars for the terminal.
         self.clear();
         &self.reencrypt
     }

@@ -68,7 +68,10 @@ pub fn inspect(shared: &Shared) -> Value {
                 (name.clone(), Value::Array(versions))
             })
             .collect();
-        let write_key = w.write_key.effective(std::time::Instant::now()).to_string();
+        let now = std::time::Instant::now();
+        let write_key: Vec<String> = (0..w.replicas.len())
+            .map(|r| w.replica_label(r, now).to_string())
+            .collect();
         (
             w.cluster.clone(),
             w.vault.clone(),
@@ -85,7 +88,7 @@ pub fn inspect(shared: &Shared) -> Value {
         "cluster": cluster,
         "vault": vault,
         "keys": keys,
-        "storage": { "total": store.total(), "byKey": store.by_key(), "writeKey": write_key },
+        "storage": { "total": store.total(), "byKey": store.by_key(), "writeKey": write_key[0], "writeKeyByReplica": write_key },
         "apiServer": { "rejectedWrites": rejected }
     })
 }

@@ -8,7 +8,7 @@ use super::resources::{ROLE_CRYPTO_USER, role_assignment};
 use super::world::{Operation, Shared, World, new_etag, rfc3339, storage_label};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub const AUDIENCE: &str = "https://management.azure.com";
 const OPERATION_API: &str = "2016-03-30";
@@ -59,6 +59,14 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
     let s = req.segments();
     if let Some(pos) = s.iter().rposition(|x| eq(x, "Microsoft.Authorization")) {
         return role_assignments(&mut w, req, &s, pos);
+    }
+    if s.len() == 1 && eq(s[0], "subscriptions") {
+        let sub = json!({ "id": format!("/subscriptions/{}", w.ids.subscription), "subscriptionId": w.ids.subscription,
+                          "tenantId": w.ids.tenant, "displayName": "kmsctl twin", "state": "Enabled" });
+        return json_resp(
+            StatusCode::OK,
+            &json!({ "value": [sub], "count": { "type": "Total", "value": 1 } }),
+        );
     }
     if s.len() < 2 || !eq(s[0], "subscriptions") || !eq(s[1], &w.ids.subscription) {
         return arm_error(
@@ -411,11 +419,7 @@ fn finish_operation(shared: &Shared, id: &str, previous: Value, fail: bool) {
     w.running_op = None;
     let new_label = w.label_for_cluster();
     if new_label != old_label {
-        let until = Instant::now() + Duration::from_secs(w.opts.kms_propagation_seconds);
-        w.write_key = super::world::WriteKey {
-            current: new_label,
-            previous: Some((old_label, until)),
-        };
+        w.plugin_changed(new_label);
     }
 }
 

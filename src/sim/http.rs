@@ -16,6 +16,8 @@ pub struct Req {
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The kube-apiserver replica serving this request's connection.
+    pub replica: usize,
 }
 
 impl Req {

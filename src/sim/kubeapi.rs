@@ -9,6 +9,7 @@ use super::secrets::{StoreError, decode_continue};
 use super::world::Shared;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 pub fn handle(shared: &Shared, req: &Req) -> Resp {
     let token_ok = {
@@ -55,6 +56,8 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
                 vec![0x0a, 0x03, 0x32, 0x2e, 0x30],
             )
         }
+        ["metrics"] => metrics(shared, req),
+        ["api", "v1", "namespaces"] if req.method == Method::POST => create_namespace(shared, req),
         ["api", "v1", "namespaces"] => namespaces(shared, None),
         ["api", "v1", "namespaces", ns] => namespaces(shared, Some(ns)),
         ["api", "v1", "secrets"] if req.method == Method::GET => list_secrets(shared, req, None),
@@ -242,7 +245,7 @@ fn internal(message: &str) -> Resp {
 fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
     let (view, ttl) = {
         let w = shared.world();
-        (w.kms_view(), w.opts.continue_ttl_seconds * 1000)
+        (w.kms_view(req.replica), w.opts.continue_ttl_seconds * 1000)
     };
     let limit = req.query.get("limit").and_then(|l| l.parse::<usize>().ok());
     let store = shared.secrets_read();
@@ -317,7 +320,7 @@ fn create_secret(shared: &Shared, req: &Req, ns: &str) -> Resp {
     if !namespace_exists(shared, ns) {
         return k8s_not_found("namespaces", ns);
     }
-    let view = shared.world().kms_view();
+    let view = shared.world().kms_view(req.replica);
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -332,7 +335,7 @@ fn create_secret(shared: &Shared, req: &Req, ns: &str) -> Resp {
 }
 
 fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
-    let view = shared.world().kms_view();
+    let view = shared.world().kms_view(req.replica);
     match req.method {
         Method::GET => {
             let store = shared.secrets_read();
@@ -361,6 +364,34 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
             if let Some(e) = store.get(ns, name).and_then(|s| view.decrypt_error(&s.key)) {
                 return internal(&e);
             }
+            match store.replace(ns, name, obj, view.write, view.write_error.as_deref()) {
+                Ok(o) => bytes(StatusCode::OK, "application/json", o),
+                Err(e) => store_error("secrets", name, e),
+            }
+        }
+        // kubectl annotate/label/patch: a JSON merge patch (strategic merge is the same for the
+        // maps a Secret has), then the same update rules as a PUT.
+        Method::PATCH => {
+            let patch: Value = match req.json() {
+                Ok(p) => p,
+                Err(e) => {
+                    return k8s_status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("the body of the request was in an unknown format: {e}"),
+                        None,
+                    );
+                }
+            };
+            let mut store = shared.secrets_write();
+            let Some(current) = store.get(ns, name) else {
+                return k8s_not_found("secrets", name);
+            };
+            if let Some(e) = view.decrypt_error(&current.key) {
+                return internal(&e);
+            }
+            let mut obj = current.obj.clone();
+            merge_patch(&mut obj, &patch);
             match store.replace(ns, name, obj, view.write, view.write_error.as_deref()) {
                 Ok(o) => bytes(StatusCode::OK, "application/json", o),
                 Err(e) => store_error("secrets", name, e),
@@ -421,20 +452,27 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
             },
         },
         (&Method::DELETE, Some(n)) => {
-            let want_uid = req
-                .json()
-                .ok()
-                .and_then(|o| o["preconditions"]["uid"].as_str().map(str::to_string));
-            let have_uid = store
-                .get(res, ns, n)
-                .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string));
-            if let (Some(want), Some(have)) = (&want_uid, &have_uid)
-                && want != have
-            {
-                let msg = format!(
-                    "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
-                );
-                return k8s_status(StatusCode::CONFLICT, "Conflict", &msg, None);
+            // DeleteOptions.preconditions: uid and resourceVersion must both still hold.
+            let body = req.json().unwrap_or(Value::Null);
+            let current = store.get(res, ns, n).cloned().unwrap_or(Value::Null);
+            for field in ["uid", "resourceVersion"] {
+                let (Some(want), Some(have)) = (
+                    body["preconditions"][field].as_str(),
+                    current["metadata"][field].as_str(),
+                ) else {
+                    continue;
+                };
+                if want != have {
+                    let label = if field == "uid" {
+                        "UID"
+                    } else {
+                        "ResourceVersion"
+                    };
+                    let msg = format!(
+                        "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                    );
+                    return k8s_status(StatusCode::CONFLICT, "Conflict", &msg, None);
+                }
             }
             objects_delete(store, res, ns, n)
         }
@@ -447,4 +485,106 @@ fn objects_delete(store: &mut super::objects::ObjectStore, res: &str, ns: &str, 
         Ok(o) => json_resp(StatusCode::OK, &o),
         Err(e) => store_error(res, n, e),
     }
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+fn create_namespace(shared: &Shared, req: &Req) -> Resp {
+    let obj = match parse_body(req, "Namespace") {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let Some(name) = obj["metadata"]["name"].as_str().filter(|n| !n.is_empty()) else {
+        return k8s_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "Namespace is invalid: metadata.name: Required value",
+            None,
+        );
+    };
+    if namespace_exists(shared, name) {
+        return k8s_exists("namespaces", name);
+    }
+    shared.secrets_write().namespaces.insert(name.to_string());
+    json_resp(StatusCode::CREATED, &namespace_object(name))
+}
+
+fn sha256_label(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The serving replica's envelope-encryption metrics: for each KMS v2 key id its plugin's
+/// status calls returned, when it last did (the series kube-apiserver exports).
+fn metrics(shared: &Shared, req: &Req) -> Resp {
+    let w = shared.world();
+    if !w.opts.metrics_readable {
+        return k8s_status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "forbidden: User \"clusterUser\" cannot get path \"/metrics\"",
+            None,
+        );
+    }
+    let now = std::time::Instant::now();
+    let r = req.replica;
+    let last = w.last_status_call(r, now);
+    let apiserver = sha256_label(&w.replicas[r].id);
+    let name = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds";
+    let mut out = format!(
+        "# HELP {name} [ALPHA] The last time in seconds when a keyID was returned by the Status RPC call.\n# TYPE {name} gauge\n"
+    );
+    // Every key id the replica has been told, each with the last status call that returned it.
+    let mut seen: Vec<(Arc<str>, f64)> = Vec::new();
+    for (i, (from, label)) in w.timeline.changes.iter().enumerate() {
+        let until = w.timeline.changes.get(i + 1).map(|(t, _)| *t);
+        if *from > last {
+            break;
+        }
+        let returned_at = match until {
+            Some(u) if u <= last => w.last_status_call(
+                r,
+                u.checked_sub(std::time::Duration::from_millis(1))
+                    .unwrap_or(u),
+            ),
+            _ => last,
+        };
+        if returned_at < *from && i > 0 {
+            continue;
+        }
+        seen.retain(|(l, _)| l != label);
+        seen.push((label.clone(), w.unix_of(returned_at)));
+    }
+    for (label, at) in seen {
+        if let Some(kid) = label.strip_prefix("kms:v2:") {
+            out.push_str(&format!(
+                "{name}{{apiserver_id_hash=\"{apiserver}\",key_id_hash=\"{}\",provider_name=\"azurekmsprovider\"}} {at:.3}\n",
+                sha256_label(kid)
+            ));
+        }
+    }
+    bytes(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out.into_bytes(),
+    )
 }

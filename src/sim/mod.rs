@@ -58,6 +58,12 @@ pub struct SimOptions {
     pub latency_ms: u64,
     pub lro_seconds: u64,
     pub kms_propagation_seconds: u64,
+    /// kube-apiserver replicas behind the cluster's one address (each connection is served by one).
+    pub apiserver_replicas: usize,
+    /// How often each replica asks its KMS plugin for the key id (0: at once).
+    pub kms_status_period_seconds: u64,
+    /// Whether /metrics answers (on AKS a user may be denied it).
+    pub metrics_readable: bool,
     pub write_qps: Option<f64>,
     pub key_expires_in: Option<Duration>,
     pub continue_ttl_seconds: u64,
@@ -80,6 +86,9 @@ impl Default for SimOptions {
             latency_ms: 0,
             lro_seconds: 5,
             kms_propagation_seconds: 0,
+            apiserver_replicas: 1,
+            kms_status_period_seconds: 0,
+            metrics_readable: true,
             write_qps: None,
             key_expires_in: None,
             continue_ttl_seconds: 300,

@@ -53,6 +53,23 @@ impl ObjectStore {
         }
     }
 
+    /// Each kube-apiserver replica announces itself with an identity Lease in kube-system, as
+    /// real ones do (label `apiserver.kubernetes.io/identity=kube-apiserver`).
+    pub fn seed_apiserver_identities(&mut self, replicas: &[super::world::Replica]) {
+        let now = chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        for r in replicas {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": { "name": format!("apiserver-{}", &r.id[r.id.len() - 26..]), "namespace": "kube-system",
+                              "labels": { "apiserver.kubernetes.io/identity": "kube-apiserver", "kubernetes.io/hostname": r.id } },
+                "spec": { "holderIdentity": r.id, "leaseDurationSeconds": 3600, "renewTime": now }
+            });
+            let _ = self.create("leases", "kube-system", lease);
+        }
+    }
+
     fn stamp(&mut self, obj: &mut Value) {
         self.revision += 1;
         obj["metadata"]["resourceVersion"] = json!(format!("9{:09}", self.revision));

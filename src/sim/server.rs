@@ -28,10 +28,14 @@ pub async fn serve(
     shared: Shared,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // A balancer in front of several API server replicas: each new connection goes to the next.
+    let mut connections = 0usize;
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        let replica = connections;
+        connections = connections.wrapping_add(1);
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
@@ -39,7 +43,8 @@ pub async fn serve(
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| handle(shared.clone(), req, replica));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -58,6 +63,7 @@ fn roll() -> f64 {
 async fn handle(
     shared: Shared,
     req: hyper::Request<hyper::body::Incoming>,
+    connection: usize,
 ) -> Result<Resp, Dropped> {
     let (parts, body) = req.into_parts();
     let host = parts
@@ -88,10 +94,11 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let (latency, action) = {
+    let (latency, action, replica) = {
         let w = shared.world();
+        let replica = connection % w.replicas.len().max(1);
         let action = faults::decide(&w.faults, parts.method.as_str(), &host, &path, roll);
-        (w.opts.latency_ms + action.latency_ms, action)
+        (w.opts.latency_ms + action.latency_ms, action, replica)
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -106,6 +113,7 @@ async fn handle(
         query,
         headers: parts.headers,
         body,
+        replica,
     };
     if let Some(code) = action.status {
         return Ok(fault_response(&req, code));

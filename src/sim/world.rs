@@ -113,21 +113,32 @@ pub struct Operation {
     pub error: Option<Value>,
 }
 
-/// The key the API server writes with: a storage label (`identity`, `kms:v1:<kid>`,
-/// `kms:v2:<kid>`), and during a key switch the previous one, kept until `switch_at`.
+/// What the KMS plugin reports over time: a storage label (`identity`, `kms:v1:<kid>`,
+/// `kms:v2:<kid>`) from the moment the plugin reports it. The first entry is the twin's start.
 #[derive(Clone, Debug)]
-pub struct WriteKey {
-    pub current: Arc<str>,
-    pub previous: Option<(Arc<str>, Instant)>,
+pub struct KmsTimeline {
+    pub changes: Vec<(Instant, Arc<str>)>,
 }
 
-impl WriteKey {
-    pub fn effective(&self, now: Instant) -> Arc<str> {
-        match &self.previous {
-            Some((prev, until)) if now < *until => prev.clone(),
-            _ => self.current.clone(),
-        }
+impl KmsTimeline {
+    pub fn at(&self, t: Instant) -> Arc<str> {
+        self.changes
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= t)
+            .or(self.changes.first())
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| Arc::from("identity"))
     }
+}
+
+/// One kube-apiserver replica behind the cluster's address. Like a real one, it learns the
+/// plugin's key only at its own periodic status call, `phase` after the twin started and every
+/// status period after that, so two replicas switch at different moments.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub id: String,
+    pub phase: Duration,
 }
 
 pub struct World {
@@ -140,7 +151,10 @@ pub struct World {
     pub keys: BTreeMap<String, KeyRecord>,
     pub role_assignments: Vec<Value>,
     pub tokens: HashMap<String, (String, Instant)>,
-    pub write_key: WriteKey,
+    pub timeline: KmsTimeline,
+    pub replicas: Vec<Replica>,
+    pub started: Instant,
+    pub started_unix: f64,
     pub objects: ObjectStore,
     pub faults: Vec<FaultRule>,
     pub fail_next_operations: u32,
@@ -223,16 +237,34 @@ impl World {
             keys,
             role_assignments,
             tokens: HashMap::new(),
-            write_key: WriteKey {
-                current: Arc::from("identity"),
-                previous: None,
+            timeline: KmsTimeline {
+                changes: Vec::new(),
             },
+            replicas: Vec::new(),
+            started: Instant::now(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
             objects: ObjectStore::default(),
             faults: Vec::new(),
             fail_next_operations: 0,
         };
-        w.write_key.current = w.label_for_cluster();
+        let label = w.label_for_cluster();
+        w.timeline.changes.push((w.started, label));
+        let n = w.opts.apiserver_replicas.max(1);
+        let period = Duration::from_secs(w.opts.kms_status_period_seconds);
+        w.replicas = (0..n)
+            .map(|i| Replica {
+                id: format!("kube-apiserver-{i}-{}", uuid::Uuid::new_v4().simple()),
+                // Spread over the period (a third of it in, then evenly), as replicas started
+                // at different moments would be.
+                phase: period.mul_f64((i as f64 + 1.0 / 3.0) / n as f64),
+            })
+            .collect();
         w.objects.seed_system(&w.opts);
+        let replicas = w.replicas.clone();
+        w.objects.seed_apiserver_identities(&replicas);
         w
     }
 
@@ -255,6 +287,37 @@ impl World {
     /// The storage label the API server uses with the cluster's current configuration.
     pub fn label_for_cluster(&self) -> Arc<str> {
         storage_label(&self.cluster)
+    }
+
+    /// The last status call of replica `r` at or before `now` (the start, before its first).
+    pub fn last_status_call(&self, r: usize, now: Instant) -> Instant {
+        let period = self.opts.kms_status_period_seconds;
+        if period == 0 {
+            return now;
+        }
+        let first = self.started + self.replicas[r % self.replicas.len()].phase;
+        if now < first {
+            return self.started;
+        }
+        let period = Duration::from_secs(period);
+        let calls = (now - first).as_secs_f64() / period.as_secs_f64();
+        first + period.mul_f64(calls.floor())
+    }
+
+    /// The storage label replica `r` writes with now: what the plugin reported at its last status call.
+    pub fn replica_label(&self, r: usize, now: Instant) -> Arc<str> {
+        self.timeline.at(self.last_status_call(r, now))
+    }
+
+    /// The cluster's configuration changed: the plugin reports the new key after the
+    /// configured propagation delay; each replica learns it at its next status call.
+    pub fn plugin_changed(&mut self, label: Arc<str>) {
+        let at = Instant::now() + Duration::from_secs(self.opts.kms_propagation_seconds);
+        self.timeline.changes.push((at, label));
+    }
+
+    pub fn unix_of(&self, t: Instant) -> f64 {
+        self.started_unix + t.saturating_duration_since(self.started).as_secs_f64()
     }
 
     /// Looks up the key version a storage label names, as the KMS plugin would.
@@ -361,8 +424,9 @@ pub struct KmsView {
 }
 
 impl World {
-    pub fn kms_view(&self) -> KmsView {
-        let write = self.write_key.effective(Instant::now());
+    /// What the KMS plugin lets replica `replica` do now.
+    pub fn kms_view(&self, replica: usize) -> KmsView {
+        let write = self.replica_label(replica, Instant::now());
         let write_error = match self.key_problem(&write, true) {
             None => None,
             Some(KeyProblem::Expired) => {

@@ -43,7 +43,13 @@ impl World {
         c.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("XDG_STATE_HOME", self.state_dir());
+            .env("XDG_STATE_HOME", self.state_dir())
+            // The barrier's quiet time follows the twin's status period (a real one: 60 s).
+            .env(
+                "KMSCTL_KMS_STATUS_PERIOD_SECONDS",
+                self.status_period().to_string(),
+            )
+            .env("KMSCTL_BARRIER_POLL_MILLIS", "200");
         for (k, v) in self.twin.env_vars(self.dir.path()) {
             c.env(k, v);
         }
@@ -56,6 +62,16 @@ impl World {
         tokio::task::spawn_blocking(move || c.output().expect("kmsctl runs"))
             .await
             .expect("join")
+    }
+
+    /// The status period kmsctl is told: the twin's, at least 1 s.
+    pub fn status_period(&self) -> u64 {
+        self.twin
+            .shared
+            .world()
+            .opts
+            .kms_status_period_seconds
+            .max(1)
     }
 
     pub fn inspect(&self) -> Value {

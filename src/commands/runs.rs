@@ -1,0 +1,359 @@
+//! Running a journaled run to its end (or to SIGINT/SIGTERM), `resume` (same cluster only) and
+//! `runs` (the table, and `--abandon`).
+
+use super::lifecycle::{confirm, identity};
+use super::{Refusal, setup};
+use crate::cli::{ResumeArgs, RunsArgs, StateArgs};
+use crate::engine::context::Context;
+use crate::engine::journal::{self, ClusterIdentity, Entry, Journal, Record, RunStatus, Target};
+use crate::engine::{preflight, runner};
+use crate::exit_codes;
+use crate::k8s::lease::Lease;
+use crate::output::run::{RunDisplay, render_report};
+use crate::output::{Format, out, print_json};
+use crate::playbook::Intent;
+
+pub fn state_dir(s: &StateArgs) -> std::path::PathBuf {
+    s.state_dir
+        .clone()
+        .unwrap_or_else(journal::default_state_dir)
+}
+
+/// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+pub const INTERRUPTED: i32 = 130;
+
+async fn signalled() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Runs the engine; on SIGINT/SIGTERM abandons the request in flight, journals the run as
+/// interrupted, releases the lease and says how to continue.
+pub async fn execute(
+    ctx: &Context,
+    j: Journal,
+    record: Record,
+    lease: Lease,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let display = RunDisplay::default();
+    let path = j.path.clone();
+    let run_id = record.header.run_id.clone();
+    let outcome = tokio::select! {
+        r = runner::execute(ctx, j, record, &display, &lease.lost) => Some(r),
+        s = signalled() => { eprintln!(); tracing::warn!("{s} received"); None }
+    };
+    display.finish();
+    let Some((report, result)) = outcome else {
+        // The engine's future (and with it the journal's lock) is gone: append the end by path.
+        if let Ok((mut j, _)) = Journal::open(&path) {
+            let _ = j.append(&Entry::Finished {
+                at: chrono::Utc::now(),
+                status: RunStatus::Interrupted,
+                message: Some("interrupted by a signal".into()),
+            });
+        }
+        lease.release().await;
+        eprintln!(
+            "interrupted: run {run_id} stopped; every step is idempotent, so nothing is lost. Continue it with `kmsctl resume --run {run_id}` (journal {})",
+            path.display()
+        );
+        return Ok(INTERRUPTED);
+    };
+    lease.release().await;
+    match format {
+        Format::Json => print_json(&report),
+        Format::Text => out(&render_report(&report)),
+    }
+    Ok(match result {
+        Ok(()) => exit_codes::OK,
+        Err(e) => {
+            if format == Format::Json {
+                eprintln!("error: {e}");
+            }
+            e.exit_code()
+        }
+    })
+}
+
+fn same(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+fn names(t: &Target) -> String {
+    format!(
+        "{}/{}/{}",
+        t.subscription.as_deref().unwrap_or("?"),
+        t.resource_group.as_deref().unwrap_or("?"),
+        t.cluster.as_deref().unwrap_or("?")
+    )
+}
+
+/// A run belongs to the cluster the environment names when subscription, resource group and
+/// name match (ARM compares them case-insensitively); a re-encryption-only run, by its API server.
+fn for_cluster(r: &Record, env: &Target, api_server: Option<&str>) -> bool {
+    let t = &r.header.target;
+    if r.header.procedure.intent == Intent::Reencrypt {
+        return r
+            .header
+            .cluster
+            .as_ref()
+            .is_some_and(|c| Some(c.api_server.as_str()) == api_server);
+    }
+    same(t.subscription.as_deref(), env.subscription.as_deref())
+        && same(t.resource_group.as_deref(), env.resource_group.as_deref())
+        && same(t.cluster.as_deref(), env.cluster.as_deref())
+}
+
+fn unfinished(r: &Record) -> bool {
+    !matches!(r.state(), "succeeded" | "abandoned")
+}
+
+/// The cluster the environment reaches must be the one the run acted on: same ARM id, same API
+/// server (host and port), same kube-system namespace.
+fn check_identity(recorded: &ClusterIdentity, now: &ClusterIdentity) -> Result<(), Refusal> {
+    let mut diffs = Vec::new();
+    if !same(recorded.arm_id.as_deref(), now.arm_id.as_deref())
+        && (recorded.arm_id.is_some() || now.arm_id.is_some())
+    {
+        diffs.push(format!(
+            "cluster {} (run) vs {} (now)",
+            recorded.arm_id.as_deref().unwrap_or("-"),
+            now.arm_id.as_deref().unwrap_or("-")
+        ));
+    }
+    if recorded.api_server != now.api_server {
+        diffs.push(format!(
+            "API server {} (run) vs {} (now)",
+            recorded.api_server, now.api_server
+        ));
+    }
+    if recorded.kube_system_uid != now.kube_system_uid {
+        diffs.push("the kube-system namespace's uid differs: another cluster".into());
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal(format!(
+        "the environment reaches another cluster than the one this run acted on: {}. Nothing was changed. Point KUBECONFIG (or --kubeconfig/--context) and the Azure target at the run's cluster ({}{}), then resume",
+        diffs.join("; "),
+        recorded
+            .kubeconfig
+            .as_ref()
+            .map(|k| format!("kubeconfig {}", k.display()))
+            .unwrap_or_default(),
+        recorded
+            .context
+            .as_ref()
+            .map(|c| format!(", context {c}"))
+            .unwrap_or_default()
+    )))
+}
+
+pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
+    let dir = state_dir(&a.target.state);
+    let (runs, damaged) = journal::list_all(&dir);
+    for (p, why) in &damaged {
+        eprintln!(
+            "warning: the journal {} is damaged and was skipped: {why}",
+            p.display()
+        );
+    }
+    let env = setup::target(&a.target);
+    let chosen = match &a.run_id {
+        Some(id) => runs
+            .into_iter()
+            .find(|r| &r.header.run_id == id)
+            .ok_or_else(|| Refusal(format!("no run {id} in {}", dir.display())))?,
+        None => {
+            let named =
+                env.subscription.is_some() && env.resource_group.is_some() && env.cluster.is_some();
+            if !named {
+                return Err(Refusal("name the cluster whose run to continue: --subscription (or AZURE_SUBSCRIPTION_ID), -g (or KMSCTL_RESOURCE_GROUP), -n (or KMSCTL_CLUSTER), or pass --run ID".into()).into());
+            }
+            runs.into_iter()
+                .find(|r| unfinished(r) && for_cluster(r, &env, None))
+                .ok_or_else(|| {
+                    Refusal(format!(
+                        "no unfinished run of cluster {} in {}",
+                        names(&env),
+                        dir.display()
+                    ))
+                })?
+        }
+    };
+    if !unfinished(&chosen) {
+        return Err(Refusal(format!(
+            "run {} already {}",
+            chosen.header.run_id,
+            chosen.state()
+        ))
+        .into());
+    }
+    let h = chosen.header.clone();
+    let need_azure = h.procedure.intent != Intent::Reencrypt;
+    if need_azure && !for_cluster(&chosen, &env, None) {
+        return Err(Refusal(format!(
+            "run {} is for cluster {}, but the environment names {}; nothing was changed. Point the environment at the run's cluster",
+            h.run_id,
+            names(&h.target),
+            names(&env)
+        ))
+        .into());
+    }
+    let target = if need_azure {
+        env.clone()
+    } else {
+        Target {
+            kubeconfig: env.kubeconfig.clone().or(h.target.kubeconfig.clone()),
+            context: env.context.clone().or(h.target.context.clone()),
+            ..Default::default()
+        }
+    };
+    let ctx = setup::context(
+        &target,
+        a.target.auth,
+        &a.target.aks_api_version,
+        need_azure,
+    )
+    .await?;
+    let now = identity(&ctx).await?;
+    if let Some(recorded) = &h.cluster {
+        check_identity(recorded, &now)?;
+    }
+    // The read-only preflight again: the wrong-cluster guard refuses, the rest informs (a run
+    // that already changed the cluster would fail checks meant for its start).
+    if need_azure {
+        let pre = preflight::run(&ctx, h.procedure.intent, &h.params).await?;
+        if let Some(f) = pre
+            .findings
+            .iter()
+            .find(|f| f.level == crate::checks::Level::Refuse && f.check == "kubeconfig-cluster")
+        {
+            return Err(Refusal(f.message.clone()).into());
+        }
+    }
+    // The journal's lock first: a process executing this run right now holds it.
+    let (j, mut record) = Journal::open(&chosen.path).map_err(|e| Refusal(format!("{e:#}")))?;
+    if let Some(t) = a.switch_timeout_seconds {
+        record.header.params.barrier_timeout_seconds = t;
+    }
+    let lease = Lease::acquire(ctx.kube.clone(), &h.run_id)
+        .await
+        .map_err(|e| Refusal(e.to_string()))?;
+    let next = record
+        .next_step()
+        .map(|i| h.procedure.steps[i].name())
+        .unwrap_or("the end");
+    eprintln!(
+        "resuming run {} ({}) at step {next}",
+        h.run_id, h.procedure.name
+    );
+    if !a.yes {
+        match confirm(&format!("Continue run {}?", h.run_id)) {
+            Ok(true) => {}
+            Ok(false) => {
+                lease.release().await;
+                return Ok(exit_codes::REFUSED);
+            }
+            Err(e) => {
+                lease.release().await;
+                return Err(e);
+            }
+        }
+    }
+    execute(&ctx, j, record, lease, format).await
+}
+
+pub fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
+    let dir = state_dir(&a.state);
+    if let Some(id) = &a.abandon {
+        let (runs, _) = journal::list_all(&dir);
+        let r = runs
+            .into_iter()
+            .find(|r| &r.header.run_id == id)
+            .ok_or_else(|| Refusal(format!("no run {id} in {}", dir.display())))?;
+        if !unfinished(&r) {
+            return Err(Refusal(format!("run {id} already {}", r.state())).into());
+        }
+        let (mut j, _) = Journal::open(&r.path).map_err(|e| Refusal(format!("{e:#}")))?;
+        j.append(&Entry::Finished {
+            at: chrono::Utc::now(),
+            status: RunStatus::Abandoned,
+            message: Some("abandoned with `kmsctl runs --abandon`".into()),
+        })?;
+        eprintln!(
+            "run {id} abandoned: `kmsctl resume` will no longer pick it. Any key switch it left unproven still blocks new changes until proven."
+        );
+        return Ok(exit_codes::OK);
+    }
+    let (runs, damaged) = journal::list_all(&dir);
+    let rows: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            let running = r.finished.is_none() && journal::is_running(&r.path);
+            serde_json::json!({
+                "runId": r.header.run_id,
+                "procedure": r.header.procedure.name,
+                "cluster": r.header.target.cluster,
+                "state": if running { "running" } else { r.state() },
+                "nextStep": r.next_step().map(|i| r.header.procedure.steps[i].name()),
+                "createdAt": r.header.created_at,
+                "message": r.finished.as_ref().and_then(|f| f.1.clone()),
+            })
+        })
+        .collect();
+    match format {
+        Format::Json => print_json(&serde_json::json!({
+            "runs": rows,
+            "damaged": damaged.iter().map(|(p, why)| serde_json::json!({ "journal": p, "error": why })).collect::<Vec<_>>(),
+        })),
+        Format::Text => out(&render_runs(&rows, &damaged)),
+    }
+    Ok(exit_codes::OK)
+}
+
+fn render_runs(rows: &[serde_json::Value], damaged: &[(std::path::PathBuf, String)]) -> String {
+    let cell = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("-").to_string();
+    let cols = ["runId", "procedure", "cluster", "state", "nextStep"];
+    let heads = ["RUN", "PROCEDURE", "CLUSTER", "STATE", "NEXT STEP"];
+    let widths: Vec<usize> = cols
+        .iter()
+        .zip(heads)
+        .map(|(c, h)| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut text = line(heads.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        text.push_str(&line(cols.iter().map(|c| cell(r, c)).collect()));
+    }
+    for (p, why) in damaged {
+        text.push_str(&format!("damaged journal {}: {why}\n", p.display()));
+    }
+    text
+}

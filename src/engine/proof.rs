@@ -1,0 +1,185 @@
+//! The steps that prove: that the canary is current before a change, that every API server
+//! replica writes with the new key after it, and that a re-encryption left nothing behind (a
+//! verification pass over fresh connections that rewrites nothing). Only what the API servers
+//! showed counts; Azure's configuration never decides that no switch is needed.
+
+use super::StepError;
+use super::context::Context;
+use super::journal::RunParams;
+use super::state::RunState;
+use crate::k8s::canary::{self, Barrier, Proof};
+use crate::k8s::{ledger, replicas};
+use crate::reencrypt::{self, Checkpoint, Observer};
+use serde_json::{Value, json};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// Refuses while another run's key switch is unproven: re-encrypting or changing the key again
+/// before it is proven is how Secrets end up under a key that is then retired.
+pub fn refuse_unproven(l: &ledger::Ledger, run_id: &str) -> Result<(), StepError> {
+    match l.unproven_switch(run_id) {
+        None => Ok(()),
+        Some(s) => Err(StepError::Refused(format!(
+            "run {} changed the KMS write key to {} at {} and the API servers have not been shown to follow it yet; finish that run first with `kmsctl resume --run {}` (it proves the switch and re-encrypts), then run this command again",
+            s.run_id,
+            s.to.as_deref().unwrap_or("none (KMS off)"),
+            s.requested_at.to_rfc3339(),
+            s.run_id
+        ))),
+    }
+}
+
+/// Before any change: the key in service goes into the ledger, the canary is made current on
+/// every replica, and each replica's key id hash is noted where /metrics is readable.
+pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<Value, StepError> {
+    let (l, _) = ledger::load(&ctx.kube).await?;
+    refuse_unproven(&l, run_id)?;
+    let in_service = (kms_at_plant["enabled"].as_bool() == Some(true))
+        .then(|| kms_at_plant["keyId"].as_str().map(str::to_string))
+        .flatten();
+    let now = chrono::Utc::now();
+    ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now)).await?;
+    canary::plant(&ctx.kube).await?;
+    let replicas = replicas::count(&ctx.kube).await?;
+    canary::make_current(&ctx.kube_config, replicas.unwrap_or(1)).await?;
+    let metrics_before = match replicas {
+        Some(n) => replicas::sample_key_hashes(&ctx.kube_config, n, 4 * n).await?,
+        None => None,
+    };
+    Ok(json!({ "kmsAtPlant": kms_at_plant, "replicas": replicas, "metricsBefore": metrics_before }))
+}
+
+fn barrier<'a>(
+    ctx: &'a Context,
+    state: &RunState,
+    params: &RunParams,
+    need_flip: bool,
+    lease_lost: &'a AtomicBool,
+) -> Barrier<'a> {
+    Barrier {
+        config: &ctx.kube_config,
+        replicas: state.replicas,
+        metrics_before: state.metrics_before.clone(),
+        to_kms_v2: state.desired.as_ref().is_some_and(|d| d.enabled),
+        need_flip,
+        status_period: Duration::from_secs(params.kms_status_period_seconds),
+        timeout: Duration::from_secs(params.barrier_timeout_seconds),
+        poll: Duration::from_millis(params.barrier_poll_millis),
+        lease_lost,
+    }
+}
+
+async fn record_proof(ctx: &Context, run_id: &str, proof: &Proof) -> Result<(), StepError> {
+    let now = chrono::Utc::now();
+    let evidence = proof.evidence.clone();
+    ledger::update(&ctx.kube, |l| {
+        if let Some(s) = l.switch.as_mut().filter(|s| s.run_id == run_id) {
+            s.proven_at.get_or_insert(now);
+            s.evidence = Some(evidence.clone());
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+pub async fn prove_key_switch(
+    ctx: &Context,
+    state: &RunState,
+    params: &RunParams,
+    run_id: &str,
+    lease_lost: &AtomicBool,
+) -> Result<Value, StepError> {
+    let desired = state.desired.clone().ok_or_else(|| {
+        StepError::Failed(anyhow::anyhow!(
+            "prove-key-switch needs an update-kms step before it"
+        ))
+    })?;
+    let to = desired.enabled.then(|| desired.key_id.clone()).flatten();
+    let changed = state.key_switch_expected();
+    let (l, _) = ledger::load(&ctx.kube).await?;
+    let ours = l.switch.as_ref().is_some_and(|s| s.run_id == run_id);
+    if !changed && !ours && l.switch_proven_to(to.as_deref()) {
+        let s = l.switch.as_ref().expect("a proven switch");
+        let proof = Proof {
+            evidence: "ledger".into(),
+            replicas: state.replicas,
+            flips: 0,
+            waited_seconds: 0.0,
+            detail: format!(
+                "the key did not change, and the switch to it was proven by run {} ({})",
+                s.run_id,
+                s.evidence.as_deref().unwrap_or("proof")
+            ),
+        };
+        return Ok(serde_json::to_value(proof).unwrap_or_default());
+    }
+    let proof = barrier(ctx, state, params, changed, lease_lost)
+        .prove()
+        .await?;
+    record_proof(ctx, run_id, &proof).await?;
+    Ok(serde_json::to_value(proof).unwrap_or_default())
+}
+
+/// Re-encrypts every Secret, then verifies with a second pass over fresh connections that must
+/// rewrite nothing. A pass that rewrites something shows a replica that still wrote with another
+/// key: wait for the replicas to settle again and start over.
+#[allow(clippy::too_many_arguments)]
+pub async fn reencrypt_verified(
+    ctx: &Context,
+    state: &RunState,
+    params: &RunParams,
+    options: &reencrypt::Options,
+    checkpoint: Checkpoint,
+    journaled: &dyn Observer,
+    display: &dyn Observer,
+    on_status: &dyn Fn(&str),
+    lease_lost: &AtomicBool,
+) -> Result<(Value, reencrypt::Summary), StepError> {
+    const ROUNDS: usize = 5;
+    let mut checkpoint = Some(checkpoint);
+    let mut first: Option<reencrypt::Summary> = None;
+    for round in 1..=ROUNDS {
+        let observer = if round == 1 { journaled } else { display };
+        let pass = reencrypt::run(
+            ctx.kube.clone(),
+            options,
+            checkpoint.take().unwrap_or_default(),
+            observer,
+        )
+        .await?;
+        if !pass.ok() {
+            return Err(StepError::Incomplete(Box::new(pass)));
+        }
+        first.get_or_insert(pass);
+        on_status(
+            "verification pass: every Secret PUT again over fresh connections; it must rewrite nothing",
+        );
+        let fresh = crate::k8s::client::fresh(&ctx.kube_config)?;
+        let check = reencrypt::run(fresh, options, Checkpoint::default(), display).await?;
+        if !check.ok() {
+            return Err(StepError::Incomplete(Box::new(check)));
+        }
+        if check.totals.rewritten == 0 {
+            let summary = first.expect("a first pass");
+            let mut out = serde_json::to_value(&summary).unwrap_or_default();
+            out["verification"] =
+                json!({ "rounds": round, "unchanged": check.totals.unchanged, "rewritten": 0 });
+            ledger::update(&ctx.kube, |l| l.reencrypted(chrono::Utc::now())).await?;
+            return Ok((out, summary));
+        }
+        tracing::warn!(
+            rewritten = check.totals.rewritten,
+            "the verification pass rewrote Secrets: an API server replica still wrote with another key"
+        );
+        on_status(&format!(
+            "the verification pass rewrote {} Secrets: an API server replica still writes with another key; waiting for every replica to settle, then re-encrypting again",
+            check.totals.rewritten
+        ));
+        barrier(ctx, state, params, false, lease_lost)
+            .prove()
+            .await?;
+    }
+    Err(StepError::Failed(anyhow::anyhow!(
+        "after {ROUNDS} rounds a verification pass still rewrote Secrets: the API server replicas keep disagreeing about the write key. Nothing was marked re-encrypted away; check the KMS plugin in AKS diagnostics and run `kmsctl resume`"
+    )))
+}
