@@ -115,7 +115,7 @@ async fn kill_and_resume(opts: SimOptions, ready: impl Fn(&str) -> bool + Send +
         .unwrap();
     let journal_dir = w.state_dir().join("kmsctl/runs");
     let killed = tokio::task::spawn_blocking(move || {
-        for _ in 0..3000 {
+        for _ in 0..12000 {
             let lines: String = std::fs::read_dir(&journal_dir)
                 .map(|d| {
                     d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())

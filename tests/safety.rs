@@ -30,12 +30,10 @@ fn assert_readable(w: &World) {
     }
 }
 
-fn status(w: &World) -> impl std::future::Future<Output = Value> + '_ {
-    async move {
-        let out = w.run(&["status", "-o", "json"]).await;
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
+async fn status(w: &World) -> Value {
+    let out = w.run(&["status", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn step_output<'a>(report: &'a Value, step: &str, nth: usize) -> &'a Value {

@@ -17,6 +17,10 @@ use std::time::Duration;
 
 pub const ENDPOINT: &str = "https://management.azure.com";
 const SCOPE: &str = "https://management.azure.com/.default";
+/// The longest kmsctl follows one cluster operation (AKS updates take minutes, upgrades tens
+/// of minutes); past it, kmsctl stops with what to check rather than waiting forever.
+pub const OPERATION_DEADLINE: Duration = Duration::from_secs(90 * 60);
+
 const SERVICE: &str = "Azure Resource Manager";
 
 /// API versions kmsctl speaks; AKS's is configurable because old ones get retired.
@@ -197,7 +201,8 @@ impl ArmClient {
             .await
     }
 
-    /// Follows an operation to its end. `on_poll` sees each status (for progress).
+    /// Follows an operation to its end, for at most `OPERATION_DEADLINE`. `on_poll` sees each
+    /// status (for progress).
     pub async fn wait_operation(
         &self,
         started: &Answer,
@@ -215,7 +220,17 @@ impl ArmClient {
         };
         let by_location = started.async_operation.is_none();
         let mut wait = started.retry_after.unwrap_or(Duration::from_secs(5));
+        let began = std::time::Instant::now();
         loop {
+            if began.elapsed() >= OPERATION_DEADLINE {
+                return Err(RemoteError::Other {
+                    service: SERVICE,
+                    detail: format!(
+                        "the cluster operation did not finish within {} minutes; it may still be running. Check `az aks show --query provisioningState`, then run `kmsctl resume`",
+                        OPERATION_DEADLINE.as_secs() / 60
+                    ),
+                });
+            }
             tokio::time::sleep(wait.clamp(Duration::from_millis(250), Duration::from_secs(60)))
                 .await;
             let answer = self.get(&url, "").await?;
@@ -270,9 +285,10 @@ impl ArmClient {
             &format!("{scope}/providers/Microsoft.Authorization/roleAssignments"),
             &self.api.authorization,
         )?;
+        // assignedTo() also returns the assignments of the groups the principal is in.
         if let Some(p) = principal {
             url.query_pairs_mut()
-                .append_pair("$filter", &format!("principalId eq '{p}'"));
+                .append_pair("$filter", &format!("assignedTo('{p}')"));
         }
         let mut out = Vec::new();
         let mut next = Some(url.to_string());

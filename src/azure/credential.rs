@@ -46,10 +46,47 @@ pub fn resolve(mode: AuthMode) -> AuthMode {
     }
 }
 
+/// Retries a token request that failed for a passing reason (a 5xx, a dropped connection):
+/// one flaky answer from the token endpoint must not end a run before it starts. Entra ID's
+/// refusals carry an AADSTS code (a wrong secret, an unknown tenant) and are final at once.
+#[derive(Debug)]
+struct Retrying(Arc<dyn TokenCredential>);
+
+const TOKEN_ATTEMPTS: u32 = 5;
+
+#[async_trait::async_trait]
+impl TokenCredential for Retrying {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let mut attempt = 0;
+        loop {
+            match self.0.get_token(scopes, options.clone()).await {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    attempt += 1;
+                    let text = format!("{e:?}");
+                    if attempt >= TOKEN_ATTEMPTS || text.contains("AADSTS") {
+                        return Err(e);
+                    }
+                    tracing::warn!(attempt, "getting a token failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(400 << attempt)).await;
+                }
+            }
+        }
+    }
+}
+
 pub fn credential(
     mode: AuthMode,
     options: &ClientOptions,
 ) -> anyhow::Result<Arc<dyn TokenCredential>> {
+    Ok(Arc::new(Retrying(inner(mode, options)?)))
+}
+
+fn inner(mode: AuthMode, options: &ClientOptions) -> anyhow::Result<Arc<dyn TokenCredential>> {
     Ok(match resolve(mode) {
         AuthMode::Env => {
             let (Some(tenant), Some(client), Some(secret)) = (
@@ -57,7 +94,15 @@ pub fn credential(
                 var("AZURE_CLIENT_ID"),
                 var("AZURE_CLIENT_SECRET"),
             ) else {
-                bail!("--auth env needs AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET");
+                let missing: Vec<&str> =
+                    ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"]
+                        .into_iter()
+                        .filter(|n| var(n).is_none())
+                        .collect();
+                bail!(
+                    "--auth env needs AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET; missing: {}",
+                    missing.join(", ")
+                );
             };
             let opts = ClientSecretCredentialOptions {
                 client_options: options.clone(),

@@ -70,6 +70,8 @@ pub struct KeyVersionInfo {
     pub key_ops: Vec<String>,
     pub enabled: bool,
     pub expires_on: Option<chrono::DateTime<chrono::Utc>>,
+    /// Not valid before this moment (`nbf`): the plugin cannot use it until then.
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
     pub created_on: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -84,6 +86,7 @@ fn from_attributes(id: KeyId, a: Option<&KeyAttributes>) -> KeyVersionInfo {
         key_ops: Vec::new(),
         enabled: a.and_then(|a| a.enabled).unwrap_or(true),
         expires_on: chrono_of(a.and_then(|a| a.expires)),
+        not_before: chrono_of(a.and_then(|a| a.not_before)),
         created_on: chrono_of(a.and_then(|a| a.created)),
     }
 }

@@ -40,6 +40,13 @@ impl RemoteError {
             _ => None,
         }
     }
+    /// When the service asked to be asked again (Retry-After).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RemoteError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
     pub fn code(&self) -> &str {
         match self {
             RemoteError::Status { code, .. } => code,

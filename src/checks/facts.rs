@@ -111,8 +111,12 @@ pub fn minor(version: &str) -> Option<(u32, u32)> {
 pub struct VaultFacts {
     pub resource: Option<Value>,
     pub role_assignments: Vec<Value>,
+    /// The dataActions of each custom role assigned (role definition id -> dataActions).
+    pub custom_roles: Vec<(String, Vec<String>)>,
     /// Why the vault could not be read, if it could not.
     pub error: Option<String>,
+    /// Why the role assignments could not be read: "could not be checked", not "missing".
+    pub role_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -161,7 +165,8 @@ pub async fn cluster(
     })
 }
 
-/// Finds the vault a key lives in: by resource id when given, else by name in the subscription.
+/// Finds the vault a key lives in: by resource id when given, else by name in the cluster's
+/// subscription, then in every other subscription the credential can see (all pages).
 pub async fn vault(
     arm: &ArmClient,
     subscription: &str,
@@ -171,23 +176,7 @@ pub async fn vault(
 ) -> VaultFacts {
     let found = match resource_id {
         Some(id) => arm.get(id, &arm.api.key_vault).await.map(|a| Some(a.body)),
-        None => arm
-            .get(
-                &format!("/subscriptions/{subscription}/providers/Microsoft.KeyVault/vaults"),
-                &arm.api.key_vault,
-            )
-            .await
-            .map(|a| {
-                a.body["value"].as_array().and_then(|v| {
-                    v.iter()
-                        .find(|x| {
-                            x["name"]
-                                .as_str()
-                                .is_some_and(|n| n.eq_ignore_ascii_case(key.vault_name()))
-                        })
-                        .cloned()
-                })
-            }),
+        None => find_vault(arm, subscription, key.vault_name()).await,
     };
     match found {
         Err(e) => VaultFacts {
@@ -196,26 +185,118 @@ pub async fn vault(
         },
         Ok(None) => VaultFacts {
             error: Some(format!(
-                "no vault named {} in subscription {subscription}",
+                "no vault named {} in any subscription the credential can see",
                 key.vault_name()
             )),
             ..Default::default()
         },
         Ok(Some(v)) => {
             let id = v["id"].as_str().unwrap_or_default().to_string();
-            let role_assignments = match principal {
-                Some(p) if !id.is_empty() => {
-                    arm.role_assignments(&id, Some(p)).await.unwrap_or_default()
-                }
-                _ => Vec::new(),
+            let (role_assignments, role_error) = match principal {
+                Some(p) if !id.is_empty() => match arm.role_assignments(&id, Some(p)).await {
+                    Ok(r) => (r, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                },
+                _ => (Vec::new(), None),
             };
+            let custom_roles = custom_roles(arm, &role_assignments).await;
             VaultFacts {
                 resource: Some(v),
                 role_assignments,
+                custom_roles,
                 error: None,
+                role_error,
             }
         }
     }
+}
+
+async fn find_vault(
+    arm: &ArmClient,
+    subscription: &str,
+    name: &str,
+) -> Result<Option<Value>, RemoteError> {
+    let named = |vaults: Vec<Value>| {
+        vaults.into_iter().find(|x| {
+            x["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+    };
+    let path = |sub: &str| format!("/subscriptions/{sub}/providers/Microsoft.KeyVault/vaults");
+    if let Some(v) = named(
+        arm.list_all(&path(subscription), &arm.api.key_vault)
+            .await?,
+    ) {
+        return Ok(Some(v));
+    }
+    let Ok(subs) = arm.list_all("/subscriptions", "2022-12-01").await else {
+        return Ok(None);
+    };
+    for sub in subs {
+        let Some(id) = sub["subscriptionId"]
+            .as_str()
+            .filter(|s| !s.eq_ignore_ascii_case(subscription))
+        else {
+            continue;
+        };
+        if let Ok(vaults) = arm.list_all(&path(id), &arm.api.key_vault).await
+            && let Some(v) = named(vaults)
+        {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// The built-in roles kmsctl knows by id; any other assigned role is read for its dataActions.
+const KNOWN_ROLES: &[&str] = &[
+    "12338af0-0e69-4776-bea7-57ae8d297424",
+    "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
+    "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+    "f25e0fa2-a7c8-4377-a976-54943a77a395",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c",
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+];
+
+async fn custom_roles(arm: &ArmClient, assignments: &[Value]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for a in assignments {
+        let Some(def) = a["properties"]["roleDefinitionId"].as_str() else {
+            continue;
+        };
+        let l = def.to_ascii_lowercase();
+        if KNOWN_ROLES.iter().any(|k| l.ends_with(k)) {
+            continue;
+        }
+        if let Ok(d) = arm.get(def, &arm.api.authorization).await {
+            let actions: Vec<String> = d.body["properties"]["permissions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["dataActions"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            out.push((def.to_string(), actions));
+        }
+    }
+    out
+}
+
+/// Whether a role's dataActions allow an operation, with ARM's `*` wildcards.
+pub fn data_action_allows(actions: &[String], wanted: &str) -> bool {
+    let wanted = wanted.to_ascii_lowercase();
+    actions.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match a.split_once('*') {
+            None => a == wanted,
+            Some((prefix, suffix)) => {
+                wanted.starts_with(prefix)
+                    && wanted.ends_with(suffix)
+                    && wanted.len() >= a.len() - 1
+            }
+        }
+    })
 }
 
 pub async fn key(vault: &KeyVault, id: &KeyId) -> Result<KeyVersionInfo, RemoteError> {
@@ -228,9 +309,12 @@ pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFact
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(KubeError::from)?;
-    let secret_count = Some(
-        page.items.len() as u64 + page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64,
-    );
+    // Without remainingItemCount (a server may leave it out) the count is unknown, not small.
+    let secret_count = match (page.metadata.remaining_item_count, &page.metadata.continue_) {
+        (Some(n), _) => Some(page.items.len() as u64 + n.max(0) as u64),
+        (None, Some(c)) if !c.is_empty() => None,
+        (None, _) => Some(page.items.len() as u64),
+    };
     let flowschemas: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource {

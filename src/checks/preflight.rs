@@ -47,6 +47,7 @@ pub fn run(i: &Inputs) -> Vec<Finding> {
         network_checks(i, &mut out);
     }
     if i.intent == Intent::Disable {
+        disable_key_check(i, &mut out);
         out.push(Finding::warn(
             "key-after-disable",
             "after KMS is disabled, Secrets stay encrypted with the key until re-encrypted (kmsctl does that next)",
@@ -55,6 +56,24 @@ pub fn run(i: &Inputs) -> Vec<Finding> {
     }
     kube_checks(i, &mut out);
     out
+}
+
+/// Disabling re-encrypts every Secret out of the current key: it must still decrypt.
+fn disable_key_check(i: &Inputs, out: &mut Vec<Finding>) {
+    match (&i.facts.key, &i.facts.key_error) {
+        (Some(k), _) if !k.enabled => out.push(Finding::refuse(
+            "key-enabled",
+            format!("{} is disabled: the Secrets under it cannot be read, so they cannot be re-encrypted out of it", k.id),
+            "enable it first (az keyvault key set-attributes --enabled true), then disable KMS",
+        )),
+        (Some(k), _) => out.push(Finding::pass("key-enabled", format!("{} is enabled", k.id))),
+        (None, Some(e)) => out.push(Finding::warn(
+            "key-enabled",
+            format!("the current key could not be read: {e}"),
+            "make sure it is enabled: Secrets are re-encrypted out of it",
+        )),
+        (None, None) => {}
+    }
 }
 
 fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
@@ -139,6 +158,13 @@ fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
             "enable it: az keyvault key set-attributes --enabled true",
         ));
     }
+    if let Some(nbf) = key.not_before.filter(|n| *n > i.now) {
+        out.push(Finding::refuse(
+            "key-not-before",
+            format!("{id} is not valid before {nbf}: the KMS plugin cannot use it yet"),
+            "wait until then, or clear its activation date (az keyvault key set-attributes --not-before ...)",
+        ));
+    }
     let margin = chrono::Duration::days(i.margin_days as i64);
     match key.expires_on {
         Some(exp) if exp <= i.now => out.push(Finding::refuse(
@@ -169,6 +195,21 @@ fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
         }
     }
 }
+
+/// A custom role (from its dataActions) that allows every one of `actions`.
+fn custom_role_allowing(f: &crate::checks::facts::VaultFacts, actions: &[&str]) -> Option<String> {
+    f.custom_roles
+        .iter()
+        .find(|(_, data)| {
+            actions
+                .iter()
+                .all(|a| crate::checks::facts::data_action_allows(data, a))
+        })
+        .map(|(id, _)| format!("custom role {}", id.rsplit('/').next().unwrap_or(id)))
+}
+
+const ENCRYPT: &str = "Microsoft.KeyVault/vaults/keys/encrypt/action";
+const DECRYPT: &str = "Microsoft.KeyVault/vaults/keys/decrypt/action";
 
 fn has_role(assignments: &[Value], roles: &[(&'static str, &'static str)]) -> Option<&'static str> {
     let defs: Vec<String> = assignments
@@ -228,9 +269,34 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
         return;
     };
     let private = f.network_access == "Private";
+    let key_host = f
+        .key_id
+        .as_ref()
+        .map(|k| crate::k8s::client::server_host(&k.vault_url));
+    let vault_host = p["vaultUri"].as_str().map(crate::k8s::client::server_host);
+    if let (Some(k), Some(v)) = (&key_host, &vault_host) {
+        out.push(if k.eq_ignore_ascii_case(v) {
+            Finding::pass("key-vault-host", format!("the key id's host {k} is the vault's"))
+        } else {
+            Finding::refuse(
+                "key-vault-host",
+                format!("the key id names host {k}, but the vault's vaultUri is {v}"),
+                "use a key id of that vault (az keyvault key show --vault-name <vault> -n <key> --query key.kid)",
+            )
+        });
+    }
+    let role_error = f.vault.role_error.clone();
     if p["enableRbacAuthorization"].as_bool() == Some(true) {
-        match has_role(&f.vault.role_assignments, CRYPTO_ROLES) {
+        let role = has_role(&f.vault.role_assignments, CRYPTO_ROLES)
+            .map(str::to_string)
+            .or_else(|| custom_role_allowing(&f.vault, &[ENCRYPT, DECRYPT]));
+        match role {
             Some(role) => out.push(Finding::pass("identity-access", format!("the identity has {role} on the vault"))),
+            None if role_error.is_some() => out.push(Finding::warn(
+                "identity-access",
+                format!("the identity's role assignments on the vault could not be checked: {}", role_error.clone().unwrap_or_default()),
+                "give kmsctl's identity Reader on the vault (Microsoft.Authorization/roleAssignments/read), or check that the cluster identity has Key Vault Crypto User",
+            )),
             None => out.push(Finding::refuse(
                 "identity-access",
                 format!("the cluster identity {principal} has no Key Vault Crypto User role on the vault"),
@@ -268,6 +334,11 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
     if private {
         match has_role(&f.vault.role_assignments, CONTRIBUTOR_ROLES) {
             Some(role) => out.push(Finding::pass("identity-private-link", format!("the identity has {role} on the vault (needed to create the private link)"))),
+            None if role_error.is_some() => out.push(Finding::warn(
+                "identity-private-link",
+                "the identity's role assignments on the vault could not be checked (Key Vault Contributor is needed for the private link)",
+                "check that the cluster identity has Key Vault Contributor on the vault",
+            )),
             None => out.push(Finding::refuse(
                 "identity-private-link",
                 "with a private vault AKS creates a private endpoint, which needs Key Vault Contributor for the cluster identity; AKS cannot check this for you",
@@ -358,6 +429,20 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
             Some(n) => out.push(Finding::pass("kms-v1-limit", format!("{n} Secrets, within KMS v1's limit of {KMS_V1_SECRET_LIMIT}"))),
             None => out.push(Finding::warn("kms-v1-limit", "the number of Secrets could not be counted", "make sure there are at most 2,000 Secrets")),
         }
+    }
+    if v1 && i.intent == Intent::Enable {
+        out.push(Finding::warn(
+            "kms-v1-upgrades",
+            format!("Kubernetes {} runs KMS v1: a cluster with KMS v1 is blocked from upgrading to 1.27 or later", f.cluster.kubernetes_version()),
+            "upgrade to 1.27+ before enabling KMS, or plan to disable KMS, upgrade and enable it again (KMS v1 -> v2 migration)",
+        ));
+    }
+    if f.kube.secret_count.is_none() {
+        out.push(Finding::warn(
+            "secret-count",
+            "the number of Secrets could not be counted (the API server gave no remainingItemCount)",
+            "progress shows no total; nothing else depends on it",
+        ));
     }
     if f.kube.apiserver_guard {
         out.push(Finding::warn(

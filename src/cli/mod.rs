@@ -63,8 +63,10 @@ pub struct KubeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
+    /// The cluster's Azure subscription id.
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
     pub subscription: Option<String>,
+    /// The cluster's resource group.
     #[arg(short = 'g', long, env = "KMSCTL_RESOURCE_GROUP")]
     pub resource_group: Option<String>,
     /// The AKS cluster's name.
@@ -142,6 +144,7 @@ pub struct EnableArgs {
     /// Versioned key id: https://<vault>.vault.azure.net/keys/<name>/<version>
     #[arg(long)]
     pub key_id: String,
+    /// How the KMS plugin reaches the vault: public, or private (a private endpoint AKS creates).
     #[arg(long, value_enum, default_value = "public")]
     pub network_access: NetworkAccess,
     /// The vault's resource id (required for a private vault).
@@ -200,8 +203,10 @@ pub struct RunsArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// Secrets the embedded twin starts with.
     #[arg(long, default_value_t = 5000)]
     pub secrets: usize,
+    /// Namespaces they are spread over.
     #[arg(long, default_value_t = 20)]
     pub namespaces: usize,
 }

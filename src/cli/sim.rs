@@ -9,6 +9,7 @@ pub enum SimCommand {
     Serve(ServeArgs),
     /// Print the twin's state (cluster, vault, keys, storage) as one JSON document.
     Inspect {
+        /// The folder `sim serve --dir` wrote into.
         #[arg(long)]
         dir: PathBuf,
     },
@@ -30,13 +31,16 @@ pub enum Access {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// Where to write ca.pem, kubeconfig, env and sim.json (created if missing).
     #[arg(long)]
     pub dir: PathBuf,
     /// The cluster's Kubernetes version (KMS v1 below 1.27, v2 from 1.27).
     #[arg(long, default_value = "1.33.5")]
     pub kubernetes_version: String,
+    /// Whether the cluster starts with KMS enabled (with the vault's first key version).
     #[arg(long, value_enum, default_value = "on")]
     pub kms: OnOff,
+    /// The vault's network mode the cluster's KMS starts with.
     #[arg(long, value_enum, default_value = "public")]
     pub network_access: Access,
     /// API server VNet integration (default: on with a private vault, off otherwise).
@@ -48,8 +52,10 @@ pub struct ServeArgs {
     /// Install AKS's last-resort API server throttle (FlowSchema aks-managed-apiserver-guard).
     #[arg(long)]
     pub apiserver_guard: bool,
+    /// Namespaces the seeded Secrets are spread over.
     #[arg(long, default_value_t = 10)]
     pub namespaces: usize,
+    /// Secrets seeded (a realistic mix of sizes, Helm releases included).
     #[arg(long, default_value_t = 1000)]
     pub secrets: usize,
     /// Added to every request, like a real network.
@@ -90,24 +96,31 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct FaultArgs {
+    /// The folder of the running twin (`sim serve --dir`).
     #[arg(long)]
     pub dir: PathBuf,
     /// Remove every rule instead of adding one.
     #[arg(long)]
     pub clear: bool,
+    /// Only requests with this HTTP method (default: any).
     #[arg(long)]
     pub method: Option<String>,
     /// Path pattern: `*` one segment, `**` any number.
     #[arg(long, default_value = "/**")]
     pub path: String,
+    /// Only requests to this host (e.g. management.azure.com; default: any).
     #[arg(long)]
     pub host: Option<String>,
+    /// Answer with this HTTP status, in the service's own error shape.
     #[arg(long)]
     pub status: Option<u16>,
+    /// Apply to this many matching requests, then stop (default: all).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Apply to this share of matching requests (0..1; default: all).
     #[arg(long)]
     pub probability: Option<f64>,
+    /// Delay matching requests by this many milliseconds.
     #[arg(long)]
     pub latency_ms: Option<u64>,
     /// Drop the connection without answering.

@@ -190,7 +190,7 @@ async fn header(
 
 /// How a run's preparation ended: a journal to execute, or an exit code (nothing changed).
 enum Prepared {
-    Run(Journal, journal::Record),
+    Run(Box<(Journal, journal::Record)>),
     Stop(i32),
 }
 
@@ -212,7 +212,8 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
     };
     let prepared = prepare(&ctx, c, &target, run_id, procedure, p, format).await;
     match (prepared, lease) {
-        (Ok(Prepared::Run(j, record)), Some(lease)) => {
+        (Ok(Prepared::Run(run)), Some(lease)) => {
+            let (j, record) = *run;
             runs::execute(&ctx, j, record, lease, format).await
         }
         (Ok(Prepared::Run(..)), None) => Ok(exit_codes::OK),
@@ -299,7 +300,7 @@ async fn prepare(
         output: pre.output,
     })?;
     let record = journal::replay(&j.path)?;
-    Ok(Prepared::Run(j, record))
+    Ok(Prepared::Run(Box::new((j, record))))
 }
 
 pub fn confirm(question: &str) -> anyhow::Result<bool> {

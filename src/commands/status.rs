@@ -45,12 +45,27 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
             None => json!({ "error": v.error }),
         };
     }
-    let (ledger, _) = ledger::load(&ctx.kube).await.unwrap_or_default();
-    let alive: Vec<&str> = ledger
+    // A ledger that cannot be read is reported as such: an empty list would read as "nothing
+    // must stay alive".
+    let (ledger, ledger_error) = match ledger::load(&ctx.kube).await {
+        Ok((l, _)) => (l, None),
+        Err(e) => (ledger::Ledger::default(), Some(e.to_string())),
+    };
+    let mut alive: Vec<String> = ledger
         .must_stay_alive()
         .iter()
-        .map(|e| e.key_id.as_str())
+        .map(|e| e.key_id.clone())
         .collect();
+    // The key in use must stay alive whatever the ledger knows (KMS may have been enabled by hand).
+    if let Some(k) = c.kms_enabled().then(|| c.key_id()).flatten()
+        && !alive.iter().any(|a| a.eq_ignore_ascii_case(&k))
+    {
+        alive.push(k);
+    }
+    let hosts = c.api_server_hosts();
+    let this_cluster = hosts
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(&ctx.kube_server_host));
     let doc = json!({
         "cluster": c.resource["name"],
         "resourceGroup": target.resource_group,
@@ -67,13 +82,19 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
         },
         "key": key,
         "vault": vault,
-        "ledger": { "entries": ledger.entries, "mustStayAlive": alive },
+        "ledger": { "entries": ledger.entries, "mustStayAlive": alive, "error": ledger_error,
+                    "unprovenSwitch": ledger.switch.as_ref().filter(|s| s.proven_at.is_none()) },
+        "kubeconfig": { "server": ctx.kube_server, "context": ctx.kube_context, "isThisCluster": this_cluster },
     });
     match format {
         Format::Json => print_json(&doc),
         Format::Text => crate::output::out(&render(&doc)),
     }
-    Ok(exit_codes::OK)
+    Ok(if doc["ledger"]["error"].is_null() && this_cluster {
+        exit_codes::OK
+    } else {
+        exit_codes::FAILED
+    })
 }
 
 fn render(d: &Value) -> String {
@@ -117,7 +138,25 @@ fn render(d: &Value) -> String {
         s(&d["vault"]["softDelete"]),
         s(&d["vault"]["purgeProtection"])
     ));
-    out.push_str("key versions that must stay alive (ledger):\n");
+    if d["kubeconfig"]["isThisCluster"] != true {
+        out.push_str(&format!(
+            "WARNING: the kubeconfig context {} (server {}) is not this cluster's API server: the ledger below is another cluster's\n",
+            s(&d["kubeconfig"]["context"]),
+            s(&d["kubeconfig"]["server"])
+        ));
+    }
+    if let Some(e) = d["ledger"]["error"].as_str() {
+        out.push_str(&format!("key ledger:         COULD NOT BE READ: {e}\n"));
+    }
+    if let Some(sw) = d["ledger"]["unprovenSwitch"].as_object() {
+        out.push_str(&format!(
+            "unproven switch:    to {} by run {}: finish it with `kmsctl resume --run {}`\n",
+            s(&sw["to"]),
+            s(&sw["runId"]),
+            s(&sw["runId"])
+        ));
+    }
+    out.push_str("key versions that must stay alive (ledger, and the key in use):\n");
     for k in d["ledger"]["mustStayAlive"]
         .as_array()
         .into_iter()

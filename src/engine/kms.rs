@@ -72,11 +72,16 @@ impl DesiredKms {
                 .clone()
                 .unwrap_or_else(|| "Public".into())
         );
+        // Public mode: the field is sent back as read ("" stays ""); only a leftover vault id
+        // from private mode is cleared, since public mode takes none.
         match self.network_access.as_deref() {
             Some("Private") => target["keyVaultResourceId"] = json!(self.vault_resource_id),
             _ => {
-                if let Some(o) = target.as_object_mut() {
-                    o.remove("keyVaultResourceId");
+                if target["keyVaultResourceId"]
+                    .as_str()
+                    .is_some_and(|v| !v.is_empty())
+                {
+                    target["keyVaultResourceId"] = json!("");
                 }
             }
         }
@@ -97,6 +102,10 @@ pub enum UpdateError {
         "the cluster kept changing under kmsctl (412 PreconditionFailed {0} times): someone else is updating it; try again later"
     )]
     KeptChanging(u32),
+    #[error(
+        "the cluster stayed busy with other operations for {0} minutes; nothing was changed by kmsctl. Check `az aks show --query provisioningState` and run `kmsctl resume` once it is Succeeded"
+    )]
+    Busy(u64),
 }
 
 /// What happened, for the journal and the user.
@@ -119,7 +128,13 @@ pub async fn update(
 ) -> Result<UpdateReport, UpdateError> {
     let mut report = UpdateReport::default();
     const MAX_REPLANS: u32 = 5;
+    let began = std::time::Instant::now();
     loop {
+        if began.elapsed() >= crate::azure::arm::OPERATION_DEADLINE {
+            return Err(UpdateError::Busy(
+                crate::azure::arm::OPERATION_DEADLINE.as_secs() / 60,
+            ));
+        }
         let current = arm.get(path, &arm.api.aks).await?;
         let state = current.body["properties"]["provisioningState"]
             .as_str()
@@ -164,7 +179,10 @@ pub async fn update(
             Err(e) if e.status() == Some(409) => {
                 on_status("another operation is running on the cluster (409): waiting");
                 report.waited_for_other_operations += 1;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // OperationNotAllowed says when to ask again; honour it.
+                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
+                tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(120)))
+                    .await;
                 continue;
             }
             Err(e) => return Err(e.into()),

@@ -43,6 +43,15 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
             return Ok(f);
         }
     };
+    if intent == Intent::Disable {
+        match az.key_vault(&id) {
+            Ok(kv) => match facts::key(&kv, &id).await {
+                Ok(k) => f.key = Some(k),
+                Err(e) => f.key_error = Some(e.to_string()),
+            },
+            Err(e) => f.key_error = Some(e.to_string()),
+        }
+    }
     if matches!(intent, Intent::Enable | Intent::Rotate) {
         let principal = f.cluster.identity_principal();
         f.vault = facts::vault(

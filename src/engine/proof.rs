@@ -123,7 +123,10 @@ pub async fn prove_key_switch(
 /// Re-encrypts every Secret, then verifies with a second pass over fresh connections that must
 /// rewrite nothing. A pass that rewrites something shows a replica that still wrote with another
 /// key: wait for the replicas to settle again and start over.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the step needs the run, its observers and its lease flag"
+)]
 pub async fn reencrypt_verified(
     ctx: &Context,
     state: &RunState,

@@ -205,7 +205,10 @@ pub async fn execute(
     (report, result)
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the step needs the run, its observers and its lease flag"
+)]
 async fn run_step(
     ctx: &Context,
     journal: &Mutex<Journal>,

@@ -166,7 +166,10 @@ pub async fn verify_kms(ctx: &Context, state: &RunState) -> Result<Value, StepEr
 
 /// Re-encrypts. A lifecycle run re-encrypts the whole cluster and verifies it (only then is
 /// the old key marked re-encrypted away); a standalone `reencrypt` proves nothing for the ledger.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the step needs the run, its observers and its lease flag"
+)]
 pub async fn reencrypt(
     ctx: &Context,
     state: &RunState,

@@ -88,7 +88,7 @@ impl Lease {
     /// Takes the lease for `run_id`, or refuses while another live run holds it.
     pub async fn acquire(client: kube::Client, run_id: &str) -> Result<Lease, LeaseError> {
         let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &resource());
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        let host = hostname();
         let holder = format!(
             "{run_id}@{host}/{}-{}",
             std::process::id(),
@@ -164,9 +164,21 @@ impl Lease {
     }
 }
 
+/// This machine's name (not $HOSTNAME, which shells set without exporting it).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer it is given.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if rc == 0 && !h.is_empty() => h.to_string(),
+        _ => std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown-host".into()),
+    }
+}
+
 /// `holder` is `run@host/pid-random` of `run_id`, on this host, and no process has that pid.
 fn dead_holder_of(holder: &str, run_id: &str) -> bool {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let host = hostname();
     let Some((run, rest)) = holder.split_once('@') else {
         return false;
     };

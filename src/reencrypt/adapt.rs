@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 const DECREASE: f64 = 0.85;
 const WINDOW: Duration = Duration::from_secs(1);
 const HOLD: Duration = Duration::from_millis(300);
+/// Above this share of 429s among the last second's answers, the server is over capacity.
+const THROTTLED_SHARE: f64 = 0.08;
 
 struct State {
     max: usize,
@@ -23,7 +25,14 @@ struct State {
     last_decrease: Instant,
     last_increase: Instant,
     recent: VecDeque<Instant>,
+    throttled: VecDeque<Instant>,
     started: Instant,
+}
+
+fn trim(q: &mut VecDeque<Instant>, now: Instant) {
+    while q.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
+        q.pop_front();
+    }
 }
 
 pub struct Controller {
@@ -55,6 +64,7 @@ impl Controller {
                 last_decrease: now - HOLD,
                 last_increase: now,
                 recent: VecDeque::new(),
+                throttled: VecDeque::new(),
                 started: now,
             }),
             notify: Notify::new(),
@@ -101,13 +111,7 @@ impl Controller {
         let mut s = self.lock();
         let now = Instant::now();
         s.recent.push_back(now);
-        while s
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > WINDOW)
-        {
-            s.recent.pop_front();
-        }
+        trim(&mut s.recent, now);
         if s.limit < s.max as f64 {
             s.limit = (s.limit + 1.0 / s.limit).min(s.max as f64);
         }
@@ -127,6 +131,14 @@ impl Controller {
     pub fn on_throttle(&self) {
         let mut s = self.lock();
         let now = Instant::now();
+        s.throttled.push_back(now);
+        trim(&mut s.throttled, now);
+        trim(&mut s.recent, now);
+        let (ok, refused) = (s.recent.len() as f64, s.throttled.len() as f64);
+        // A lone 429 among few answers says nothing yet; a share of them does.
+        if refused < 3.0 || refused / (ok + refused) <= THROTTLED_SHARE {
+            return;
+        }
         if now.duration_since(s.last_decrease) < HOLD {
             return;
         }
@@ -159,7 +171,9 @@ mod tests {
             let _p = c.acquire().await;
             c.on_success();
         }
-        c.on_throttle();
+        for _ in 0..3 {
+            c.on_throttle();
+        }
         let (limit, rate) = c.snapshot();
         assert!(limit < 16 && rate.is_some());
         c.on_throttle(); // within the hold period: no second cut
@@ -168,6 +182,20 @@ mod tests {
             c.on_success();
         }
         assert!(c.snapshot().0 > limit);
+    }
+
+    #[tokio::test]
+    async fn a_few_random_429s_do_not_slow_the_engine() {
+        let c = Controller::new(16, None);
+        for i in 0..400 {
+            let _p = c.acquire().await;
+            if i % 25 == 0 {
+                c.on_throttle(); // 4%: not the server's load
+            } else {
+                c.on_success();
+            }
+        }
+        assert_eq!(c.snapshot(), (16, None));
     }
 
     #[tokio::test]

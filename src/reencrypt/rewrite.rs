@@ -120,6 +120,9 @@ pub struct Stats {
 }
 
 const MAX_CONFLICTS: u32 = 5;
+/// How long one Secret may keep being answered 429 before it counts as failed (and is redone
+/// on resume): the API server's own request timeout is a minute; this is ten.
+const THROTTLED_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub async fn rewrite(
     target: &Target<'_>,
@@ -134,6 +137,7 @@ pub async fn rewrite(
     };
     let mut attempt = 0u32;
     let mut conflicts = 0u32;
+    let began = std::time::Instant::now();
     loop {
         let result = {
             let _large = if secret.body.len() >= super::budget::LARGE_SECRET_BYTES {
@@ -189,7 +193,17 @@ pub async fn rewrite(
         let RetryHint::After(server) = err.retry_hint() else {
             return (Outcome::Failed(err.to_string()), stats);
         };
-        // Throttling is not a failure: it does not use up the attempts kept for errors.
+        // Throttling is not a failure: it does not use up the attempts kept for errors, but
+        // it is bounded in time, so a server that never admits the write ends the wait.
+        if err.code() == Some(429) && began.elapsed() >= THROTTLED_FOR_AT_MOST {
+            return (
+                Outcome::Failed(format!(
+                    "still throttled (429) after {} s: {err}",
+                    THROTTLED_FOR_AT_MOST.as_secs()
+                )),
+                stats,
+            );
+        }
         if err.code() != Some(429) {
             attempt += 1;
             if attempt >= retry.max_attempts {
