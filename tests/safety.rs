@@ -368,3 +368,52 @@ async fn a_closed_stdout_and_no_terminal_still_end_well_with_progress_lines() {
     );
     w.assert_all_current();
 }
+
+#[tokio::test]
+async fn losing_the_lease_stops_a_reencryption_at_the_next_page() {
+    let w = world(SimOptions {
+        write_qps: Some(100.0),
+        ..small(3000)
+    })
+    .await;
+    let mut c = w.command(&["rotate", "--yes"]);
+    let run = tokio::task::spawn_blocking(move || c.output().unwrap());
+    let journal = w.state_dir().join("kmsctl/runs");
+    let mut under_way = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text: String = std::fs::read_dir(&journal)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if text.contains("\"type\":\"reencrypt\"") {
+            under_way = true;
+            break;
+        }
+    }
+    assert!(under_way, "the re-encryption never started");
+    // Someone takes the cluster away from this run in the middle of its re-encryption.
+    w.twin
+        .shared
+        .world()
+        .objects
+        .delete("leases", "kube-system", "kmsctl-run")
+        .expect("the run holds a lease");
+    let out = run.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("lost the cluster's lease"),
+        "{}",
+        text(&out)
+    );
+    let (current, total) = w.storage();
+    assert!(
+        current < total,
+        "stopped before the end: {current} of {total}"
+    );
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+}

@@ -347,3 +347,26 @@ pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFact
         konnectivity,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn data_actions_with_wildcards() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let enc = "Microsoft.KeyVault/vaults/keys/encrypt/action";
+        assert!(super::data_action_allows(
+            &a(&["Microsoft.KeyVault/vaults/keys/*"]),
+            enc
+        ));
+        assert!(super::data_action_allows(&a(&["*"]), enc));
+        assert!(super::data_action_allows(
+            &a(&["microsoft.keyvault/vaults/keys/encrypt/action"]),
+            enc
+        ));
+        assert!(!super::data_action_allows(
+            &a(&["Microsoft.KeyVault/vaults/secrets/*"]),
+            enc
+        ));
+        assert!(!super::data_action_allows(&a(&[]), enc));
+    }
+}

@@ -47,13 +47,17 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
             "KMSCTL_KMS_STATUS_PERIOD_SECONDS",
             status_period.to_string(),
         )
-        .stdout(std::process::Stdio::piped());
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
     for (k, v) in twin.env_vars(&dir) {
         cmd.env(k, v);
     }
     eprintln!("running: kmsctl rotate --twice --yes\n");
+    // Not `output()`: it would capture stderr too, and the run's progress must show.
     let output = cmd
-        .output()
+        .spawn()
+        .context("running kmsctl rotate --twice")?
+        .wait_with_output()
         .await
         .context("running kmsctl rotate --twice")?;
     eprintln!("\nafter:\n  {}", storage_line(&twin));

@@ -71,7 +71,7 @@ pub async fn execute(
     journal: Journal,
     record: Record,
     observer: &dyn RunObserver,
-    lease_lost: &std::sync::atomic::AtomicBool,
+    lease_lost: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (RunReport, Result<(), StepError>) {
     let journal = Mutex::new(journal);
     let header = &record.header;
@@ -217,7 +217,7 @@ async fn run_step(
     step: &Step,
     state: &RunState,
     observer: &dyn RunObserver,
-    lease_lost: &std::sync::atomic::AtomicBool,
+    lease_lost: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Value, Option<Summary>), StepError> {
     let params = &record.header.params;
     let run_id = record.header.run_id.as_str();

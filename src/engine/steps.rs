@@ -179,7 +179,7 @@ pub async fn reencrypt(
     journaled: &dyn Observer,
     display: &dyn Observer,
     on_status: &dyn Fn(&str),
-    lease_lost: &std::sync::atomic::AtomicBool,
+    lease_lost: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Value, reencrypt::Summary), StepError> {
     let p = &params.reencrypt;
     let concurrency = state
@@ -190,6 +190,7 @@ pub async fn reencrypt(
         batch_size: p.batch_size,
         concurrency,
         max_qps: p.max_qps,
+        stop: Some(lease_lost.clone()),
         ..Default::default()
     };
     if lifecycle && p.namespaces.is_empty() {

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 pub struct RunDisplay {
     reencrypt: ReencryptProgress,
     spinner: Mutex<Option<ProgressBar>>,
+    /// The last plain status line, so a repeated one (each poll of an operation) prints once.
+    last_status: Mutex<String>,
 }
 
 impl Default for RunDisplay {
@@ -18,6 +20,7 @@ impl Default for RunDisplay {
         RunDisplay {
             reencrypt: ReencryptProgress::new(),
             spinner: Mutex::new(None),
+            last_status: Mutex::new(String::new()),
         }
     }
 }
@@ -50,8 +53,14 @@ impl RunObserver for RunDisplay {
         let spinner = self.spinner.lock().unwrap_or_else(|e| e.into_inner());
         match spinner.as_ref() {
             Some(s) if !s.is_hidden() => s.set_message(message.to_string()),
-            // No terminal (or the spinner made way for the bars): a plain line.
-            _ => eprintln!("      {message}"),
+            // No terminal (or the spinner made way for the bars): a plain line, once.
+            _ => {
+                let mut last = self.last_status.lock().unwrap_or_else(|e| e.into_inner());
+                if *last != message {
+                    eprintln!("      {message}");
+                    *last = message.to_string();
+                }
+            }
         }
         tracing::info!("{message}");
     }

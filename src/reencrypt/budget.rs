@@ -60,6 +60,11 @@ impl Budget {
 /// Bytes held by pages at most, and the size a page aims for.
 pub const PAGES_MAX_BYTES: u64 = 16 << 20;
 pub const PAGE_TARGET_BYTES: u64 = 1 << 20;
+/// A namespace's first page: its Secrets' size is not known yet.
+pub const FIRST_PAGE_LIMIT: u32 = 4;
+/// The largest a Secret can be (the API server's 1 MiB data limit, plus metadata).
+pub const SECRET_MAX_BYTES: u64 = (1 << 20) + (64 << 10);
+
 /// A Secret at least this large counts as large: few of them are written at once.
 pub const LARGE_SECRET_BYTES: usize = 64 << 10;
 pub const LARGE_IN_FLIGHT: usize = 32;

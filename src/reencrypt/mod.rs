@@ -39,6 +39,8 @@ pub struct Options {
     pub max_qps: Option<f64>,
     /// Namespaces worked on at the same time.
     pub namespaces_in_flight: usize,
+    /// Set from outside (the run lost its lease): stop after the page in hand.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             concurrency: 64,
             max_qps: None,
             namespaces_in_flight: 8,
+            stop: None,
         }
     }
 }
@@ -66,6 +69,10 @@ pub enum EngineError {
     KmsUnavailable(KubeError),
     #[error("listing {what}: {source}")]
     List { what: String, source: KubeError },
+    #[error(
+        "stopped: the run lost the cluster's lease (another kmsctl may act on this cluster). What was re-encrypted is journaled; run `kmsctl resume` once no other run is active"
+    )]
+    Stopped,
 }
 
 struct Shared<'a> {
@@ -157,6 +164,13 @@ pub async fn run(
         }
     }
     drop(work);
+    if options
+        .stop
+        .as_ref()
+        .is_some_and(|s| s.load(Ordering::SeqCst))
+    {
+        return Err(EngineError::Stopped);
+    }
     if let Some(f) = shared
         .fatal
         .lock()
@@ -297,8 +311,18 @@ async fn list_page(
     token: Option<String>,
     bytes_per_secret: Option<u64>,
 ) -> Result<Page, EngineError> {
-    let limit = budget::page_limit(shared.options.batch_size, bytes_per_secret);
-    let expected = limit as u64 * bytes_per_secret.unwrap_or(8 << 10);
+    // A namespace's first page is small and reserved at the largest a Secret can be: nothing
+    // is known yet of its Secrets' size (a namespace of Helm releases weighs a MiB each).
+    let (limit, expected) = match bytes_per_secret {
+        None => {
+            let limit = budget::FIRST_PAGE_LIMIT.min(shared.options.batch_size.max(1));
+            (limit, limit as u64 * budget::SECRET_MAX_BYTES)
+        }
+        Some(b) => {
+            let limit = budget::page_limit(shared.options.batch_size, Some(b));
+            (limit, limit as u64 * b)
+        }
+    };
     shared.pages.reserve(expected).await;
     let mut token = token;
     let mut restarts = 0;
@@ -396,11 +420,17 @@ async fn namespace(
             None => (writes.await, None),
         };
         counts.add(&page_counts);
-        if shared
-            .fatal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        let stopped = shared
+            .options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst));
+        if stopped
+            || shared
+                .fatal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
         {
             if let Some(Ok(f)) = following {
                 shared.pages.release(f.bytes);

@@ -134,8 +134,15 @@ fn version(shared: &Shared) -> Resp {
 }
 
 fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
+    // kubectl resolves `ns`, `cm`, `po` through discovery's shortNames.
+    let short: &[&str] = match name {
+        "namespaces" => &["ns"],
+        "configmaps" => &["cm"],
+        "pods" => &["po"],
+        _ => &[],
+    };
     json!({ "name": name, "singularName": kind.to_ascii_lowercase(), "namespaced": namespaced, "kind": kind,
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"] })
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": short })
 }
 
 fn core_resources() -> Value {

@@ -161,7 +161,7 @@ fn secret(b: &[u8]) -> Result<Value, String> {
     Ok(s)
 }
 
-/// The JSON form of a protobuf-encoded Secret.
+/// The JSON form of a protobuf-encoded Secret (or Namespace).
 pub fn decode_secret(body: &[u8]) -> Result<Value, String> {
     let inner = body
         .strip_prefix(b"k8s\x00")
@@ -181,12 +181,24 @@ pub fn decode_secret(body: &[u8]) -> Result<Value, String> {
             _ => {}
         }
     }
-    if kind != "Secret" {
-        return Err(format!(
-            "the twin decodes protobuf only for Secrets, not {kind}"
-        ));
+    let raw = raw.ok_or("no object in the envelope")?;
+    match kind.as_str() {
+        "Secret" => secret(raw),
+        // `kubectl create namespace`: only the metadata (field 1) matters to the twin.
+        "Namespace" => {
+            let mut ns =
+                serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": {} });
+            for (n, f) in fields(raw)? {
+                if let (1, Field::Bytes(m)) = (n, f) {
+                    ns["metadata"] = object_meta(m)?;
+                }
+            }
+            Ok(ns)
+        }
+        _ => Err(format!(
+            "the twin decodes protobuf only for Secrets and Namespaces, not {kind}"
+        )),
     }
-    secret(raw.ok_or("no object in the envelope")?)
 }
 
 #[cfg(test)]
