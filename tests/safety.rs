@@ -30,10 +30,17 @@ fn assert_readable(w: &World) {
     }
 }
 
-async fn status(w: &World) -> Value {
+/// `status` lists `key` among the versions that must stay alive.
+async fn assert_must_stay_alive(w: &World, key: &str, what: &str) {
     let out = w.run(&["status", "-o", "json"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alive = s["ledger"]["mustStayAlive"].as_array().unwrap();
+    assert!(
+        alive.iter().any(|k| k == key),
+        "{what} must stay alive: {}",
+        s["ledger"]
+    );
 }
 
 fn step_output<'a>(report: &'a Value, step: &str, nth: usize) -> &'a Value {
@@ -99,31 +106,13 @@ async fn a_switch_that_timed_out_blocks_every_new_change_until_resumed() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
         assert!(text(&out).contains("kmsctl resume --run"), "{}", text(&out));
     }
-    let s = status(&w).await;
-    assert!(
-        s["ledger"]["mustStayAlive"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k == &key),
-        "the key that still encrypts every Secret must stay alive: {}",
-        s["ledger"]
-    );
+    assert_must_stay_alive(&w, &key, "the key that still encrypts every Secret").await;
     let out = w
         .run(&["resume", "--yes", "--switch-timeout-seconds", "60"])
         .await;
     assert!(out.status.success(), "{}", text(&out));
     w.assert_all_current();
-    let s = status(&w).await;
-    assert!(
-        s["ledger"]["mustStayAlive"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k == &key),
-        "after disable the last key stays alive: {}",
-        s["ledger"]
-    );
+    assert_must_stay_alive(&w, &key, "after disable, the last key").await;
 }
 
 #[tokio::test]

@@ -530,13 +530,7 @@ async fn replicas_learn_a_new_key_at_their_own_status_calls() {
     let leases: Api<kube::api::DynamicObject> = Api::namespaced_with(
         c.kube.clone(),
         "kube-system",
-        &kube::api::ApiResource {
-            group: "coordination.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "coordination.k8s.io/v1".into(),
-            kind: "Lease".into(),
-            plural: "leases".into(),
-        },
+        &kmsctl::k8s::lease::resource(),
     );
     let ids = leases
         .list(&ListParams::default().labels("apiserver.kubernetes.io/identity=kube-apiserver"))

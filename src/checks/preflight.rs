@@ -281,7 +281,7 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
             Finding::refuse(
                 "key-vault-host",
                 format!("the key id names host {k}, but the vault's vaultUri is {v}"),
-                "use a key id of that vault (az keyvault key show --vault-name <vault> -n <key> --query key.kid)",
+                format!("use a key id of that vault (az keyvault key show --vault-name {} -n <key> --query key.kid)", vault["name"].as_str().unwrap_or("<vault>")),
             )
         });
     }
@@ -300,7 +300,7 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
             None => out.push(Finding::refuse(
                 "identity-access",
                 format!("the cluster identity {principal} has no Key Vault Crypto User role on the vault"),
-                "az role assignment create --role \"Key Vault Crypto User\" --assignee-object-id <principal id> --scope <vault resource id>",
+                format!("az role assignment create --role \"Key Vault Crypto User\" --assignee-object-id {principal} --assignee-principal-type ServicePrincipal --scope {}", vault["id"].as_str().unwrap_or("<vault resource id>")),
             )),
         }
     } else {
@@ -327,7 +327,7 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
             Finding::refuse(
                 "identity-access",
                 format!("no access policy lets the cluster identity {principal} encrypt and decrypt with keys"),
-                "az keyvault set-policy --name <vault> --key-permissions decrypt encrypt --object-id <principal id>",
+                format!("az keyvault set-policy --name {} --key-permissions decrypt encrypt --object-id {principal}", vault["name"].as_str().unwrap_or("<vault>")),
             )
         });
     }
@@ -342,7 +342,7 @@ fn vault_checks(i: &Inputs, out: &mut Vec<Finding>) {
             None => out.push(Finding::refuse(
                 "identity-private-link",
                 "with a private vault AKS creates a private endpoint, which needs Key Vault Contributor for the cluster identity; AKS cannot check this for you",
-                "az role assignment create --role \"Key Vault Contributor\" --assignee-object-id <principal id> --scope <vault resource id>",
+                format!("az role assignment create --role \"Key Vault Contributor\" --assignee-object-id {principal} --assignee-principal-type ServicePrincipal --scope {}", vault["id"].as_str().unwrap_or("<vault resource id>")),
             )),
         }
     }
@@ -364,7 +364,7 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
             out.push(Finding::refuse(
                 "vault-network",
                 format!("the vault's public network access is {public} with firewall default {default_action}: a public-mode KMS vault must allow public access, or it blocks the KMS plugin"),
-                "az keyvault update --public-network-access Enabled --default-action Allow, or enable KMS in private mode (--network-access private --vault-resource-id <id>)",
+                format!("az keyvault update --name {} --public-network-access Enabled --default-action Allow, or enable KMS in private mode (--network-access private --vault-resource-id {})", vault["name"].as_str().unwrap_or("<vault>"), vault["id"].as_str().unwrap_or("<id>")),
             ));
         } else {
             out.push(Finding::pass(
@@ -393,13 +393,25 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
         }
         let vault_id = vault["id"].as_str().unwrap_or_default();
         match &f.vault_resource_id {
-            None => out.push(Finding::refuse("vault-resource-id", "private mode needs the vault's resource id", "pass --vault-resource-id /subscriptions/.../providers/Microsoft.KeyVault/vaults/<vault>")),
+            None => out.push(Finding::refuse(
+                "vault-resource-id",
+                "private mode needs the vault's resource id",
+                format!(
+                    "pass --vault-resource-id {}",
+                    vault["id"].as_str().unwrap_or(
+                        "/subscriptions/.../providers/Microsoft.KeyVault/vaults/<vault>"
+                    )
+                ),
+            )),
             Some(id) if !id.eq_ignore_ascii_case(vault_id) => out.push(Finding::refuse(
                 "vault-resource-id",
                 format!("--vault-resource-id {id} is not the vault of the key ({vault_id})"),
                 "pass the resource id of the vault that holds the key",
             )),
-            Some(_) => out.push(Finding::pass("vault-resource-id", "the vault resource id matches the key's vault")),
+            Some(_) => out.push(Finding::pass(
+                "vault-resource-id",
+                "the vault resource id matches the key's vault",
+            )),
         }
     }
 }
@@ -414,7 +426,12 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
             Finding::refuse(
                 "kubeconfig-cluster",
                 format!("the kubeconfig context's server {} is not this cluster's API server ({})", f.kube.server_host, hosts.join(" or ")),
-                "select the right context (--context, or az aks get-credentials -g <rg> -n <cluster>)",
+                {
+                    let id = f.cluster.resource["id"].as_str().unwrap_or_default();
+                    let rg = id.split('/').skip_while(|p| !p.eq_ignore_ascii_case("resourceGroups")).nth(1).unwrap_or("<rg>");
+                    let name = f.cluster.resource["name"].as_str().unwrap_or("<cluster>");
+                    format!("select the right context (--context, or az aks get-credentials -g {rg} -n {name})")
+                },
             )
         });
     }

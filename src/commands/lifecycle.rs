@@ -247,7 +247,15 @@ async fn prepare(
     if let Err(e) = proof::refuse_unproven(&l.0, &run_id) {
         return Err(Refusal(e.to_string()).into());
     }
-    let pre = preflight::run(ctx, procedure.intent, &p).await?;
+    // Nothing has changed yet: a check that cannot be made (403 listing Secrets, a credential
+    // Entra ID refuses) is a refusal, with the service's own message.
+    let pre = preflight::run(ctx, procedure.intent, &p)
+        .await
+        .map_err(|e| {
+            Refusal(format!(
+                "the preflight checks could not be completed, so nothing was changed: {e:#}"
+            ))
+        })?;
     let refused = checks::refused(&pre.findings);
     match format {
         Format::Json => {

@@ -111,13 +111,17 @@ pub async fn prove_key_switch(
                 s.evidence.as_deref().unwrap_or("proof")
             ),
         };
-        return Ok(serde_json::to_value(proof).unwrap_or_default());
+        let mut out = serde_json::to_value(proof).unwrap_or_default();
+        out["writesWith"] = json!(to.as_deref().unwrap_or("no KMS"));
+        return Ok(out);
     }
     let proof = barrier(ctx, state, params, changed, lease_lost)
         .prove()
         .await?;
     record_proof(ctx, run_id, &proof).await?;
-    Ok(serde_json::to_value(proof).unwrap_or_default())
+    let mut out = serde_json::to_value(proof).unwrap_or_default();
+    out["writesWith"] = json!(to.as_deref().unwrap_or("no KMS"));
+    Ok(out)
 }
 
 /// Re-encrypts every Secret, then verifies with a second pass over fresh connections that must

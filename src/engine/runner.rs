@@ -307,7 +307,12 @@ fn describe(step: &Step, output: &Value) -> String {
         }
         Step::VerifyKms => "securityProfile.azureKeyVaultKms is as asked".into(),
         Step::ProveKeySwitch => format!(
-            "proven by {} after {:.0}s: {}",
+            "{} (proven by {} after {:.0}s: {})",
+            match output["writesWith"].as_str() {
+                Some("no KMS") => "every API server replica writes without KMS".to_string(),
+                Some(k) => format!("every API server replica writes with {k}"),
+                None => "the switch is proven".to_string(),
+            },
             output["evidence"].as_str().unwrap_or("?"),
             output["waitedSeconds"].as_f64().unwrap_or(0.0),
             output["detail"].as_str().unwrap_or_default()

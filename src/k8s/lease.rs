@@ -14,7 +14,8 @@ pub const NAME: &str = "kmsctl-run";
 pub const NAMESPACE: &str = "kube-system";
 const DURATION_SECONDS: i64 = 60;
 
-fn resource() -> ApiResource {
+/// coordination.k8s.io/v1 Leases, for untyped access.
+pub fn resource() -> ApiResource {
     ApiResource {
         group: "coordination.k8s.io".into(),
         version: "v1".into(),

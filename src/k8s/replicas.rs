@@ -5,26 +5,17 @@
 //! taken over a fresh connection, since a balancer sends each connection to one replica.
 
 use super::KubeError;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use std::collections::BTreeMap;
 
 const IDENTITY_LABEL: &str = "apiserver.kubernetes.io/identity=kube-apiserver";
 const STATUS_METRIC: &str =
     "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds";
 
-fn leases() -> ApiResource {
-    ApiResource {
-        group: "coordination.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "coordination.k8s.io/v1".into(),
-        kind: "Lease".into(),
-        plural: "leases".into(),
-    }
-}
-
 /// How many API server replicas announce themselves (None: none do, so the count is unknown).
 pub async fn count(client: &kube::Client) -> Result<Option<usize>, KubeError> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "kube-system", &leases());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "kube-system", &super::lease::resource());
     let list = crate::retry::RetryPolicy::default()
         .run("list the API server identity leases", || async {
             api.list(&ListParams::default().labels(IDENTITY_LABEL))
