@@ -289,6 +289,48 @@ async fn preflight_refusals_change_nothing() {
     refused(
         small(20),
         &rotate,
+        |w| {
+            w.twin
+                .shared
+                .world()
+                .keys
+                .get_mut("kms-key")
+                .unwrap()
+                .versions[0]
+                .nbf = Some(kmsctl::sim::world::now_unix() + 3600)
+        },
+        "is not valid before",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
+        |w| {
+            w.twin.shared.world().vault["properties"]["vaultUri"] =
+                json!("https://another-vault.vault.azure.net/")
+        },
+        "the vault's vaultUri is another-vault.vault.azure.net",
+    )
+    .await;
+    refused(
+        small(20),
+        &["disable", "--yes"],
+        |w| {
+            w.twin
+                .shared
+                .world()
+                .keys
+                .get_mut("kms-key")
+                .unwrap()
+                .versions[0]
+                .enabled = false
+        },
+        "KeyDisabled",
+    )
+    .await;
+    refused(
+        small(20),
+        &rotate,
         |w| w.twin.shared.world().cluster["properties"]["provisioningState"] = json!("Updating"),
         "provisioningState is Updating",
     )

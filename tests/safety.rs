@@ -406,3 +406,51 @@ async fn losing_the_lease_stops_a_reencryption_at_the_next_page() {
     assert!(out.status.success(), "{}", text(&out));
     w.assert_all_current();
 }
+
+#[tokio::test]
+async fn refusals_before_any_change_exit_2_and_say_what_is_wrong() {
+    let w = world(small(30)).await;
+    let before = w.fingerprint();
+    let out = w
+        .run(&["rotate", "--yes", "--context", "no-such-context"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no-such-context"), "{}", text(&out));
+    let mut c = w.command(&["rotate", "--yes", "--auth", "env"]);
+    c.env_remove("AZURE_CLIENT_SECRET");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("missing: AZURE_CLIENT_SECRET"),
+        "{}",
+        text(&out)
+    );
+    let mut c = w.command(&["rotate", "--yes"]);
+    c.env("AZURE_CLIENT_SECRET", "not-the-secret");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("AADSTS7000215"),
+        "the service's own message: {}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_fails_twice_is_retried() {
+    let w = world(small(40)).await;
+    w.twin.add_faults(
+        kmsctl::sim::faults::load(
+            "- { host: login.microsoftonline.com, path: \"/**\", status: 503, count: 2 }",
+        )
+        .unwrap(),
+    );
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+}

@@ -303,6 +303,25 @@ pub async fn key(vault: &KeyVault, id: &KeyId) -> Result<KeyVersionInfo, RemoteE
     vault.version(id).await
 }
 
+/// Whether AKS's last-resort throttle (FlowSchema aks-managed-apiserver-guard) is in place.
+pub async fn apiserver_guard(client: &kube::Client) -> bool {
+    let flowschemas: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource {
+            group: "flowcontrol.apiserver.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "flowcontrol.apiserver.k8s.io/v1".into(),
+            kind: "FlowSchema".into(),
+            plural: "flowschemas".into(),
+        },
+    );
+    flowschemas
+        .get_opt("aks-managed-apiserver-guard")
+        .await
+        .map(|f| f.is_some())
+        .unwrap_or(false)
+}
+
 pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFacts, KubeError> {
     let secrets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::k8s::secrets());
     let page = secrets
@@ -315,21 +334,7 @@ pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFact
         (None, Some(c)) if !c.is_empty() => None,
         (None, _) => Some(page.items.len() as u64),
     };
-    let flowschemas: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource {
-            group: "flowcontrol.apiserver.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "flowcontrol.apiserver.k8s.io/v1".into(),
-            kind: "FlowSchema".into(),
-            plural: "flowschemas".into(),
-        },
-    );
-    let apiserver_guard = flowschemas
-        .get_opt("aks-managed-apiserver-guard")
-        .await
-        .map(|f| f.is_some())
-        .unwrap_or(false);
+    let apiserver_guard = apiserver_guard(client).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "kube-system");
     let konnectivity = pods
         .list(

@@ -118,10 +118,10 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         .map_err(|e| Refusal(e.to_string()))?;
     let prepared = async {
         // AKS's API server guard means the API server is struggling: go gently.
-        let guard = crate::checks::facts::kube(&ctx.kube, ctx.kube_server_host.clone())
-            .await
-            .map(|f| f.apiserver_guard)
-            .unwrap_or(false);
+        let (guard, cluster) = futures::join!(
+            crate::checks::facts::apiserver_guard(&ctx.kube),
+            identity(&ctx)
+        );
         let mut p = p;
         if guard {
             eprintln!(
@@ -129,7 +129,15 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
             );
             p.reencrypt.concurrency = p.reencrypt.concurrency.min(4);
         }
-        let header = header(&ctx, &target, run_id.clone(), procedure, p).await?;
+        let header = RunHeader {
+            format: journal::FORMAT_VERSION,
+            run_id: run_id.clone(),
+            procedure,
+            params: p,
+            target: target.clone(),
+            cluster: Some(cluster?),
+            created_at: chrono::Utc::now(),
+        };
         let j = Journal::create(&runs::state_dir(&a.state), header)?;
         let record = journal::replay(&j.path)?;
         anyhow::Ok((j, record))

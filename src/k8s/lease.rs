@@ -44,7 +44,8 @@ pub enum LeaseError {
 pub struct Lease {
     api: Api<DynamicObject>,
     uid: Option<String>,
-    holder: String,
+    /// The resourceVersion of this process's last write of the lease (acquire or renewal).
+    version: Arc<std::sync::Mutex<Option<String>>>,
     renewer: tokio::task::JoinHandle<()>,
     /// Set when the lease was taken by another holder or could not be renewed before it expired:
     /// the run must stop, as another kmsctl may now act on the cluster.
@@ -132,11 +133,19 @@ impl Lease {
             }
         };
         let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew_loop(api.clone(), holder.clone(), lost.clone()));
+        let version = Arc::new(std::sync::Mutex::new(
+            taken.metadata.resource_version.clone(),
+        ));
+        let renewer = tokio::spawn(renew_loop(
+            api.clone(),
+            holder,
+            lost.clone(),
+            version.clone(),
+        ));
         Ok(Lease {
             api,
             uid: taken.metadata.uid,
-            holder,
+            version,
             renewer,
             lost,
         })
@@ -147,17 +156,17 @@ impl Lease {
     /// process took meanwhile is left alone.
     pub async fn release(self) {
         self.renewer.abort();
-        let current = tokio::time::timeout(Duration::from_secs(10), self.api.get_opt(NAME)).await;
-        let Ok(Ok(Some(obj))) = current else {
-            return;
-        };
-        if holder_of(&obj).0 != self.holder {
-            return;
-        }
+        let version = self
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // With the uid and the version this process last wrote as preconditions, a lease that
+        // another process took meanwhile (a replace keeps the uid) answers 409 and stays.
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: self.uid.clone(),
-                resource_version: obj.metadata.resource_version.clone(),
+                resource_version: version,
             }),
             ..Default::default()
         };
@@ -202,7 +211,12 @@ fn dead_holder_of(holder: &str, run_id: &str) -> bool {
     !alive
 }
 
-async fn renew_loop(api: Api<DynamicObject>, holder: String, lost: Arc<AtomicBool>) {
+async fn renew_loop(
+    api: Api<DynamicObject>,
+    holder: String,
+    lost: Arc<AtomicBool>,
+    version: Arc<std::sync::Mutex<Option<String>>>,
+) {
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs((DURATION_SECONDS / 4) as u64)).await;
@@ -225,7 +239,11 @@ async fn renew_loop(api: Api<DynamicObject>, holder: String, lost: Arc<AtomicBoo
                 match tokio::time::timeout(call, api.replace(NAME, &PostParams::default(), &obj))
                     .await
                 {
-                    Ok(Ok(_)) => renewed = Instant::now(),
+                    Ok(Ok(written)) => {
+                        renewed = Instant::now();
+                        *version.lock().unwrap_or_else(|e| e.into_inner()) =
+                            written.metadata.resource_version;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %KubeError::from(e), "renewing the run lease failed; will retry")
                     }

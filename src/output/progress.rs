@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 /// and about every 10 s, so a long run in a pipeline or a CI log still shows it is moving.
 pub struct ReencryptProgress {
     tty: bool,
+    /// Failed Secrets shown in this pass: the first few by name, the rest only in the summary.
+    failures: std::sync::atomic::AtomicUsize,
     bars: Mutex<Option<Bars>>,
     plain: Mutex<Plain>,
 }
@@ -32,6 +34,8 @@ struct Plain {
 }
 
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
+/// Failed Secrets named as they happen; the run's summary lists them all.
+const FAILURES_SHOWN: usize = 10;
 
 impl Default for ReencryptProgress {
     fn default() -> Self {
@@ -80,6 +84,7 @@ impl ReencryptProgress {
         let now = Instant::now();
         ReencryptProgress {
             tty: std::io::stderr().is_terminal(),
+            failures: std::sync::atomic::AtomicUsize::new(0),
             bars: Mutex::new(None),
             plain: Mutex::new(Plain {
                 total: None,
@@ -93,6 +98,20 @@ impl ReencryptProgress {
     pub fn finish(&self) {
         if let Some(b) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).take() {
             b.clear();
+        }
+    }
+
+    /// The line for a failed Secret, while fewer than `FAILURES_SHOWN` were shown in this pass.
+    fn failure_line(&self, namespace: &str, name: &str, reason: &str) -> Option<String> {
+        let n = self
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match n.cmp(&FAILURES_SHOWN) {
+            std::cmp::Ordering::Less => Some(format!("failed: {namespace}/{name}: {reason}")),
+            std::cmp::Ordering::Equal => Some(
+                "failed: more Secrets failed; the summary at the end lists them all".to_string(),
+            ),
+            std::cmp::Ordering::Greater => None,
         }
     }
 
@@ -137,7 +156,11 @@ impl ReencryptProgress {
                 namespace,
                 name,
                 reason,
-            } => eprintln!("failed: {namespace}/{name}: {reason}"),
+            } => {
+                if let Some(line) = self.failure_line(namespace, name, reason) {
+                    eprintln!("{line}");
+                }
+            }
             _ => {}
         }
     }
@@ -145,6 +168,9 @@ impl ReencryptProgress {
 
 impl Observer for ReencryptProgress {
     fn event(&self, event: &Event) {
+        if let Event::Started { .. } = event {
+            self.failures.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.tty {
             return self.plain_event(event);
         }
@@ -186,8 +212,9 @@ impl Observer for ReencryptProgress {
                 name,
                 reason,
             } => {
-                b.bar
-                    .suspend(|| eprintln!("failed: {namespace}/{name}: {reason}"));
+                if let Some(line) = self.failure_line(namespace, name, reason) {
+                    b.bar.suspend(|| eprintln!("{line}"));
+                }
             }
         }
     }
