@@ -225,6 +225,41 @@ mod tests {
     }
 
     #[test]
+    fn an_unproven_switch_blocks_other_runs_only() {
+        let t = chrono::Utc::now();
+        let mut l = Ledger::default();
+        assert!(l.unproven_switch("r1").is_none());
+        l.switch = Some(Switch {
+            to: Some("https://v.vault.azure.net/keys/k/2".into()),
+            run_id: "r1".into(),
+            requested_at: t,
+            proven_at: None,
+            evidence: None,
+        });
+        assert!(l.unproven_switch("r1").is_none(), "its own run may go on");
+        assert!(l.unproven_switch("r2").is_some());
+        assert!(!l.switch_proven_to(Some("https://v.vault.azure.net/keys/k/2")));
+        l.switch.as_mut().unwrap().proven_at = Some(t);
+        assert!(l.unproven_switch("r2").is_none());
+        assert!(l.switch_proven_to(Some("HTTPS://V.vault.azure.net/keys/k/2")));
+        assert!(
+            !l.switch_proven_to(None),
+            "a proof of a key is not one of KMS off"
+        );
+    }
+
+    #[test]
+    fn after_disable_the_last_key_stays_alive() {
+        let t = chrono::Utc::now();
+        let mut l = Ledger::default();
+        l.put_in_service(Some("k1"), t);
+        l.put_in_service(None, t);
+        assert_eq!(alive(&l), ["k1"]);
+        l.reencrypted(t);
+        assert_eq!(alive(&l), ["k1"], "still the previous key");
+    }
+
+    #[test]
     fn two_rotations_free_the_oldest() {
         let t = chrono::Utc::now();
         let mut l = Ledger::default();
