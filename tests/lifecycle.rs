@@ -273,32 +273,14 @@ async fn preflight_refusals_change_nothing() {
     refused(
         small(20),
         &rotate,
-        |w| {
-            w.twin
-                .shared
-                .world()
-                .keys
-                .get_mut("kms-key")
-                .unwrap()
-                .versions[0]
-                .exp = Some(1)
-        },
+        |w| w.first_key_version(|v| v.exp = Some(1)),
         "KeyExpired",
     )
     .await;
     refused(
         small(20),
         &rotate,
-        |w| {
-            w.twin
-                .shared
-                .world()
-                .keys
-                .get_mut("kms-key")
-                .unwrap()
-                .versions[0]
-                .nbf = Some(kmsctl::sim::world::now_unix() + 3600)
-        },
+        |w| w.first_key_version(|v| v.nbf = Some(kmsctl::sim::world::now_unix() + 3600)),
         "is not valid before",
     )
     .await;
@@ -315,16 +297,7 @@ async fn preflight_refusals_change_nothing() {
     refused(
         small(20),
         &["disable", "--yes"],
-        |w| {
-            w.twin
-                .shared
-                .world()
-                .keys
-                .get_mut("kms-key")
-                .unwrap()
-                .versions[0]
-                .enabled = false
-        },
+        |w| w.first_key_version(|v| v.enabled = false),
         "KeyDisabled",
     )
     .await;
@@ -589,9 +562,7 @@ async fn a_secret_that_keeps_failing_is_named_and_the_run_ends_non_zero() {
         text(&out)
     );
     w.twin.shared.world().faults.clear();
-    let out = w.run(&["resume", "--yes"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    w.assert_all_current();
+    w.resume_to_the_end().await;
 }
 
 #[tokio::test]
@@ -682,7 +653,5 @@ async fn a_run_that_loses_its_lease_stops_and_can_be_resumed() {
         "{}",
         text(&out)
     );
-    let out = w.run(&["resume", "--yes"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    w.assert_all_current();
+    w.resume_to_the_end().await;
 }

@@ -241,9 +241,7 @@ async fn resume_never_continues_a_run_on_another_cluster() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
     }
     assert_eq!(b.fingerprint(), before, "cluster B is untouched");
-    let out = a.run(&["resume", "--yes"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    a.assert_all_current();
+    a.resume_to_the_end().await;
 }
 
 /// Two replicas that learn a new key at their own status calls, with and without /metrics.
@@ -322,9 +320,7 @@ async fn sigint_stops_cleanly_and_resume_finishes() {
         text(&runs)
     );
     // The lease was released: resume needs no wait.
-    let out = w.run(&["resume", "--yes"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    w.assert_all_current();
+    w.resume_to_the_end().await;
 }
 
 #[tokio::test]
@@ -402,9 +398,7 @@ async fn losing_the_lease_stops_a_reencryption_at_the_next_page() {
         current < total,
         "stopped before the end: {current} of {total}"
     );
-    let out = w.run(&["resume", "--yes"]).await;
-    assert!(out.status.success(), "{}", text(&out));
-    w.assert_all_current();
+    w.resume_to_the_end().await;
 }
 
 #[tokio::test]

@@ -114,6 +114,19 @@ impl World {
         );
     }
 
+    /// `kmsctl resume --yes` ends well, with every Secret under the cluster's key.
+    pub async fn resume_to_the_end(&self) {
+        let out = self.run(&["resume", "--yes"]).await;
+        assert!(out.status.success(), "resume: {}", text(&out));
+        self.assert_all_current();
+    }
+
+    /// Changes the first version of the twin's key (to stage a refusal).
+    pub fn first_key_version(&self, change: impl FnOnce(&mut kmsctl::sim::world::KeyVersion)) {
+        let mut w = self.twin.shared.world();
+        change(&mut w.keys.get_mut("kms-key").expect("the twin's key").versions[0]);
+    }
+
     pub fn key_versions(&self) -> Vec<Value> {
         self.inspect()["keys"]["kms-key"]
             .as_array()
