@@ -537,6 +537,22 @@ async fn replicas_learn_a_new_key_at_their_own_status_calls() {
         .await
         .unwrap();
     assert_eq!(ids.items.len(), 2, "one identity Lease per replica");
+    // A replica that went away an hour ago left its Lease behind: it is not counted.
+    let stale = json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "apiserver-gone", "namespace": "kube-system",
+                      "labels": { "apiserver.kubernetes.io/identity": "kube-apiserver" } },
+        "spec": { "holderIdentity": "kube-apiserver-gone", "leaseDurationSeconds": 3600,
+                  "renewTime": "2026-01-01T00:00:00.000000Z" } });
+    w.twin
+        .shared
+        .world()
+        .objects
+        .create("leases", "kube-system", stale)
+        .unwrap();
+    assert_eq!(
+        kmsctl::k8s::replicas::count(&c.kube).await.unwrap(),
+        Some(2)
+    );
     let old = w
         .twin
         .shared

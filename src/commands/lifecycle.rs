@@ -218,7 +218,18 @@ async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyh
                 .map_err(|e| Refusal(e.to_string()))?,
         )
     };
-    let prepared = prepare(&ctx, c, &target, run_id, procedure, p, format).await;
+    // A signal during preflight or at the confirmation prompt: nothing changed; give the
+    // lease back rather than leaving it to expire.
+    let prepared = tokio::select! {
+        p = prepare(&ctx, c, &target, run_id, procedure, p, format) => p,
+        s = runs::signalled() => {
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            eprintln!("\n{s}: stopped before any change; nothing was changed");
+            return Ok(runs::INTERRUPTED);
+        }
+    };
     match (prepared, lease) {
         (Ok(Prepared::Run(run)), Some(lease)) => {
             let (j, record) = *run;
@@ -298,7 +309,8 @@ async fn prepare(
             "{} cluster {}?",
             procedure.description,
             c.target.cluster.as_deref().unwrap_or_default()
-        ))?
+        ))
+        .await?
     {
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
@@ -319,12 +331,17 @@ async fn prepare(
     Ok(Prepared::Run(Box::new((j, record))))
 }
 
-pub fn confirm(question: &str) -> anyhow::Result<bool> {
+/// Asks on the terminal. The read runs off the async threads, so a Ctrl-C at the prompt is
+/// still seen (and the lease given back).
+pub async fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(Refusal("refusing to change the cluster without confirmation: stdin is not a terminal; pass --yes".into()).into());
     }
     eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).map(|_| answer)
+    })
+    .await??;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

@@ -22,7 +22,8 @@ pub fn state_dir(s: &StateArgs) -> std::path::PathBuf {
 /// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
 pub const INTERRUPTED: i32 = 130;
 
-async fn signalled() -> &'static str {
+/// Waits for SIGINT or SIGTERM (registering for them replaces the default of dying at once).
+pub async fn signalled() -> &'static str {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(_) => return std::future::pending().await,
@@ -259,7 +260,16 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         h.run_id, h.procedure.name
     );
     if !a.yes {
-        match confirm(&format!("Continue run {}?", h.run_id)) {
+        let question = format!("Continue run {}?", h.run_id);
+        let answer = tokio::select! {
+            a = confirm(&question) => a,
+            s = signalled() => {
+                lease.release().await;
+                eprintln!("\n{s}: nothing was changed");
+                return Ok(INTERRUPTED);
+            }
+        };
+        match answer {
             Ok(true) => {}
             Ok(false) => {
                 lease.release().await;

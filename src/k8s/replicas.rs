@@ -9,6 +9,8 @@ use kube::api::{Api, DynamicObject, ListParams};
 use std::collections::BTreeMap;
 
 const IDENTITY_LABEL: &str = "apiserver.kubernetes.io/identity=kube-apiserver";
+/// An identity Lease renewed within this long belongs to a live replica.
+const LIVE_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 const STATUS_METRIC: &str =
     "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds";
 
@@ -23,7 +25,20 @@ pub async fn count(client: &kube::Client) -> Result<Option<usize>, KubeError> {
                 .map_err(KubeError::from)
         })
         .await?;
-    Ok((!list.items.is_empty()).then_some(list.items.len()))
+    // A replica that went away leaves its Lease for up to an hour; a live one renews it every
+    // 10 s. Only those renewed lately are counted.
+    let now = chrono::Utc::now();
+    let live = list
+        .items
+        .iter()
+        .filter(|l| {
+            l.data["spec"]["renewTime"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| now - t.with_timezone(&chrono::Utc) < LIVE_WITHIN)
+        })
+        .count();
+    Ok((live > 0).then_some(live))
 }
 
 /// The newest key id hash each replica's plugin reported, and when (seconds since the epoch).

@@ -414,6 +414,7 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
 
 fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) -> Resp {
     let mut w = shared.world();
+    let replica_ids: Vec<String> = w.replicas.iter().map(|r| r.id.clone()).collect();
     let store = &mut w.objects;
     let kind_list = match res {
         "configmaps" => "ConfigMapList",
@@ -423,6 +424,9 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
     };
     match (&req.method, name) {
         (&Method::GET, None) => {
+            if res == "leases" {
+                store.renew_apiserver_identities(&replica_ids);
+            }
             let ns_filter = (!ns.is_empty()).then_some(ns);
             let items: Vec<&Value> = store.list(
                 res,

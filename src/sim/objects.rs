@@ -70,6 +70,23 @@ impl ObjectStore {
         }
     }
 
+    /// A live kube-apiserver renews its identity Lease every 10 s; the twin's replicas (`live`
+    /// holders) never die, so theirs are renewed whenever they are read. Others are left to age.
+    pub fn renew_apiserver_identities(&mut self, live: &[String]) {
+        let now = chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        for ((r, _, _), v) in self.items.iter_mut() {
+            if r == "leases"
+                && v["spec"]["holderIdentity"]
+                    .as_str()
+                    .is_some_and(|h| live.iter().any(|l| l == h))
+            {
+                v["spec"]["renewTime"] = json!(now);
+            }
+        }
+    }
+
     fn stamp(&mut self, obj: &mut Value) {
         self.revision += 1;
         obj["metadata"]["resourceVersion"] = json!(format!("9{:09}", self.revision));
