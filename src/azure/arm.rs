@@ -262,8 +262,12 @@ impl ArmClient {
 
     /// Every item of a collection, following `nextLink` page by page.
     pub async fn list_all(&self, path: &str, api: &str) -> Result<Vec<Value>, RemoteError> {
+        self.pages(Self::url(path, api)?).await
+    }
+
+    async fn pages(&self, first: Url) -> Result<Vec<Value>, RemoteError> {
         let mut out = Vec::new();
-        let mut next = Some(Self::url(path, api)?.to_string());
+        let mut next = Some(first.to_string());
         while let Some(u) = next.take() {
             let a = self.get(&u, "").await?;
             out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
@@ -290,13 +294,6 @@ impl ArmClient {
             url.query_pairs_mut()
                 .append_pair("$filter", &format!("assignedTo('{p}')"));
         }
-        let mut out = Vec::new();
-        let mut next = Some(url.to_string());
-        while let Some(u) = next.take() {
-            let a = self.get(&u, "").await?;
-            out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
-            next = a.body["nextLink"].as_str().map(str::to_string);
-        }
-        Ok(out)
+        self.pages(url).await
     }
 }

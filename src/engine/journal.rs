@@ -371,11 +371,6 @@ fn apply(r: &mut Record, e: Entry) {
     }
 }
 
-/// Every run in the state directory, newest first.
-pub fn list(state_dir: &Path) -> anyhow::Result<Vec<Record>> {
-    Ok(list_all(state_dir).0)
-}
-
 /// Every run, newest first, and the journals that could not be read (with why): a damaged
 /// journal is named, never silently dropped.
 pub fn list_all(state_dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
@@ -502,6 +497,6 @@ mod tests {
             std::fs::metadata(&j.path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(list(dir.path()).unwrap().len(), 1);
+        assert_eq!(list_all(dir.path()).0.len(), 1);
     }
 }

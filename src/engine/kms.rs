@@ -53,6 +53,15 @@ impl DesiredKms {
         out
     }
 
+    /// Whether the API server writes with the same key under both (KMS off in both, or the same
+    /// key version; ARM compares ids case-insensitively).
+    pub fn same_write_key(&self, other: &DesiredKms) -> bool {
+        self.enabled == other.enabled
+            && (!self.enabled
+                || self.key_id.as_deref().map(str::to_ascii_lowercase)
+                    == other.key_id.as_deref().map(str::to_ascii_lowercase))
+    }
+
     /// Changes only `azureKeyVaultKms` in a whole resource, as `az aks update` does.
     pub fn apply_to(&self, resource: &mut Value) {
         if !resource["properties"]["securityProfile"].is_object() {

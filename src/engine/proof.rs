@@ -98,9 +98,8 @@ pub async fn prove_key_switch(
     let changed = state.key_switch_expected();
     let (l, _) = ledger::load(&ctx.kube).await?;
     let ours = l.switch.as_ref().is_some_and(|s| s.run_id == run_id);
-    if !changed && !ours && l.switch_proven_to(to.as_deref()) {
-        let s = l.switch.as_ref().expect("a proven switch");
-        let proof = Proof {
+    let proof = match l.switch.as_ref() {
+        Some(s) if !changed && !ours && l.switch_proven_to(to.as_deref()) => Proof {
             evidence: "ledger".into(),
             replicas: state.replicas,
             flips: 0,
@@ -110,15 +109,15 @@ pub async fn prove_key_switch(
                 s.run_id,
                 s.evidence.as_deref().unwrap_or("proof")
             ),
-        };
-        let mut out = serde_json::to_value(proof).unwrap_or_default();
-        out["writesWith"] = json!(to.as_deref().unwrap_or("no KMS"));
-        return Ok(out);
-    }
-    let proof = barrier(ctx, state, params, changed, lease_lost)
-        .prove()
-        .await?;
-    record_proof(ctx, run_id, &proof).await?;
+        },
+        _ => {
+            let proof = barrier(ctx, state, params, changed, lease_lost)
+                .prove()
+                .await?;
+            record_proof(ctx, run_id, &proof).await?;
+            proof
+        }
+    };
     let mut out = serde_json::to_value(proof).unwrap_or_default();
     out["writesWith"] = json!(to.as_deref().unwrap_or("no KMS"));
     Ok(out)

@@ -4,7 +4,6 @@
 
 use super::kms::DesiredKms;
 use crate::playbook::Step;
-use crate::reencrypt::Counts;
 use serde_json::Value;
 
 #[derive(Clone, Debug, Default)]
@@ -22,7 +21,6 @@ pub struct RunState {
     pub metrics_before: Option<crate::k8s::replicas::KeyHashes>,
     pub desired: Option<DesiredKms>,
     pub concurrency_cap: Option<usize>,
-    pub reencrypts: Vec<Counts>,
 }
 
 fn string(v: &Value, k: &str) -> Option<String> {
@@ -47,11 +45,6 @@ impl RunState {
             Step::RotateKey => self.key_id = string(output, "keyId"),
             Step::UpdateKms { .. } => {
                 self.desired = serde_json::from_value(output["desired"].clone()).ok()
-            }
-            Step::Reencrypt => {
-                if let Ok(c) = serde_json::from_value(output["totals"].clone()) {
-                    self.reencrypts.push(c);
-                }
             }
             _ => {}
         }
@@ -86,14 +79,8 @@ impl RunState {
     /// Whether the last update-kms changed what the API server writes with, relative to the
     /// configuration when the canary was planted.
     pub fn key_switch_expected(&self) -> bool {
-        let same = |a: &DesiredKms, b: &DesiredKms| {
-            a.enabled == b.enabled
-                && (!a.enabled
-                    || a.key_id.as_deref().map(str::to_ascii_lowercase)
-                        == b.key_id.as_deref().map(str::to_ascii_lowercase))
-        };
         match (&self.kms_at_plant, &self.desired) {
-            (Some(p), Some(d)) => !same(p, d),
+            (Some(p), Some(d)) => !p.same_write_key(d),
             _ => true,
         }
     }

@@ -86,17 +86,11 @@ pub async fn update_kms(
     let desired = state.desired(enabled);
     let now_kms: DesiredKms = serde_json::from_value(kms_config(&cluster(az).await?))
         .map_err(|e| StepError::Failed(e.into()))?;
-    let same_key = |a: &DesiredKms, b: &DesiredKms| {
-        a.enabled == b.enabled
-            && (!a.enabled
-                || a.key_id.as_deref().map(str::to_ascii_lowercase)
-                    == b.key_id.as_deref().map(str::to_ascii_lowercase))
-    };
     // Someone else changed the key since the canary was made current: what the barrier would
     // see could come from their change, not this one.
     if let Some(at_plant) = &state.kms_at_plant
-        && !same_key(&now_kms, at_plant)
-        && !same_key(&now_kms, &desired)
+        && !now_kms.same_write_key(at_plant)
+        && !now_kms.same_write_key(&desired)
     {
         return Err(StepError::Refused(format!(
             "the cluster's KMS key changed since this run started (now {}, was {}), and not by this run; nothing was changed. Check who changed it, then start again",

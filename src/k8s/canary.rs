@@ -55,13 +55,18 @@ pub async fn plant(client: &kube::Client) -> Result<(), KubeError> {
         .into(),
     );
     s.data = json!({ "type": "Opaque", "data": { "canary": "a21zY3RsIGNhbmFyeQ==" } });
-    match api.create(&PostParams::default(), &s).await {
-        Ok(_) => Ok(()),
-        Err(e) => match KubeError::from(e) {
-            e if e.code() == Some(409) => Ok(()),
-            e => Err(e),
-        },
-    }
+    retry
+        .run("create the canary", || async {
+            match api.create(&PostParams::default(), &s).await {
+                Ok(_) => Ok(()),
+                // Created meanwhile (by another attempt or a resumed run): it exists.
+                Err(e) => match KubeError::from(e) {
+                    e if e.code() == Some(409) => Ok(()),
+                    e => Err(e),
+                },
+            }
+        })
+        .await
 }
 
 /// What one unchanged PUT of the canary showed.

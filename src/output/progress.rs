@@ -152,15 +152,6 @@ impl ReencryptProgress {
                     eprintln!("{}", Self::plain_line(&p));
                 }
             }
-            Event::Failed {
-                namespace,
-                name,
-                reason,
-            } => {
-                if let Some(line) = self.failure_line(namespace, name, reason) {
-                    eprintln!("{line}");
-                }
-            }
             _ => {}
         }
     }
@@ -170,6 +161,21 @@ impl Observer for ReencryptProgress {
     fn event(&self, event: &Event) {
         if let Event::Started { .. } = event {
             self.failures.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Event::Failed {
+            namespace,
+            name,
+            reason,
+        } = event
+        {
+            if let Some(line) = self.failure_line(namespace, name, reason) {
+                // In a terminal the line goes above the bars, without tearing them.
+                match self.bars.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    Some(b) => b.bar.suspend(|| eprintln!("{line}")),
+                    None => eprintln!("{line}"),
+                }
+            }
+            return;
         }
         if !self.tty {
             return self.plain_event(event);
@@ -207,15 +213,7 @@ impl Observer for ReencryptProgress {
                 b.in_flight.remove(namespace);
                 b.show_in_flight();
             }
-            Event::Failed {
-                namespace,
-                name,
-                reason,
-            } => {
-                if let Some(line) = self.failure_line(namespace, name, reason) {
-                    b.bar.suspend(|| eprintln!("{line}"));
-                }
-            }
+            Event::Failed { .. } => {}
         }
     }
 }
