@@ -139,6 +139,10 @@ pub struct Facts {
     /// The network access and vault resource id the change asks for.
     pub network_access: String,
     pub vault_resource_id: Option<String>,
+    /// A migration: the version asked for (None: the first 1.27+ minor), and the upgrades AKS
+    /// offers from the current version (version, isPreview), or why they could not be read.
+    pub target_version: Option<String>,
+    pub upgrades: Option<Result<Vec<(String, bool)>, String>>,
 }
 
 pub fn cluster_path(subscription: &str, resource_group: &str, name: &str) -> String {

@@ -41,13 +41,24 @@ pub struct Inputs<'a> {
 pub fn run(i: &Inputs) -> Vec<Finding> {
     let mut out = Vec::new();
     cluster_checks(i, &mut out);
-    if matches!(i.intent, Intent::Enable | Intent::Rotate) {
+    if i.intent == Intent::MigrateV2 {
+        migrate_checks(i, &mut out);
+    }
+    if matches!(
+        i.intent,
+        Intent::Enable | Intent::Rotate | Intent::VaultMode | Intent::MigrateV2
+    ) {
         key_checks(i, &mut out);
         vault_checks(i, &mut out);
         network_checks(i, &mut out);
     }
-    if i.intent == Intent::Disable {
-        disable_key_check(i, &mut out);
+    if matches!(
+        i.intent,
+        Intent::Disable | Intent::VaultMode | Intent::MigrateV2
+    ) {
+        if i.intent == Intent::Disable {
+            disable_key_check(i, &mut out);
+        }
         out.push(Finding::warn(
             "key-after-disable",
             "after KMS is disabled, Secrets stay encrypted with the key until re-encrypted (kmsctl does that next)",
@@ -102,6 +113,21 @@ fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
             "KMS is not enabled on this cluster: there is no key to rotate",
             "enable it first: kmsctl enable --key-id <versioned key id>",
         )),
+        Intent::VaultMode if !enabled => out.push(Finding::refuse(
+            "kms-enabled",
+            "KMS is not enabled on this cluster: there is no KMS vault whose mode could change",
+            format!("enable it in the mode you want: kmsctl enable --key-id <versioned key id> --network-access {}", i.facts.network_access.to_ascii_lowercase()),
+        )),
+        Intent::VaultMode if c.network_access().eq_ignore_ascii_case(&i.facts.network_access) => out.push(Finding::refuse(
+            "vault-mode",
+            format!("KMS already uses its vault in {} mode", c.network_access()),
+            "nothing to change",
+        )),
+        Intent::MigrateV2 if !enabled => out.push(Finding::refuse(
+            "kms-enabled",
+            "KMS is not enabled on this cluster: there is no KMS v1 to migrate",
+            "upgrade as usual (az aks upgrade); enabling KMS on 1.27+ gives KMS v2",
+        )),
         Intent::Disable if !enabled => out.push(Finding::warn(
             "kms-enabled",
             "KMS is already disabled; kmsctl will only re-encrypt what is left under a key",
@@ -109,7 +135,10 @@ fn cluster_checks(i: &Inputs, out: &mut Vec<Finding>) {
         )),
         _ => {}
     }
-    if matches!(i.intent, Intent::Enable | Intent::Rotate) {
+    if matches!(
+        i.intent,
+        Intent::Enable | Intent::Rotate | Intent::VaultMode | Intent::MigrateV2
+    ) {
         let t = c.identity_type();
         out.push(if t.contains("UserAssigned") {
             Finding::pass("identity", "the cluster has a user-assigned control-plane identity")
@@ -354,7 +383,17 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
         return;
     };
     let p = &vault["properties"];
-    if f.network_access == "Public" {
+    if f.network_access == "Public" && i.intent == Intent::VaultMode {
+        let rules = p["networkAcls"]["ipRules"].as_array().map_or(0, Vec::len)
+            + p["networkAcls"]["virtualNetworkRules"].as_array().map_or(0, Vec::len);
+        out.push(Finding::pass(
+            "vault-network",
+            format!(
+                "set-vault-network will set the vault's public network access to Enabled with firewall default Allow (public-mode KMS supports no firewall){}",
+                if rules > 0 { format!("; its {rules} IP/virtual network rule(s) stay but no longer restrict anything") } else { String::new() }
+            ),
+        ));
+    } else if f.network_access == "Public" {
         let public = p["publicNetworkAccess"].as_str().unwrap_or("Enabled");
         let default_action = p["networkAcls"]["defaultAction"]
             .as_str()
@@ -406,7 +445,11 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
             Some(id) if !id.eq_ignore_ascii_case(vault_id) => out.push(Finding::refuse(
                 "vault-resource-id",
                 format!("--vault-resource-id {id} is not the vault of the key ({vault_id})"),
-                "pass the resource id of the vault that holds the key",
+                if i.intent == Intent::VaultMode {
+                    "pass the key's vault; to point KMS at a different vault (a plain update, no off/on), also pass --key-id with a versioned key of that vault".to_string()
+                } else {
+                    "pass the resource id of the vault that holds the key".to_string()
+                },
             )),
             Some(_) => out.push(Finding::pass(
                 "vault-resource-id",
@@ -414,6 +457,57 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
             )),
         }
     }
+}
+
+/// What blocks each hop of a KMS v1 -> v2 migration: the target, and an upgrade AKS offers.
+fn migrate_checks(i: &Inputs, out: &mut Vec<Finding>) {
+    let c = &i.facts.cluster;
+    let current = c.kubernetes_version();
+    let Some(cur) = minor(&current) else {
+        out.push(Finding::refuse("kubernetes-version", format!("the cluster reports Kubernetes version '{current}', which kmsctl cannot read"), "check az aks show --query currentKubernetesVersion"));
+        return;
+    };
+    let v2 = crate::engine::upgrade::KMS_V2_FROM;
+    if cur >= v2 {
+        out.push(Finding::warn("kms-version", format!("the cluster already runs Kubernetes {current}: KMS is v2 already"), "nothing to migrate"));
+        return;
+    }
+    let target = i.facts.target_version.as_deref();
+    let want = target.and_then(minor).unwrap_or(v2);
+    if want < v2 || want <= cur {
+        out.push(Finding::refuse(
+            "target-version",
+            format!("--target-version {} is not a 1.27+ version above the cluster's {current}", target.unwrap_or_default()),
+            "pass a version of 1.27 or later (or leave it out: the first 1.27+ minor), e.g. --target-version 1.27",
+        ));
+        return;
+    }
+    let hops = want.1 - cur.1;
+    out.push(Finding::pass("target-version", format!("{current} -> {}.{} in {hops} upgrade(s), one minor version at a time", want.0, want.1)));
+    match &i.facts.upgrades {
+        Some(Ok(offered)) => {
+            let last = if hops == 1 { target } else { None };
+            match crate::engine::upgrade::next_hop(offered, &current, last) {
+                Some(next) => out.push(Finding::pass("upgrade-offered", format!("AKS offers {next} as the next upgrade"))),
+                None => out.push(Finding::refuse(
+                    "upgrade-offered",
+                    format!(
+                        "AKS offers no upgrade from {current} to {}.{} (offered: [{}]); minor versions cannot be skipped",
+                        cur.0, cur.1 + 1,
+                        offered.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(" ")
+                    ),
+                    "check az aks get-upgrades; a version out of support may need a new cluster at 1.27+ with KMS enabled",
+                )),
+            }
+        }
+        Some(Err(e)) => out.push(Finding::refuse("upgrade-offered", format!("the cluster's upgrade profile could not be read: {e}"), "kmsctl needs Microsoft.ContainerService/managedClusters/upgradeProfiles/read")),
+        None => {}
+    }
+    out.push(Finding::warn(
+        "secrets-without-kms",
+        format!("from the first re-encryption until KMS is enabled again after the last of {hops} upgrade(s) (each takes tens of minutes on AKS), Secrets are stored without KMS encryption"),
+        "plan the window; kmsctl resumes from the cluster's version if interrupted",
+    ));
 }
 
 fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
@@ -436,7 +530,7 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
         });
     }
     let v1 = minor(&f.cluster.kubernetes_version()).is_some_and(|m| m < (1, 27));
-    if v1 && matches!(i.intent, Intent::Enable | Intent::Rotate) {
+    if v1 && matches!(i.intent, Intent::Enable | Intent::Rotate | Intent::VaultMode) {
         match f.kube.secret_count {
             Some(n) if n > KMS_V1_SECRET_LIMIT => out.push(Finding::refuse(
                 "kms-v1-limit",

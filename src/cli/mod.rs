@@ -33,6 +33,24 @@ pub enum Command {
     Rotate(RotateArgs),
     /// Re-encrypt every Secret with the cluster's current key.
     Reencrypt(ReencryptCommand),
+    /// Switch the KMS vault between public and private mode: KMS off, rewrite, vault change,
+    /// KMS on in the new mode, rewrite.
+    VaultMode(VaultModeArgs),
+    /// Migrate KMS v1 to v2: KMS off, rewrite, upgrade to 1.27+ one minor at a time, KMS on,
+    /// rewrite.
+    #[command(name = "migrate-v2")]
+    MigrateV2(MigrateArgs),
+    /// Run a playbook file (the format of the built-in ones; see README).
+    Run(RunArgs),
+    /// Print a playbook's resolved steps and their preflight results; change nothing.
+    Plan(PlanArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a command's man page, or write every command's page into a folder.
+    Man(ManArgs),
     /// Continue the newest unfinished run (or --run ID) from its journal.
     Resume(ResumeArgs),
     /// List runs and their state (running, interrupted, failed, succeeded, abandoned).
@@ -152,6 +170,67 @@ pub struct EnableArgs {
     pub vault_resource_id: Option<String>,
     #[command(flatten)]
     pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VaultModeArgs {
+    /// The mode to go to.
+    #[arg(long, value_enum)]
+    pub to: NetworkAccess,
+    /// The key's vault (private mode; default: the vault that holds the cluster's key).
+    #[arg(long)]
+    pub vault_resource_id: Option<String>,
+    /// A versioned key in a DIFFERENT vault: pointing KMS there is a plain update (no off/on),
+    /// which kmsctl then runs as `enable`.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    /// Upgrade to this version, 1.x or 1.x.y (default: the first 1.27+ minor, latest patch).
+    #[arg(long)]
+    pub target_version: Option<String>,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The playbook file.
+    pub file: PathBuf,
+    /// A parameter, NAME=VALUE (repeatable): keyId, networkAccess, vaultResourceId,
+    /// targetVersion, retireOld, marginDays, switchTimeoutSeconds, kmsStatusPeriodSeconds.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// A playbook file, or the name of a built-in one (enable, disable, rotate, rotate-twice,
+    /// reencrypt, vault-mode, migrate-v2).
+    pub playbook: String,
+    /// A parameter, NAME=VALUE (repeatable), as for `run`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Only resolve the steps; do not read the cluster for preflight.
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write kmsctl.1 and kmsctl-<command>.1 for every command into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// The command whose page to print (default: kmsctl itself).
+    pub command: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

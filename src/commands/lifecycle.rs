@@ -25,23 +25,20 @@ fn reencrypt_params(r: &ReencryptArgs) -> ReencryptParams {
     }
 }
 
-fn params(c: &ChangeArgs) -> RunParams {
+pub fn params(c: &ChangeArgs) -> RunParams {
     RunParams {
-        key_id: None,
-        network_access: None,
-        vault_resource_id: None,
-        retire_old: false,
         margin_days: c.margin_days,
         barrier_timeout_seconds: c.switch_timeout_seconds,
         kms_status_period_seconds: c.kms_status_period_seconds,
         barrier_poll_millis: c.barrier_poll_millis.max(50),
         reencrypt: reencrypt_params(&c.reencrypt),
+        ..Default::default()
     }
 }
 
 /// Lifecycle commands change the key of the whole cluster: a partial re-encryption cannot be
 /// the proof that lets the old key go.
-fn refuse_scoped(c: &ChangeArgs) -> anyhow::Result<()> {
+pub fn refuse_scoped(c: &ChangeArgs) -> anyhow::Result<()> {
     if c.reencrypt.namespaces.is_empty() {
         return Ok(());
     }
@@ -71,13 +68,13 @@ pub async fn enable(a: EnableArgs, format: Format) -> anyhow::Result<i32> {
         return Err(Refusal("--network-access private needs --vault-resource-id".into()).into());
     }
     p.vault_resource_id = a.vault_resource_id.clone();
-    start("enable", &a.change, p, format).await
+    start(playbook::built_in("enable")?, &a.change, p, format).await
 }
 
 pub async fn disable(a: ChangeArgs, format: Format) -> anyhow::Result<i32> {
     refuse_scoped(&a)?;
     let p = params(&a);
-    start("disable", &a, p, format).await
+    start(playbook::built_in("disable")?, &a, p, format).await
 }
 
 pub async fn rotate(a: RotateArgs, format: Format) -> anyhow::Result<i32> {
@@ -85,7 +82,7 @@ pub async fn rotate(a: RotateArgs, format: Format) -> anyhow::Result<i32> {
     let mut p = params(&a.change);
     p.retire_old = a.retire_old;
     start(
-        if a.twice { "rotate-twice" } else { "rotate" },
+        playbook::built_in(if a.twice { "rotate-twice" } else { "rotate" })?,
         &a.change,
         p,
         format,
@@ -100,15 +97,10 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         ..Default::default()
     };
     let p = RunParams {
-        key_id: None,
-        network_access: None,
-        vault_resource_id: None,
-        retire_old: false,
         margin_days: 0,
         barrier_timeout_seconds: 0,
-        kms_status_period_seconds: 60,
-        barrier_poll_millis: 2000,
         reencrypt: reencrypt_params(&a.reencrypt),
+        ..Default::default()
     };
     let ctx = setup::context(&target, crate::azure::credential::AuthMode::Auto, "", false).await?;
     let procedure = playbook::built_in("reencrypt")?;
@@ -203,11 +195,15 @@ enum Prepared {
 }
 
 /// Preflight, plan, confirmation, journal, then the engine.
-async fn start(name: &str, c: &ChangeArgs, p: RunParams, format: Format) -> anyhow::Result<i32> {
-    let procedure = playbook::built_in(name)?;
+pub async fn start(
+    procedure: Procedure,
+    c: &ChangeArgs,
+    p: RunParams,
+    format: Format,
+) -> anyhow::Result<i32> {
     let target = setup::target(&c.target);
     let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
-    let run_id = journal::new_run_id(name);
+    let run_id = journal::new_run_id(&procedure.name);
     // The dry run only looks; a real run takes the cluster's lease before it reads anything.
     let lease = if c.dry_run {
         None
@@ -265,6 +261,13 @@ async fn prepare(
     })?;
     if let Err(e) = proof::refuse_unproven(&l.0, &run_id) {
         return Err(Refusal(e.to_string()).into());
+    }
+    if let Some(why) = super::playbooks::nothing_to_do(ctx, procedure.intent, &p).await? {
+        match format {
+            Format::Json => print_json(&serde_json::json!({ "plan": procedure, "nothingToDo": why })),
+            Format::Text => out(&format!("nothing to do: {why}\n")),
+        }
+        return Ok(Prepared::Stop(exit_codes::OK));
     }
     // Nothing has changed yet: a check that cannot be made (403 listing Secrets, a credential
     // Entra ID refuses) is a refusal, with the service's own message.

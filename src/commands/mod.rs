@@ -1,7 +1,9 @@
 //! Command bodies: each maps parsed arguments onto the engines and renders the result.
 
 pub mod demo;
+pub mod docs;
 pub mod lifecycle;
+pub mod playbooks;
 pub mod runs;
 pub mod setup;
 pub mod sim;
@@ -23,6 +25,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Disable(a) => lifecycle::disable(a, format).await,
         Command::Rotate(a) => lifecycle::rotate(a, format).await,
         Command::Reencrypt(a) => lifecycle::reencrypt(a, format).await,
+        Command::VaultMode(a) => playbooks::vault_mode(a, format).await,
+        Command::MigrateV2(a) => playbooks::migrate_v2(a, format).await,
+        Command::Run(a) => playbooks::run(a, format).await,
+        Command::Plan(a) => playbooks::plan(a, format).await,
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man(a) => docs::man(a),
         Command::Resume(a) => runs::resume(a, format).await,
         Command::Runs(a) => runs::runs(a, format),
         Command::Demo(a) => demo::run(a).await,

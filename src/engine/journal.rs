@@ -43,6 +43,9 @@ pub struct RunParams {
     pub key_id: Option<String>,
     pub network_access: Option<String>,
     pub vault_resource_id: Option<String>,
+    /// The Kubernetes version a migration upgrades to (None: the first 1.27+ minor reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
     pub retire_old: bool,
     pub margin_days: u32,
     pub barrier_timeout_seconds: u64,
@@ -61,6 +64,35 @@ fn default_status_period() -> u64 {
 
 fn default_poll_millis() -> u64 {
     2000
+}
+
+impl Default for ReencryptParams {
+    fn default() -> Self {
+        ReencryptParams {
+            namespaces: Vec::new(),
+            batch_size: 50,
+            concurrency: 64,
+            max_qps: None,
+        }
+    }
+}
+
+/// The command line's defaults.
+impl Default for RunParams {
+    fn default() -> Self {
+        RunParams {
+            key_id: None,
+            network_access: None,
+            vault_resource_id: None,
+            target_version: None,
+            retire_old: false,
+            margin_days: 7,
+            barrier_timeout_seconds: 600,
+            kms_status_period_seconds: default_status_period(),
+            barrier_poll_millis: default_poll_millis(),
+            reencrypt: ReencryptParams::default(),
+        }
+    }
 }
 
 impl RunParams {
@@ -411,7 +443,15 @@ pub fn default_state_dir() -> PathBuf {
     home.join(".local/state/kmsctl")
 }
 
+/// A run id from the procedure's name: it names the journal file and the lease holder, so a
+/// user playbook's name is kept to lowercase letters, digits and dashes.
 pub fn new_run_id(procedure: &str) -> String {
+    let procedure: String = procedure
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
     format!(
         "{}-{procedure}-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
@@ -429,22 +469,7 @@ mod tests {
             format: FORMAT_VERSION,
             run_id: new_run_id("rotate"),
             procedure: built_in("rotate").unwrap(),
-            params: RunParams {
-                key_id: None,
-                network_access: None,
-                vault_resource_id: None,
-                retire_old: false,
-                margin_days: 7,
-                barrier_timeout_seconds: 600,
-                kms_status_period_seconds: 60,
-                barrier_poll_millis: 2000,
-                reencrypt: ReencryptParams {
-                    namespaces: vec![],
-                    batch_size: 100,
-                    concurrency: 32,
-                    max_qps: None,
-                },
-            },
+            params: RunParams::default(),
             target: Target::default(),
             cluster: None,
             created_at: chrono::Utc::now(),

@@ -1,12 +1,8 @@
-//! The cluster side of a KMS change: the desired `securityProfile.azureKeyVaultKms`, applying it
-//! by GET -> change that one object -> PUT with If-Match (every other field kept byte for byte),
-//! following the operation, and verifying what the cluster then reports.
+//! The cluster side of a KMS change: the desired `securityProfile.azureKeyVaultKms`, applied by
+//! `cluster::update` (every other field kept byte for byte), and what the cluster then reports.
 
-use crate::azure::RemoteError;
-use crate::azure::arm::ArmClient;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,126 +93,15 @@ impl DesiredKms {
     }
 }
 
-fn terminal(state: &str) -> bool {
-    matches!(state, "Succeeded" | "Failed" | "Canceled")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpdateError {
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
-    #[error("the cluster update operation ended {status}: {error}")]
-    OperationFailed { status: String, error: String },
-    #[error(
-        "the cluster kept changing under kmsctl (412 PreconditionFailed {0} times): someone else is updating it; try again later"
-    )]
-    KeptChanging(u32),
-    #[error(
-        "the cluster stayed busy with other operations for {0} minutes; nothing was changed by kmsctl. Check `az aks show --query provisioningState` and run `kmsctl resume` once it is Succeeded"
-    )]
-    Busy(u64),
-}
-
-/// What happened, for the journal and the user.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpdateReport {
-    pub changed: bool,
-    pub replans: u32,
-    pub waited_for_other_operations: u32,
-}
-
-/// Brings the cluster to `desired`. Idempotent: an already-matching Succeeded cluster is left
-/// alone; a running operation is waited for; a 412 (someone changed the cluster since it was read)
-/// is re-read and re-planned, never overwritten.
-pub async fn update(
-    arm: &ArmClient,
-    path: &str,
-    desired: &DesiredKms,
-    mut on_status: impl FnMut(&str),
-) -> Result<UpdateReport, UpdateError> {
-    let mut report = UpdateReport::default();
-    const MAX_REPLANS: u32 = 5;
-    let began = std::time::Instant::now();
-    loop {
-        if began.elapsed() >= crate::azure::arm::OPERATION_DEADLINE {
-            return Err(UpdateError::Busy(
-                crate::azure::arm::OPERATION_DEADLINE.as_secs() / 60,
-            ));
-        }
-        let current = arm.get(path, &arm.api.aks).await?;
-        let state = current.body["properties"]["provisioningState"]
-            .as_str()
-            .unwrap_or("Unknown")
-            .to_string();
-        if !terminal(&state) {
-            on_status(&format!(
-                "waiting for the cluster's running operation ({state})"
-            ));
-            report.waited_for_other_operations += 1;
-            tokio::time::sleep(
-                current
-                    .retry_after
-                    .unwrap_or(Duration::from_secs(5))
-                    .max(Duration::from_secs(1)),
-            )
-            .await;
-            continue;
-        }
-        if state == "Succeeded" && desired.matches(&current.body) {
-            return Ok(report);
-        }
-        let mut body = current.body.clone();
-        desired.apply_to(&mut body);
-        let etag = current.etag.clone().unwrap_or_else(|| "*".into());
-        on_status("updating securityProfile.azureKeyVaultKms");
-        let started = match arm.put_if_match(path, &arm.api.aks, &body, &etag).await {
-            Ok(a) => a,
-            Err(e) if e.status() == Some(412) && report.replans < MAX_REPLANS => {
-                report.replans += 1;
-                tracing::warn!(
-                    "the cluster changed since it was read (412 PreconditionFailed): re-reading and re-planning"
-                );
-                on_status(
-                    "the cluster changed since it was read (412): re-reading and re-planning",
-                );
-                continue;
-            }
-            Err(e) if e.status() == Some(412) => {
-                return Err(UpdateError::KeptChanging(report.replans));
-            }
-            Err(e) if e.status() == Some(409) => {
-                on_status("another operation is running on the cluster (409): waiting");
-                report.waited_for_other_operations += 1;
-                // OperationNotAllowed says when to ask again; honour it.
-                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
-                tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(120)))
-                    .await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        report.changed = true;
-        let outcome = arm
-            .wait_operation(&started, |s| on_status(&format!("cluster operation {s}")))
-            .await?;
-        if !outcome.status.eq_ignore_ascii_case("Succeeded") {
-            let error = outcome
-                .error
-                .map(|e| {
-                    format!(
-                        "{} {}",
-                        e["code"].as_str().unwrap_or_default(),
-                        e["message"].as_str().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_default();
-            return Err(UpdateError::OperationFailed {
-                status: outcome.status,
-                error,
-            });
-        }
-        return Ok(report);
+impl super::cluster::ClusterChange for DesiredKms {
+    fn matches(&self, resource: &Value) -> bool {
+        DesiredKms::matches(self, resource)
+    }
+    fn apply_to(&self, resource: &mut Value) {
+        DesiredKms::apply_to(self, resource)
+    }
+    fn what(&self) -> &'static str {
+        "securityProfile.azureKeyVaultKms"
     }
 }
 

@@ -2,6 +2,7 @@
 //! journaling each before and after it runs, verifying the cluster after every change, and
 //! continuing a killed run from its journal.
 
+pub mod cluster;
 pub mod context;
 pub mod journal;
 pub mod kms;
@@ -10,6 +11,8 @@ pub mod proof;
 pub mod runner;
 pub mod state;
 pub mod steps;
+pub mod upgrade;
+pub mod vault_network;
 
 use crate::exit_codes;
 

@@ -27,14 +27,30 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
         Intent::Enable => params.key_id.clone(),
         _ => f.cluster.key_id(),
     };
-    f.network_access = params
-        .network_access
-        .clone()
-        .unwrap_or_else(|| f.cluster.network_access());
-    f.vault_resource_id = params
-        .vault_resource_id
-        .clone()
-        .or_else(|| f.cluster.vault_resource_id());
+    f.network_access = match intent {
+        // A migration enables KMS again as it was.
+        Intent::MigrateV2 => f.cluster.network_access(),
+        _ => params
+            .network_access
+            .clone()
+            .unwrap_or_else(|| f.cluster.network_access()),
+    };
+    f.vault_resource_id = match intent {
+        Intent::MigrateV2 => f.cluster.vault_resource_id(),
+        _ => params
+            .vault_resource_id
+            .clone()
+            .or_else(|| f.cluster.vault_resource_id()),
+    };
+    if intent == Intent::MigrateV2 {
+        f.target_version = params.target_version.clone();
+        f.upgrades = Some(match &ctx.azure {
+            Some(az) => crate::engine::upgrade::offered(az)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("no Azure access".into()),
+        });
+    }
     let Some(key) = key else { return Ok(f) };
     let id = match KeyId::parse(&key) {
         Ok(id) => id,
@@ -52,16 +68,29 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
             Err(e) => f.key_error = Some(e.to_string()),
         }
     }
-    if matches!(intent, Intent::Enable | Intent::Rotate) {
+    if matches!(
+        intent,
+        Intent::Enable | Intent::Rotate | Intent::VaultMode | Intent::MigrateV2
+    ) {
         let principal = f.cluster.identity_principal();
+        // A mode change looks the vault up from the key: the id given for private mode is
+        // then compared with it rather than trusted.
+        let by_id = match intent {
+            Intent::VaultMode => None,
+            _ => f.vault_resource_id.as_deref(),
+        };
         f.vault = facts::vault(
             &az.arm,
             &az.subscription,
             &id,
-            f.vault_resource_id.as_deref(),
+            by_id,
             principal.as_deref(),
         )
         .await;
+        if intent == Intent::VaultMode && f.network_access == "Private" {
+            let found = f.vault.resource.as_ref().and_then(|v| v["id"].as_str());
+            f.vault_resource_id = f.vault_resource_id.clone().or(found.map(str::to_string));
+        }
         match az.key_vault(&id) {
             Ok(kv) => match facts::key(&kv, &id).await {
                 Ok(k) => f.key = Some(k),
@@ -90,7 +119,8 @@ pub async fn run(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::R
         "originalKeyId": facts.cluster.key_id(),
         "keyId": key_for_change,
         "networkAccess": facts.network_access,
-        "vaultResourceId": facts.vault_resource_id,
+        "vaultResourceId": if facts.network_access == "Private" { facts.vault_resource_id.clone() } else { None },
+        "keyVaultId": facts.vault.resource.as_ref().and_then(|v| v["id"].as_str()),
         "concurrencyCap": if facts.kube.apiserver_guard { Some(4) } else { None },
         "findings": findings,
     });

@@ -259,7 +259,11 @@ async fn run_step(
         Step::UpdateKms { enabled } => {
             steps::update_kms(ctx, state, *enabled, run_id, status).await?
         }
-        Step::VerifyKms => steps::verify_kms(ctx, state).await?,
+        Step::VerifyKms { kms_version } => steps::verify_kms(ctx, state, *kms_version).await?,
+        Step::SetVaultNetwork => super::vault_network::set_vault_network(ctx, state).await?,
+        Step::UpgradeKubernetes => {
+            super::upgrade::upgrade_kubernetes(ctx, params, &status, lease_lost).await?
+        }
         Step::ProveKeySwitch => {
             status("proving that every API server replica writes with the new key");
             super::proof::prove_key_switch(ctx, state, params, run_id, lease_lost).await?
@@ -305,7 +309,33 @@ fn describe(step: &Step, output: &Value) -> String {
                 "already as asked".into()
             }
         }
-        Step::VerifyKms => "securityProfile.azureKeyVaultKms is as asked".into(),
+        Step::VerifyKms { .. } => format!(
+            "securityProfile.azureKeyVaultKms is as asked{}{}",
+            output["privateEndpoint"]["privateEndpoint"]
+                .as_str()
+                .map(|p| format!("; private endpoint {p} approved"))
+                .unwrap_or_default(),
+            output["kmsVersion"]
+                .as_str()
+                .map(|v| format!("; KMS {v}"))
+                .unwrap_or_default()
+        ),
+        Step::SetVaultNetwork => format!(
+            "vault public network access {}, firewall default {}{}",
+            output["publicNetworkAccess"].as_str().unwrap_or("?"),
+            output["defaultAction"].as_str().unwrap_or("?"),
+            if output["changed"].as_bool() == Some(true) {
+                ""
+            } else {
+                " (already so)"
+            }
+        ),
+        Step::UpgradeKubernetes => format!(
+            "Kubernetes {} -> {} in {} upgrade(s)",
+            output["from"].as_str().unwrap_or("?"),
+            output["to"].as_str().unwrap_or("?"),
+            output["hops"].as_array().map_or(0, Vec::len)
+        ),
         Step::ProveKeySwitch => format!(
             "{} (proven by {} after {:.0}s: {})",
             match output["writesWith"].as_str() {

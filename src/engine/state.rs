@@ -12,6 +12,8 @@ pub struct RunState {
     pub original_key_id: Option<String>,
     pub network_access: Option<String>,
     pub vault_resource_id: Option<String>,
+    /// The resource id of the vault that holds the key (found by preflight).
+    pub key_vault_id: Option<String>,
     /// The key version the next update-kms puts in service.
     pub key_id: Option<String>,
     pub kms_at_plant: Option<DesiredKms>,
@@ -34,6 +36,7 @@ impl RunState {
                 self.original_key_id = string(output, "originalKeyId");
                 self.network_access = string(output, "networkAccess");
                 self.vault_resource_id = string(output, "vaultResourceId");
+                self.key_vault_id = string(output, "keyVaultId");
                 self.key_id = string(output, "keyId");
                 self.concurrency_cap = output["concurrencyCap"].as_u64().map(|c| c as usize);
             }

@@ -3,7 +3,8 @@
 
 use super::StepError;
 use super::context::Context;
-use super::kms::{self, DesiredKms, UpdateError};
+use super::cluster::{self, UpdateError};
+use super::kms::DesiredKms;
 use super::state::RunState;
 use crate::azure::keys::KeyId;
 use crate::engine::journal::RunParams;
@@ -12,11 +13,11 @@ use crate::reencrypt::{self, Checkpoint, Observer};
 use serde_json::{Value, json};
 
 /// The cluster resource as ARM returns it now.
-async fn cluster(az: &super::context::Azure) -> Result<Value, StepError> {
+pub(super) async fn cluster(az: &super::context::Azure) -> Result<Value, StepError> {
     Ok(az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body)
 }
 
-fn kms_of(cluster: &Value) -> Value {
+pub(super) fn kms_of(cluster: &Value) -> Value {
     cluster
         .pointer("/properties/securityProfile/azureKeyVaultKms")
         .cloned()
@@ -120,7 +121,7 @@ pub async fn update_kms(
         }
     })
     .await?;
-    let report = kms::update(&az.arm, &az.cluster_path, &desired, on_status)
+    let report = cluster::update(&az.arm, &az.cluster_path, &desired, on_status)
         .await
         .map_err(|e| match e {
             UpdateError::OperationFailed { .. } => StepError::Failed(anyhow::anyhow!(
@@ -131,7 +132,11 @@ pub async fn update_kms(
     Ok(json!({ "desired": desired, "report": report }))
 }
 
-pub async fn verify_kms(ctx: &Context, state: &RunState) -> Result<Value, StepError> {
+pub async fn verify_kms(
+    ctx: &Context,
+    state: &RunState,
+    kms_version: Option<crate::playbook::KmsVersion>,
+) -> Result<Value, StepError> {
     let az = ctx.azure()?;
     let desired = state.desired.clone().ok_or_else(|| {
         StepError::Failed(anyhow::anyhow!(
@@ -152,10 +157,41 @@ pub async fn verify_kms(ctx: &Context, state: &RunState) -> Result<Value, StepEr
             diffs.join("; ")
         )));
     }
+    let mut out = json!({ "kms": kms_of(&c) });
+    if desired.enabled && desired.network_access.as_deref() == Some("Private") {
+        let vault = desired.vault_resource_id.clone().unwrap_or_default();
+        out["privateEndpoint"] =
+            super::vault_network::check_private_endpoint(az, &c, &vault).await?;
+    }
+    if let Some(want) = kms_version {
+        out["kmsVersion"] = json!(verify_kms_version(ctx, &c, want).await?);
+    }
     let now = chrono::Utc::now();
     let in_service = desired.enabled.then(|| desired.key_id.clone()).flatten();
     ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now)).await?;
-    Ok(json!({ "kms": kms_of(&c) }))
+    Ok(out)
+}
+
+/// KMS v2 needs KMS on and Kubernetes 1.27+ as both Azure and the API server itself report it.
+async fn verify_kms_version(
+    ctx: &Context,
+    c: &Value,
+    want: crate::playbook::KmsVersion,
+) -> Result<&'static str, StepError> {
+    use crate::playbook::KmsVersion;
+    let version = c["properties"]["currentKubernetesVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    super::upgrade::verify_apiserver(ctx, &version).await?;
+    let v2 = crate::checks::facts::minor(&version) >= Some(super::upgrade::KMS_V2_FROM);
+    let have = if v2 { KmsVersion::V2 } else { KmsVersion::V1 };
+    if kms_of(c)["enabled"].as_bool() != Some(true) || have != want {
+        return Err(StepError::Verification(format!(
+            "the cluster runs Kubernetes {version}, so KMS is {have:?}, not {want:?} as asked"
+        )));
+    }
+    Ok(if v2 { "v2" } else { "v1" })
 }
 
 /// Re-encrypts. A lifecycle run re-encrypts the whole cluster and verifies it (only then is

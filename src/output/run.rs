@@ -107,7 +107,7 @@ pub fn render_plan(p: &Procedure, flag: impl Fn(&str) -> bool) -> String {
         out.push_str(&format!(
             "  {:>2}. {}{}\n",
             i + 1,
-            s.name(),
+            s.describe(),
             if skipped {
                 " (skipped: not asked for)"
             } else {

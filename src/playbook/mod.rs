@@ -1,7 +1,13 @@
-//! Procedures as data: the built-in YAML playbooks in playbooks/ (embedded in the binary) are
-//! parsed into a validated `Procedure` that the one engine runs. No command hard-codes a sequence.
+//! Procedures as data: the built-in YAML playbooks in playbooks/ (embedded in the binary) and
+//! users' own files are parsed into a validated `Procedure` that the one engine runs. No command
+//! hard-codes a sequence.
 
+mod parse;
+pub mod params;
+
+pub use parse::{PlaybookError, parse};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The kind of change a procedure makes; decides which preflight checks apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,6 +17,18 @@ pub enum Intent {
     Disable,
     Rotate,
     Reencrypt,
+    /// KMS off, the key's vault changed between public and private, KMS on in the new mode.
+    VaultMode,
+    /// KMS off, Kubernetes upgraded to 1.27 or later, KMS on again (now KMS v2).
+    MigrateV2,
+}
+
+/// The KMS protocol the API server speaks: v1 below Kubernetes 1.27, v2 from 1.27.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsVersion {
+    V1,
+    V2,
 }
 
 /// One typed step. Steps are idempotent: each re-reads the world before acting.
@@ -25,14 +43,27 @@ pub enum Step {
     RotateKey,
     /// Sets `securityProfile.azureKeyVaultKms` (GET, change, PUT with If-Match) and waits for the operation.
     UpdateKms { enabled: bool },
-    /// The cluster reports exactly the requested KMS configuration; records it in the key ledger.
-    VerifyKms,
+    /// The cluster reports exactly the requested KMS configuration (and, when asked, the KMS
+    /// version its API server speaks); records it in the key ledger.
+    VerifyKms {
+        #[serde(
+            default,
+            rename = "kmsVersion",
+            skip_serializing_if = "Option::is_none"
+        )]
+        kms_version: Option<KmsVersion>,
+    },
     /// The canary is rewritten: the API server writes with the new key.
     ProveKeySwitch,
     /// Every Secret rewritten under the current key.
     Reencrypt,
     /// Between rotations: the previous and new versions are enabled and not expiring soon.
     CheckRotationWindow,
+    /// The key's vault gets the network access the run's mode needs (private: public access
+    /// disabled, firewall deny; public: enabled, allow). Never while KMS would lose the vault.
+    SetVaultNetwork,
+    /// Kubernetes upgraded one minor version at a time (latest patch) up to the run's target.
+    UpgradeKubernetes,
     /// Disables (never deletes) the version in use before this run's rotations.
     RetireOldest {
         #[serde(default)]
@@ -47,10 +78,12 @@ impl Step {
             Step::PlantCanary => "plant-canary",
             Step::RotateKey => "rotate-key",
             Step::UpdateKms { .. } => "update-kms",
-            Step::VerifyKms => "verify-kms",
+            Step::VerifyKms { .. } => "verify-kms",
             Step::ProveKeySwitch => "prove-key-switch",
             Step::Reencrypt => "reencrypt",
             Step::CheckRotationWindow => "check-rotation-window",
+            Step::SetVaultNetwork => "set-vault-network",
+            Step::UpgradeKubernetes => "upgrade-kubernetes",
             Step::RetireOldest { .. } => "retire-oldest",
         }
     }
@@ -62,6 +95,30 @@ impl Step {
             _ => None,
         }
     }
+
+    /// Whether the step changes anything outside kmsctl's own records.
+    pub fn changes(&self) -> bool {
+        matches!(
+            self,
+            Step::UpdateKms { .. }
+                | Step::RotateKey
+                | Step::RetireOldest { .. }
+                | Step::SetVaultNetwork
+                | Step::UpgradeKubernetes
+        )
+    }
+
+    /// The step with its arguments, as a plan shows it.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::UpdateKms { enabled } => format!("update-kms enabled={enabled}"),
+            Step::VerifyKms {
+                kms_version: Some(v),
+            } => format!("verify-kms (KMS {v:?})").to_lowercase(),
+            Step::RetireOldest { when: Some(w) } => format!("retire-oldest when {w}"),
+            s => s.name().to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +127,9 @@ pub struct Procedure {
     pub name: String,
     pub description: String,
     pub intent: Intent,
+    /// Parameter defaults (the names `--set` takes); the command line overrides them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
     pub steps: Vec<Step>,
 }
 
@@ -82,60 +142,13 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../playbooks/rotate-twice.yaml"),
     ),
     ("reencrypt", include_str!("../../playbooks/reencrypt.yaml")),
+    ("vault-mode", include_str!("../../playbooks/vault-mode.yaml")),
+    ("migrate-v2", include_str!("../../playbooks/migrate-v2.yaml")),
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum PlaybookError {
-    #[error("no built-in playbook named '{0}'")]
-    Unknown(String),
-    #[error("playbook {name} is not valid: {message}")]
-    Invalid { name: String, message: String },
-}
-
-pub fn parse(name: &str, text: &str) -> Result<Procedure, PlaybookError> {
-    let p: Procedure = serde_saphyr::from_str(text).map_err(|e| PlaybookError::Invalid {
-        name: name.to_string(),
-        message: e.to_string(),
-    })?;
-    validate(&p).map_err(|message| PlaybookError::Invalid {
-        name: name.to_string(),
-        message,
-    })?;
-    Ok(p)
-}
-
-/// Orders that would be unsafe whatever the cluster: a change without preflight first, a key
-/// switch without a canary planted before it, or re-encryption before the switch is proven.
-fn validate(p: &Procedure) -> Result<(), String> {
-    let changes = p.steps.iter().any(|s| {
-        matches!(
-            s,
-            Step::UpdateKms { .. } | Step::RotateKey | Step::RetireOldest { .. }
-        )
-    });
-    if changes && p.steps.first() != Some(&Step::Preflight) {
-        return Err("a procedure that changes anything must start with preflight".into());
-    }
-    let mut planted = false;
-    let mut switched = false;
-    for s in &p.steps {
-        match s {
-            Step::PlantCanary => planted = true,
-            Step::UpdateKms { .. } if !planted => {
-                return Err("update-kms needs a plant-canary step before it".into());
-            }
-            Step::UpdateKms { .. } => switched = true,
-            Step::ProveKeySwitch => {
-                planted = false;
-                switched = false;
-            }
-            Step::Reencrypt if switched => {
-                return Err("reencrypt must come after prove-key-switch".into());
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+/// The names of the built-in playbooks.
+pub fn built_in_names() -> impl Iterator<Item = &'static str> {
+    BUILT_IN.iter().map(|(n, _)| *n)
 }
 
 pub fn built_in(name: &str) -> Result<Procedure, PlaybookError> {
@@ -143,7 +156,7 @@ pub fn built_in(name: &str) -> Result<Procedure, PlaybookError> {
         .iter()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| PlaybookError::Unknown(name.to_string()))?;
-    parse(n, text)
+    parse(&format!("playbooks/{n}.yaml"), text)
 }
 
 #[cfg(test)]
@@ -166,19 +179,10 @@ mod tests {
             2
         );
         assert_eq!(twice.steps.last().unwrap().condition(), Some("retireOld"));
-    }
-
-    #[test]
-    fn unsafe_orders_are_refused() {
-        let bad = "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: preflight\n  - step: plant-canary\n  - step: update-kms\n    enabled: true\n  - step: reencrypt\n";
-        assert!(
-            parse("x", bad)
-                .unwrap_err()
-                .to_string()
-                .contains("prove-key-switch")
-        );
-        let no_preflight =
-            "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: rotate-key\n";
-        assert!(parse("x", no_preflight).is_err());
+        let v2 = built_in("migrate-v2").unwrap();
+        assert!(v2.steps.contains(&Step::UpgradeKubernetes));
+        assert!(v2.steps.contains(&Step::VerifyKms {
+            kms_version: Some(KmsVersion::V2)
+        }));
     }
 }

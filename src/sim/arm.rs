@@ -382,6 +382,14 @@ fn set_pointer(doc: &mut Value, ptr: &str, v: Value) {
 fn finish_operation(shared: &Shared, id: &str, previous: Value, fail: bool) {
     let mut w = shared.world();
     let old_label = storage_label(&previous);
+    // AKS creates (or removes) its private endpoint as part of the operation; when the
+    // identity may not create it, the operation fails and KMS stays as it was.
+    let link_error = if fail {
+        None
+    } else {
+        super::private_link::reconcile(&mut w).err()
+    };
+    let fail = fail || link_error.is_some();
     let status = if fail { "Failed" } else { "Succeeded" };
     if fail {
         for ptr in [
@@ -408,9 +416,15 @@ fn finish_operation(shared: &Shared, id: &str, previous: Value, fail: bool) {
             }
         }
     }
+    if fail {
+        let _ = super::private_link::reconcile(&mut w);
+    }
     w.cluster["properties"]["provisioningState"] = json!(status);
     w.cluster["eTag"] = json!(new_etag());
-    let error = fail.then(|| json!({ "code": "KMSPluginUnhealthy", "message": "Injected fault: the operation failed while reconciling the control plane. Retry the operation." }));
+    let error = match link_error {
+        Some(message) => Some(json!({ "code": "AzureKeyVaultKmsPrivateEndpointCreationFailed", "message": message })),
+        None => fail.then(|| json!({ "code": "KMSPluginUnhealthy", "message": "Injected fault: the operation failed while reconciling the control plane. Retry the operation." })),
+    };
     if let Some(op) = w.operations.get_mut(id) {
         op.status = status;
         op.end = Some(SystemTime::now());

@@ -12,6 +12,7 @@ mod http;
 mod keyvault;
 mod kubeapi;
 mod objects;
+mod private_link;
 mod protobuf;
 mod ratelimit;
 mod resources;

@@ -262,6 +262,10 @@ impl World {
                 phase: period.mul_f64((i as f64 + 1.0 / 3.0) / n as f64),
             })
             .collect();
+        // A twin that starts in private mode starts with the endpoint AKS would have made.
+        if let Err(e) = super::private_link::reconcile(&mut w) {
+            tracing::warn!("the twin's private endpoint was not created: {e}");
+        }
         w.objects.seed_system(&w.opts);
         let replicas = w.replicas.clone();
         w.objects.seed_apiserver_identities(&replicas);
@@ -439,7 +443,13 @@ impl World {
                 "KeyNotFound: the key version of {} was not found in the key vault",
                 &write
             )),
-        };
+        }
+        .or_else(|| {
+            write
+                .starts_with("kms:")
+                .then(|| super::private_link::unreachable(self))
+                .flatten()
+        });
         let mut unreadable = Vec::new();
         for (name, k) in &self.keys {
             for v in k.versions.iter().filter(|v| !v.enabled) {
