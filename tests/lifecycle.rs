@@ -94,48 +94,12 @@ async fn rotate_once_then_twice_retiring_the_oldest() {
     );
 }
 
-fn journal_lines(w: &World) -> String {
-    let dir = w.state_dir().join("kmsctl/runs");
-    std::fs::read_dir(&dir)
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Starts `rotate --twice`, kills it with SIGKILL once `ready(journal)` holds, then resumes.
 async fn kill_and_resume(opts: SimOptions, ready: impl Fn(&str) -> bool + Send + 'static) -> World {
     let w = world(opts).await;
-    let mut child = w
-        .command(&["rotate", "--twice", "--yes"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let journal_dir = w.state_dir().join("kmsctl/runs");
-    let killed = tokio::task::spawn_blocking(move || {
-        for _ in 0..12000 {
-            let lines: String = std::fs::read_dir(&journal_dir)
-                .map(|d| {
-                    d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if ready(&lines) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return true;
-            }
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    })
-    .await
-    .unwrap();
+    let killed = w
+        .kill_when(&["rotate", "--twice", "--yes"], move |j, _| ready(j))
+        .await;
     assert!(killed, "the run ended before the kill point");
     let out = w.run(&["resume", "--yes"]).await;
     assert!(out.status.success(), "resume: {}", text(&out));
@@ -155,7 +119,7 @@ fn assert_double_rotation(w: &World) {
         "Succeeded"
     );
     w.assert_all_current();
-    assert!(journal_lines(w).contains("\"status\":\"succeeded\""));
+    assert!(w.journal_lines().contains("\"status\":\"succeeded\""));
 }
 
 #[tokio::test]
@@ -457,7 +421,7 @@ async fn dry_run_changes_nothing_and_a_second_run_is_refused() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("prove-key-switch"));
     assert_eq!(w.fingerprint(), before);
-    assert!(journal_lines(&w).is_empty(), "a dry run journals nothing");
+    assert!(w.journal_lines().is_empty(), "a dry run journals nothing");
     let mut first = w
         .command(&["rotate", "--yes"])
         .stdout(std::process::Stdio::null())
@@ -619,7 +583,7 @@ async fn no_secret_data_or_credential_in_any_output() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&marker);
     let secret = w.twin.ids().client_secret;
-    let everything = format!("{}{}", text(&out), journal_lines(&w));
+    let everything = format!("{}{}", text(&out), w.journal_lines());
     for needle in [&marker, &b64, &secret] {
         assert!(
             !everything.contains(needle.as_str()),

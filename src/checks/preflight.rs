@@ -385,7 +385,9 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let p = &vault["properties"];
     if f.network_access == "Public" && i.intent == Intent::VaultMode {
         let rules = p["networkAcls"]["ipRules"].as_array().map_or(0, Vec::len)
-            + p["networkAcls"]["virtualNetworkRules"].as_array().map_or(0, Vec::len);
+            + p["networkAcls"]["virtualNetworkRules"]
+                .as_array()
+                .map_or(0, Vec::len);
         out.push(Finding::pass(
             "vault-network",
             format!(
@@ -464,12 +466,20 @@ fn migrate_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let c = &i.facts.cluster;
     let current = c.kubernetes_version();
     let Some(cur) = minor(&current) else {
-        out.push(Finding::refuse("kubernetes-version", format!("the cluster reports Kubernetes version '{current}', which kmsctl cannot read"), "check az aks show --query currentKubernetesVersion"));
+        out.push(Finding::refuse(
+            "kubernetes-version",
+            format!("the cluster reports Kubernetes version '{current}', which kmsctl cannot read"),
+            "check az aks show --query currentKubernetesVersion",
+        ));
         return;
     };
     let v2 = crate::engine::upgrade::KMS_V2_FROM;
     if cur >= v2 {
-        out.push(Finding::warn("kms-version", format!("the cluster already runs Kubernetes {current}: KMS is v2 already"), "nothing to migrate"));
+        out.push(Finding::warn(
+            "kms-version",
+            format!("the cluster already runs Kubernetes {current}: KMS is v2 already"),
+            "nothing to migrate",
+        ));
         return;
     }
     let target = i.facts.target_version.as_deref();
@@ -483,7 +493,13 @@ fn migrate_checks(i: &Inputs, out: &mut Vec<Finding>) {
         return;
     }
     let hops = want.1 - cur.1;
-    out.push(Finding::pass("target-version", format!("{current} -> {}.{} in {hops} upgrade(s), one minor version at a time", want.0, want.1)));
+    out.push(Finding::pass(
+        "target-version",
+        format!(
+            "{current} -> {}.{} in {hops} upgrade(s), one minor version at a time",
+            want.0, want.1
+        ),
+    ));
     match &i.facts.upgrades {
         Some(Ok(offered)) => {
             let last = if hops == 1 { target } else { None };
@@ -500,7 +516,11 @@ fn migrate_checks(i: &Inputs, out: &mut Vec<Finding>) {
                 )),
             }
         }
-        Some(Err(e)) => out.push(Finding::refuse("upgrade-offered", format!("the cluster's upgrade profile could not be read: {e}"), "kmsctl needs Microsoft.ContainerService/managedClusters/upgradeProfiles/read")),
+        Some(Err(e)) => out.push(Finding::refuse(
+            "upgrade-offered",
+            format!("the cluster's upgrade profile could not be read: {e}"),
+            "kmsctl needs Microsoft.ContainerService/managedClusters/upgradeProfiles/read",
+        )),
         None => {}
     }
     out.push(Finding::warn(
@@ -530,7 +550,12 @@ fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
         });
     }
     let v1 = minor(&f.cluster.kubernetes_version()).is_some_and(|m| m < (1, 27));
-    if v1 && matches!(i.intent, Intent::Enable | Intent::Rotate | Intent::VaultMode) {
+    if v1
+        && matches!(
+            i.intent,
+            Intent::Enable | Intent::Rotate | Intent::VaultMode
+        )
+    {
         match f.kube.secret_count {
             Some(n) if n > KMS_V1_SECRET_LIMIT => out.push(Finding::refuse(
                 "kms-v1-limit",

@@ -264,7 +264,9 @@ async fn prepare(
     }
     if let Some(why) = super::playbooks::nothing_to_do(ctx, procedure.intent, &p).await? {
         match format {
-            Format::Json => print_json(&serde_json::json!({ "plan": procedure, "nothingToDo": why })),
+            Format::Json => {
+                print_json(&serde_json::json!({ "plan": procedure, "nothingToDo": why }))
+            }
             Format::Text => out(&format!("nothing to do: {why}\n")),
         }
         return Ok(Prepared::Stop(exit_codes::OK));

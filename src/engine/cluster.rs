@@ -92,9 +92,15 @@ pub async fn when_idle(
     mut on_status: impl FnMut(&str),
 ) -> Result<Value, UpdateError> {
     let mut report = UpdateReport::default();
-    Ok(settled(arm, path, std::time::Instant::now(), &mut report, &mut on_status)
-        .await?
-        .body)
+    Ok(settled(
+        arm,
+        path,
+        std::time::Instant::now(),
+        &mut report,
+        &mut on_status,
+    )
+    .await?
+    .body)
 }
 
 /// Brings the cluster to `desired`. Idempotent: an already-matching Succeeded cluster is left
@@ -171,4 +177,3 @@ pub async fn update(
         return Ok(report);
     }
 }
-

@@ -79,14 +79,7 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
             Intent::VaultMode => None,
             _ => f.vault_resource_id.as_deref(),
         };
-        f.vault = facts::vault(
-            &az.arm,
-            &az.subscription,
-            &id,
-            by_id,
-            principal.as_deref(),
-        )
-        .await;
+        f.vault = facts::vault(&az.arm, &az.subscription, &id, by_id, principal.as_deref()).await;
         if intent == Intent::VaultMode && f.network_access == "Private" {
             let found = f.vault.resource.as_ref().and_then(|v| v["id"].as_str());
             f.vault_resource_id = f.vault_resource_id.clone().or(found.map(str::to_string));

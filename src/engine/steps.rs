@@ -2,8 +2,8 @@
 //! neither repeats a finished change nor skips one.
 
 use super::StepError;
-use super::context::Context;
 use super::cluster::{self, UpdateError};
+use super::context::Context;
 use super::kms::DesiredKms;
 use super::state::RunState;
 use crate::azure::keys::KeyId;

@@ -55,7 +55,10 @@ impl ClusterChange for KubernetesUpgrade {
 
 /// A version's (minor, patch) ordering key.
 fn patch_of(v: &str) -> u32 {
-    v.split('.').nth(2).and_then(|p| p.parse().ok()).unwrap_or(0)
+    v.split('.')
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The version to upgrade to next: the latest non-preview patch AKS offers for the next minor,
@@ -82,7 +85,8 @@ pub fn reached(current: &str, target: Option<&str>) -> bool {
         None => cur >= KMS_V2_FROM,
         Some(t) => {
             let want = minor(t).unwrap_or(KMS_V2_FROM);
-            cur > want || (cur == want && (t.split('.').count() < 3 || patch_of(current) >= patch_of(t)))
+            cur > want
+                || (cur == want && (t.split('.').count() < 3 || patch_of(current) >= patch_of(t)))
         }
     }
 }
@@ -200,7 +204,9 @@ pub async fn upgrade_kubernetes(
             .await
             .map_err(update_error)?;
         let now = current_version(&after);
-        let state = after["properties"]["provisioningState"].as_str().unwrap_or("");
+        let state = after["properties"]["provisioningState"]
+            .as_str()
+            .unwrap_or("");
         if now != next || state != "Succeeded" {
             return Err(StepError::Verification(format!(
                 "after upgrading to {next} the cluster says Kubernetes {now}, provisioningState {state}"
@@ -220,10 +226,24 @@ mod tests {
 
     #[test]
     fn one_minor_at_a_time_latest_patch() {
-        let offered = o(&[("1.26.3", false), ("1.26.15", false), ("1.26.16", true), ("1.27.1", false)]);
-        assert_eq!(next_hop(&offered, "1.25.11", None).as_deref(), Some("1.26.15"));
-        assert_eq!(next_hop(&offered, "1.25.11", Some("1.26.3")).as_deref(), Some("1.26.3"));
-        assert_eq!(next_hop(&offered, "1.26.15", None).as_deref(), Some("1.27.1"));
+        let offered = o(&[
+            ("1.26.3", false),
+            ("1.26.15", false),
+            ("1.26.16", true),
+            ("1.27.1", false),
+        ]);
+        assert_eq!(
+            next_hop(&offered, "1.25.11", None).as_deref(),
+            Some("1.26.15")
+        );
+        assert_eq!(
+            next_hop(&offered, "1.25.11", Some("1.26.3")).as_deref(),
+            Some("1.26.3")
+        );
+        assert_eq!(
+            next_hop(&offered, "1.26.15", None).as_deref(),
+            Some("1.27.1")
+        );
         assert_eq!(next_hop(&o(&[("1.28.1", false)]), "1.26.15", None), None);
     }
 

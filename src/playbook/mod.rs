@@ -2,8 +2,8 @@
 //! users' own files are parsed into a validated `Procedure` that the one engine runs. No command
 //! hard-codes a sequence.
 
-mod parse;
 pub mod params;
+mod parse;
 
 pub use parse::{PlaybookError, parse};
 use serde::{Deserialize, Serialize};
@@ -142,8 +142,14 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../playbooks/rotate-twice.yaml"),
     ),
     ("reencrypt", include_str!("../../playbooks/reencrypt.yaml")),
-    ("vault-mode", include_str!("../../playbooks/vault-mode.yaml")),
-    ("migrate-v2", include_str!("../../playbooks/migrate-v2.yaml")),
+    (
+        "vault-mode",
+        include_str!("../../playbooks/vault-mode.yaml"),
+    ),
+    (
+        "migrate-v2",
+        include_str!("../../playbooks/migrate-v2.yaml"),
+    ),
 ];
 
 /// The names of the built-in playbooks.

@@ -11,10 +11,7 @@ pub const KNOWN: &[(&str, &str)] = &[
         "versioned key id https://<vault>.vault.azure.net/keys/<name>/<version>",
     ),
     ("networkAccess", "Public or Private"),
-    (
-        "vaultResourceId",
-        "the vault's resource id (private mode)",
-    ),
+    ("vaultResourceId", "the vault's resource id (private mode)"),
     (
         "targetVersion",
         "Kubernetes version to upgrade to, 1.x or 1.x.y",

@@ -45,7 +45,11 @@ fn invalid(file: &str, (line, column): (u32, u32), message: impl Into<String>) -
 /// Where `token` first appears as a word at or after `from` (a step's start): the offending
 /// key or value of an unknown field or variant, rather than the step's first line.
 fn locate(text: &str, from: (u32, u32), token: &str) -> (u32, u32) {
-    for (i, line) in text.lines().enumerate().skip(from.0.saturating_sub(1) as usize) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .skip(from.0.saturating_sub(1) as usize)
+    {
         if let Some(c) = line.find(token) {
             return (i as u32 + 1, c as u32 + 1);
         }
@@ -95,9 +99,8 @@ pub fn parse(file: &str, text: &str) -> Result<Procedure, PlaybookError> {
         places.push(at);
     }
     for (key, value) in &raw.params {
-        params::check_default(key, value).map_err(|m| {
-            invalid(file, locate(text, (1, 1), &format!("{key}:")), m)
-        })?;
+        params::check_default(key, value)
+            .map_err(|m| invalid(file, locate(text, (1, 1), &format!("{key}:")), m))?;
     }
     let p = Procedure {
         name: raw.name,
@@ -146,17 +149,18 @@ fn validate(p: &Procedure) -> Result<(), (usize, String)> {
             }
             Step::UpdateKms { .. } => switched = true,
             Step::VerifyKms { .. } if !switched => {
-                return Err((i, "verify-kms checks what update-kms asked for: put it right after update-kms".into()));
+                return Err((
+                    i,
+                    "verify-kms checks what update-kms asked for: put it right after update-kms"
+                        .into(),
+                ));
             }
             Step::ProveKeySwitch => {
                 planted = false;
                 switched = false;
             }
             Step::Reencrypt | Step::SetVaultNetwork | Step::UpgradeKubernetes if switched => {
-                return Err((
-                    i,
-                    format!("{} must come after prove-key-switch", s.name()),
-                ));
+                return Err((i, format!("{} must come after prove-key-switch", s.name())));
             }
             Step::RetireOldest { when: Some(w) } if !params::is_flag(w) => {
                 return Err((
@@ -207,12 +211,23 @@ mod tests {
         assert!(e.starts_with("p.yaml:8:5: unknown field `enabeld`"), "{e}");
         let step = "name: x\ndescription: d\nintent: disable\nsteps:\n  - step: preflight\n  - step: plant-canery\n";
         let e = err(step);
-        assert!(e.starts_with("p.yaml:6:11: unknown variant `plant-canery`"), "{e}");
+        assert!(
+            e.starts_with("p.yaml:6:11: unknown variant `plant-canery`"),
+            "{e}"
+        );
         let top = "name: x\ndescription: d\nintnet: disable\nsteps: []\n";
-        assert!(err(top).starts_with("p.yaml:3:1: unknown field `intnet`"), "{}", err(top));
+        assert!(
+            err(top).starts_with("p.yaml:3:1: unknown field `intnet`"),
+            "{}",
+            err(top)
+        );
         let syntax = "name: x\nsteps:\n  - step: preflight\n   - bad: [\n";
         assert!(err(syntax).starts_with("p.yaml:4:4: "), "{}", err(syntax));
         let param = "name: x\ndescription: d\nintent: migrate-v2\nparams:\n  targetVersoin: \"1.28\"\nsteps:\n  - step: reencrypt\n";
-        assert!(err(param).starts_with("p.yaml:5:3: unknown parameter `targetVersoin`"), "{}", err(param));
+        assert!(
+            err(param).starts_with("p.yaml:5:3: unknown parameter `targetVersoin`"),
+            "{}",
+            err(param)
+        );
     }
 }

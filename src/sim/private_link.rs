@@ -125,7 +125,9 @@ pub fn unreachable(w: &World) -> Option<String> {
         });
     }
     let public = p["publicNetworkAccess"].as_str().unwrap_or("Enabled");
-    let default_action = p["networkAcls"]["defaultAction"].as_str().unwrap_or("Allow");
+    let default_action = p["networkAcls"]["defaultAction"]
+        .as_str()
+        .unwrap_or("Allow");
     (public != "Enabled" || default_action != "Allow").then(|| {
         format!(
             "Forbidden: ForbiddenByConnection: Public network access is disabled and request is not from a trusted service nor via an approved private link (vault {}: publicNetworkAccess {public}, default action {default_action})",

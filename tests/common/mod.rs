@@ -141,6 +141,55 @@ impl World {
     }
 }
 
+impl World {
+    /// Every run journal's lines, concatenated.
+    pub fn journal_lines(&self) -> String {
+        journals(&self.state_dir().join("kmsctl/runs"))
+    }
+
+    /// Starts kmsctl with `args`, SIGKILLs it once `ready(journal, twin)` holds (checked every
+    /// 5 ms), and says whether it was killed (false: it ended first).
+    pub async fn kill_when(
+        &self,
+        args: &[&str],
+        ready: impl Fn(&str, &kmsctl::sim::world::Shared) -> bool + Send + 'static,
+    ) -> bool {
+        let mut child = self
+            .command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kmsctl starts");
+        let dir = self.state_dir().join("kmsctl/runs");
+        let shared = self.twin.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..60_000 {
+                if ready(&journals(&dir), &shared) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return true;
+                }
+                if child.try_wait().expect("wait").is_some() {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            false
+        })
+        .await
+        .expect("join")
+    }
+}
+
+fn journals(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",

@@ -1,0 +1,437 @@
+//! The playbooks issue end to end against the twin: vault-mode and migrate-v2 (each surviving a
+//! SIGKILL in its longest step), users' playbooks and `plan`, completions and man pages.
+
+mod common;
+
+use common::{World, small, text, world};
+use kmsctl::sim::{NetworkAccess, SimOptions};
+use serde_json::Value;
+
+fn vault(w: &World) -> Value {
+    w.inspect()["vault"]["properties"].clone()
+}
+
+fn cluster(w: &World) -> Value {
+    w.inspect()["cluster"]["properties"].clone()
+}
+
+/// A journal line says step `index` started.
+fn started(j: &str, index: usize) -> bool {
+    j.contains(&format!("\"type\":\"step-started\",\"index\":{index},"))
+}
+
+fn public_kms(secrets: usize) -> SimOptions {
+    SimOptions {
+        network_access: NetworkAccess::Public,
+        vnet_integration: true,
+        lro_seconds: 2,
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 1,
+        ..small(secrets)
+    }
+}
+
+#[tokio::test]
+async fn vault_mode_to_private_and_back_each_survive_a_sigkill() {
+    let w = world(public_kms(300)).await;
+    let vault_id = w.twin.ids().vault_id();
+    // Killed while AKS turns KMS on again in private mode (the operation is the longest step
+    // here), then resumed.
+    let killed = w
+        .kill_when(
+            &[
+                "vault-mode",
+                "--to",
+                "private",
+                "--vault-resource-id",
+                &vault_id,
+                "--yes",
+            ],
+            |j, twin| {
+                started(j, 8)
+                    && twin.world().cluster["properties"]["provisioningState"] == "Updating"
+            },
+        )
+        .await;
+    assert!(killed, "the run ended before the kill point");
+    w.resume_to_the_end().await;
+    assert_eq!(w.kms()["enabled"], true);
+    assert_eq!(w.kms()["keyVaultNetworkAccess"], "Private");
+    assert_eq!(w.kms()["keyVaultResourceId"], vault_id.as_str());
+    assert_eq!(vault(&w)["publicNetworkAccess"], "Disabled");
+    assert_eq!(vault(&w)["networkAcls"]["defaultAction"], "Deny");
+    let endpoints = vault(&w)["privateEndpointConnections"].clone();
+    assert_eq!(endpoints.as_array().map(Vec::len), Some(1), "{endpoints}");
+    let journal = w.journal_lines();
+    assert!(
+        journal.contains("\"privateEndpoint\""),
+        "verify-kms checked the private endpoint"
+    );
+
+    // Back to public, killed while AKS turns KMS off.
+    let killed = w
+        .kill_when(&["vault-mode", "--to", "public", "--yes"], |j, twin| {
+            j.matches("\"type\":\"step-started\",\"index\":2,").count() == 2
+                && twin.world().cluster["properties"]["provisioningState"] == "Updating"
+        })
+        .await;
+    assert!(killed, "the second run ended before the kill point");
+    w.resume_to_the_end().await;
+    assert_eq!(w.kms()["enabled"], true);
+    assert_eq!(w.kms()["keyVaultNetworkAccess"], "Public");
+    assert_eq!(vault(&w)["publicNetworkAccess"], "Enabled");
+    assert_eq!(vault(&w)["networkAcls"]["defaultAction"], "Allow");
+    assert_eq!(
+        vault(&w)["privateEndpointConnections"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "AKS's private endpoint goes with private mode"
+    );
+    // Already public: nothing to do, nothing changed.
+    let before = w.fingerprint();
+    let out = w.run(&["vault-mode", "--to", "public", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nothing to do"), "{}", text(&out));
+    assert_eq!(w.fingerprint(), before);
+}
+
+/// `args` exits 2 with `expect` in its output and leaves the twin as it was.
+async fn refused(w: &World, args: &[&str], expect: &str) {
+    let before = w.fingerprint();
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    assert!(
+        text(&out).contains(expect),
+        "{args:?}: no '{expect}' in\n{}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before, "{args:?} changed something");
+}
+
+#[tokio::test]
+async fn vault_mode_refuses_what_aks_would_break() {
+    let no_vnet = world(SimOptions {
+        vnet_integration: false,
+        ..public_kms(10)
+    })
+    .await;
+    refused(
+        &no_vnet,
+        &["vault-mode", "--to", "private", "--yes"],
+        "API Server VNet Integration",
+    )
+    .await;
+
+    let w = world(public_kms(10)).await;
+    // Without Key Vault Contributor the identity cannot get the private link AKS creates.
+    w.twin.shared.world().role_assignments.retain(|r| {
+        !r["properties"]["roleDefinitionId"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("f25e0fa2-a7c8-4377-a976-54943a77a395")
+    });
+    refused(
+        &w,
+        &["vault-mode", "--to", "private", "--yes"],
+        "Key Vault Contributor",
+    )
+    .await;
+    refused(
+        &w,
+        &[
+            "vault-mode",
+            "--to",
+            "private",
+            "--vault-resource-id",
+            "/subscriptions/0/resourceGroups/x/providers/Microsoft.KeyVault/vaults/other",
+            "--yes",
+        ],
+        "is not the vault of the key",
+    )
+    .await;
+    refused(
+        &w,
+        &[
+            "vault-mode",
+            "--to",
+            "public",
+            "--vault-resource-id",
+            "/x",
+            "--yes",
+        ],
+        "public mode takes none",
+    )
+    .await;
+
+    let off = world(SimOptions {
+        kms: false,
+        ..public_kms(10)
+    })
+    .await;
+    refused(
+        &off,
+        &["vault-mode", "--to", "private", "--yes"],
+        "KMS is not enabled",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn migrate_v2_from_1_25_survives_a_sigkill_in_the_middle_of_the_upgrades() {
+    let w = world(SimOptions {
+        kubernetes_version: "1.25.11".into(),
+        lro_seconds: 2,
+        kms_status_period_seconds: 1,
+        ..small(300)
+    })
+    .await;
+    // Killed during the second of the two upgrades (1.26 -> 1.27).
+    let killed = w
+        .kill_when(&["migrate-v2", "--yes"], |j, twin| {
+            let c = &twin.world().cluster["properties"];
+            started(j, 6)
+                && c["provisioningState"] == "Upgrading"
+                && c["currentKubernetesVersion"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("1.26."))
+        })
+        .await;
+    assert!(killed, "the run ended before the kill point");
+    w.resume_to_the_end().await;
+    let c = cluster(&w);
+    assert_eq!(
+        c["currentKubernetesVersion"], "1.27.16",
+        "one hop past 1.26, not more"
+    );
+    assert_eq!(c["provisioningState"], "Succeeded");
+    assert_eq!(w.kms()["enabled"], true);
+    let by_key = w.inspect()["storage"]["byKey"].clone();
+    let labels: Vec<&String> = by_key.as_object().unwrap().keys().collect();
+    assert!(
+        labels.iter().all(|k| k.starts_with("kms:v2:")),
+        "every Secret under KMS v2: {by_key}"
+    );
+    let status = w.run(&["status", "-o", "json"]).await;
+    let s: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(s["kmsVersion"], "v2", "{s}");
+    let journal = w.journal_lines();
+    assert!(
+        journal.contains("\"kmsVersion\":\"v2\""),
+        "verify-kms checked KMS v2"
+    );
+
+    // Now on 1.27 with KMS v2: nothing to do, nothing changed.
+    let before = w.fingerprint();
+    let out = w.run(&["migrate-v2", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("KMS is v2 already"), "{}", text(&out));
+    assert_eq!(w.fingerprint(), before);
+}
+
+#[tokio::test]
+async fn migrate_v2_refuses_a_target_it_cannot_reach_and_skips_kms_off() {
+    let w = world(SimOptions {
+        kubernetes_version: "1.25.11".into(),
+        ..small(10)
+    })
+    .await;
+    refused(
+        &w,
+        &["migrate-v2", "--target-version", "1.26", "--yes"],
+        "not a 1.27+ version",
+    )
+    .await;
+    refused(
+        &w,
+        &["migrate-v2", "--target-version", "latest", "--yes"],
+        "not a Kubernetes version",
+    )
+    .await;
+    // The upgrade profile offers nothing: the hop is refused before any change.
+    w.twin.shared.world().faults.push(
+        serde_json::from_value(serde_json::json!({
+            "path": "/**/upgradeProfiles/default", "status": 404
+        }))
+        .expect("a fault rule"),
+    );
+    refused(
+        &w,
+        &["migrate-v2", "--yes"],
+        "upgrade profile could not be read",
+    )
+    .await;
+
+    let off = world(SimOptions {
+        kubernetes_version: "1.25.11".into(),
+        kms: false,
+        ..small(10)
+    })
+    .await;
+    let before = off.fingerprint();
+    let out = off.run(&["migrate-v2", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no KMS v1 to migrate"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(off.fingerprint(), before);
+}
+
+const CUSTOM: &str = "# A user's playbook: disable, with its own name.
+name: Turn KMS off (team runbook)
+description: KMS off, proven, every Secret rewritten
+intent: disable
+params:
+  marginDays: 3
+steps:
+  - step: preflight
+  - step: plant-canary
+  - step: update-kms
+    enabled: false
+  - step: verify-kms
+  - step: prove-key-switch
+  - step: reencrypt
+";
+
+#[tokio::test]
+async fn users_playbooks_run_and_typos_point_at_line_and_column() {
+    let w = world(small(50)).await;
+    let file = w.dir.path().join("runbook.yaml");
+    let typo = CUSTOM.replace("    enabled: false", "    enabeld: false");
+    std::fs::write(&file, &typo).unwrap();
+    let path = file.to_str().unwrap();
+    refused(
+        &w,
+        &["run", path, "--yes"],
+        &format!("{path}:11:5: unknown field `enabeld`"),
+    )
+    .await;
+    let plan = w.run(&["plan", path]).await;
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+
+    std::fs::write(&file, CUSTOM).unwrap();
+    refused(
+        &w,
+        &["run", path, "--set", "marginDay=3", "--yes"],
+        "unknown parameter `marginDay`",
+    )
+    .await;
+    let out = w.run(&["run", path, "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.kms()["enabled"], false);
+    w.assert_all_current();
+    let journal = w.journal_lines();
+    assert!(journal.contains("\"name\":\"Turn KMS off (team runbook)\""));
+    assert!(
+        journal.contains("\"marginDays\":3"),
+        "the playbook's default applies"
+    );
+}
+
+#[tokio::test]
+async fn plan_lists_each_built_in_and_its_preflight() {
+    let w = world(public_kms(10)).await;
+    for name in kmsctl::playbook::built_in_names() {
+        let out = w.run(&["plan", name, "--offline"]).await;
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let p = kmsctl::playbook::built_in(name).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        for (i, s) in p.steps.iter().enumerate() {
+            assert!(
+                stdout.contains(&format!("{:>2}. {}", i + 1, s.describe())),
+                "{name}: step {i} missing in\n{stdout}"
+            );
+        }
+    }
+    let before = w.fingerprint();
+    let out = w
+        .run(&[
+            "plan",
+            "vault-mode",
+            "--set",
+            "networkAccess=private",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    assert_eq!(plan["dryRun"], true);
+    let checks: Vec<&str> = plan["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["check"].as_str())
+        .collect();
+    for c in [
+        "vnet-integration",
+        "identity-private-link",
+        "vault-resource-id",
+    ] {
+        assert!(checks.contains(&c), "{c} missing: {checks:?}");
+    }
+    assert_eq!(w.fingerprint(), before, "plan changes nothing");
+}
+
+#[test]
+fn completions_and_man_pages_for_every_command() {
+    let bin = env!("CARGO_BIN_EXE_kmsctl");
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = std::process::Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for c in ["vault-mode", "migrate-v2", "rotate", "--twice"] {
+            assert!(script.contains(c), "{shell} completion lacks {c}");
+        }
+        if shell == "bash" {
+            let mut check = std::process::Command::new("bash")
+                .arg("-n")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            check
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            assert!(
+                check.wait().unwrap().success(),
+                "bash -n rejects the script"
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["man", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for page in [
+        "kmsctl",
+        "kmsctl-vault-mode",
+        "kmsctl-migrate-v2",
+        "kmsctl-run",
+        "kmsctl-plan",
+        "kmsctl-sim-serve",
+    ] {
+        let roff = std::fs::read_to_string(dir.path().join(format!("{page}.1"))).unwrap();
+        assert!(
+            roff.contains(&format!(".TH {page} 1")),
+            "{page}: {}",
+            &roff[..200.min(roff.len())]
+        );
+    }
+    let vault = std::fs::read_to_string(dir.path().join("kmsctl-vault-mode.1")).unwrap();
+    assert!(
+        vault.contains("\\-\\-to") && vault.contains("private"),
+        "options documented"
+    );
+}
