@@ -59,6 +59,28 @@ pub async fn set_vault_network(ctx: &Context, state: &RunState) -> Result<Value,
             "KMS is enabled in public mode with vault {vault_id}: closing its public access would cut the KMS plugin off. Nothing was changed; disable KMS first (this playbook's update-kms enabled: false, prove-key-switch and reencrypt come before set-vault-network)"
         )));
     }
+    // With KMS off, Secrets not yet rewritten are still decrypted through the plugin's old
+    // (public) path: the vault stays open until the ledger shows them re-encrypted away.
+    if private {
+        let (l, _) = crate::k8s::ledger::load(&ctx.kube).await?;
+        let pending: Vec<&str> = l
+            .entries
+            .iter()
+            .filter(|e| {
+                e.out_of_service_since.is_some()
+                    && e.reencrypted_away_at.is_none()
+                    && e.retired_at.is_none()
+                    && host(&e.key_id) == vault_host
+            })
+            .map(|e| e.key_id.as_str())
+            .collect();
+        if !pending.is_empty() && kms_mode.eq_ignore_ascii_case("Public") {
+            return Err(StepError::Refused(format!(
+                "Secrets may still be encrypted with {} (the key ledger shows no verified re-encryption away from it), and KMS reached the vault publicly: closing it now could leave them unreadable. Nothing was changed; re-encrypt first (the reencrypt step), then run `kmsctl resume`",
+                pending.join(", ")
+            )));
+        }
+    }
     let before = network_of(&vault);
     let mut out = json!({
         "vault": vault_id,

@@ -99,8 +99,15 @@ pub fn parse(file: &str, text: &str) -> Result<Procedure, PlaybookError> {
         places.push(at);
     }
     for (key, value) in &raw.params {
-        params::check_default(key, value)
-            .map_err(|m| invalid(file, locate(text, (1, 1), &format!("{key}:")), m))?;
+        params::check_default(key, value).map_err(|m| {
+            let token = format!("{key}:");
+            let at = text
+                .lines()
+                .enumerate()
+                .find_map(|(i, l)| l.find(&token).map(|c| (i as u32 + 1, c as u32 + 1)))
+                .unwrap_or((1, 1));
+            invalid(file, at, m)
+        })?;
     }
     let p = Procedure {
         name: raw.name,

@@ -63,12 +63,16 @@ fn connections(w: &mut World) -> &mut Vec<Value> {
     c.as_array_mut().expect("an array")
 }
 
-/// After a cluster operation: AKS's private endpoint exists exactly while KMS is in private mode
-/// with this vault. Err: why the operation fails (the identity may not create the link).
+/// After a cluster operation: AKS creates its private endpoint when KMS goes private with this
+/// vault, and removes it when KMS uses the vault in public mode again. Disabling KMS keeps it:
+/// Secrets still under the key must stay readable until they are rewritten. Err: why the
+/// operation fails (the identity may not create the link).
 pub fn reconcile(w: &mut World) -> Result<(), String> {
     let ours = |c: &Value| c["name"].as_str().is_some_and(|n| n.starts_with(PREFIX));
     if !private_mode(w) {
-        connections(w).retain(|c| !ours(c));
+        if kms(w)["enabled"].as_bool() == Some(true) {
+            connections(w).retain(|c| !ours(c));
+        }
         return Ok(());
     }
     if connections(w).iter().any(ours) {
