@@ -223,15 +223,86 @@ impl KeyVault {
             .map_err(|t| t.0)
     }
 
+    /// The key's Rotate action, if its rotation policy has one: (timeAfterCreate,
+    /// timeBeforeExpiry) as ISO 8601 durations. A key without a policy has only Key Vault's
+    /// default Notify action, which rotates nothing.
+    pub async fn rotation_trigger(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Option<String>, Option<String>)>, RemoteError> {
+        self.retry
+            .run("Key Vault rotation policy", || async {
+                let policy = self
+                    .client
+                    .get_key_rotation_policy(name, None)
+                    .await
+                    .map_err(|e| from_azure(SERVICE, e))?
+                    .into_model()
+                    .map_err(|e| from_azure(SERVICE, e))?;
+                // Read through JSON: the action and trigger names are the REST API's.
+                let v = serde_json::to_value(&policy).unwrap_or_default();
+                Ok(v["lifetimeActions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| {
+                        a["action"]["type"]
+                            .as_str()
+                            .is_some_and(|t| t.eq_ignore_ascii_case("rotate"))
+                    })
+                    .map(|a| {
+                        let t = &a["trigger"];
+                        (
+                            t["timeAfterCreate"].as_str().map(str::to_string),
+                            t["timeBeforeExpiry"].as_str().map(str::to_string),
+                        )
+                    }))
+            })
+            .await
+    }
+
+    /// Sets a version's expiry (check-expiry --fix extend); nothing else about it changes.
+    pub async fn set_expiry(
+        &self,
+        id: &KeyId,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), RemoteError> {
+        let at = azure_core::time::OffsetDateTime::from_unix_timestamp(expires.timestamp())
+            .map_err(|e| RemoteError::Other {
+                service: SERVICE,
+                detail: e.to_string(),
+            })?;
+        self.update_attributes(
+            id,
+            KeyAttributes {
+                expires: Some(at),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// Enables or disables one version (kmsctl's "retire" is a disable, never a delete).
     pub async fn set_enabled(&self, id: &KeyId, enabled: bool) -> Result<(), RemoteError> {
+        self.update_attributes(
+            id,
+            KeyAttributes {
+                enabled: Some(enabled),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn update_attributes(
+        &self,
+        id: &KeyId,
+        attributes: KeyAttributes,
+    ) -> Result<(), RemoteError> {
         self.retry
             .run("Key Vault update key", || async {
                 let params = UpdateKeyPropertiesParameters {
-                    key_attributes: Some(KeyAttributes {
-                        enabled: Some(enabled),
-                        ..Default::default()
-                    }),
+                    key_attributes: Some(attributes.clone()),
                     ..Default::default()
                 };
                 let body = params.try_into().map_err(|e| from_azure(SERVICE, e))?;

@@ -1,6 +1,7 @@
 //! Checks: preflight rules (every documented limit that can be checked before a change) as pure
 //! functions over facts gathered from ARM, Key Vault and the cluster.
 
+pub mod expiry;
 pub mod facts;
 pub mod preflight;
 

@@ -42,6 +42,9 @@ pub enum Command {
     MigrateV2(MigrateArgs),
     /// Run a playbook file (the format of the built-in ones; see README).
     Run(RunArgs),
+    /// Check the expiry of the key versions the cluster depends on (exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN), for monitoring; -o text|json|prometheus.
+    CheckExpiry(ExpiryArgs),
     /// Print a playbook's resolved steps and their preflight results; change nothing.
     Plan(PlanArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
@@ -222,6 +225,22 @@ pub struct PlanArgs {
     pub offline: bool,
     #[command(flatten)]
     pub change: ChangeArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExpiryArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// WARNING when a version the cluster needs expires within this (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d")]
+    pub warn: String,
+    /// CRITICAL when it expires within this.
+    #[arg(long, default_value = "7d")]
+    pub critical: String,
+    /// Also write the Prometheus metrics into this file, atomically (node_exporter's textfile
+    /// collector).
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -267,7 +267,9 @@ async fn prepare(
             Format::Json => {
                 print_json(&serde_json::json!({ "plan": procedure, "nothingToDo": why }))
             }
-            Format::Text => out(&format!("nothing to do: {why}\n")),
+            Format::Text | Format::Prometheus | Format::Html => {
+                out(&format!("nothing to do: {why}\n"))
+            }
         }
         return Ok(Prepared::Stop(exit_codes::OK));
     }
@@ -289,7 +291,7 @@ async fn prepare(
                 );
             }
         }
-        Format::Text => {
+        Format::Text | Format::Prometheus | Format::Html => {
             let text = format!(
                 "{}{}",
                 render_plan(&procedure, |f| p.flag(f)),

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod docs;
+pub mod expiry;
 pub mod lifecycle;
 pub mod playbooks;
 pub mod runs;
@@ -10,6 +11,7 @@ pub mod sim;
 pub mod status;
 
 use crate::cli::{Cli, Command};
+use crate::output::Format;
 
 /// An expected refusal (exit code 2): nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +20,19 @@ pub struct Refusal(pub String);
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let format = cli.output;
+    if matches!(format, Format::Prometheus | Format::Html)
+        && !matches!(cli.command, Command::CheckExpiry(_))
+    {
+        return Err(Refusal(format!(
+            "-o {}: only check-expiry writes that; use -o text or -o json",
+            if format == Format::Html {
+                "html"
+            } else {
+                "prometheus"
+            }
+        ))
+        .into());
+    }
     match cli.command {
         Command::Sim(c) => sim::run(c).await,
         Command::Status(t) => status::run(t, format).await,
@@ -29,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::MigrateV2(a) => playbooks::migrate_v2(a, format).await,
         Command::Run(a) => playbooks::run(a, format).await,
         Command::Plan(a) => playbooks::plan(a, format).await,
+        Command::CheckExpiry(a) => expiry::run(a, format).await,
         Command::Completions { shell } => docs::completions(shell),
         Command::Man(a) => docs::man(a),
         Command::Resume(a) => runs::resume(a, format).await,

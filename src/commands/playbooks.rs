@@ -90,7 +90,7 @@ pub async fn plan(a: PlanArgs, format: Format) -> anyhow::Result<i32> {
     if a.offline {
         match format {
             Format::Json => print_json(&json!({ "plan": procedure, "params": p })),
-            Format::Text => out(&format!(
+            Format::Text | Format::Prometheus | Format::Html => out(&format!(
                 "{}{}",
                 render_plan(&procedure, |f| p.flag(f)),
                 render_params(&p)

@@ -70,7 +70,7 @@ pub async fn execute(
     lease.release().await;
     match format {
         Format::Json => print_json(&report),
-        Format::Text => out(&render_report(&report)),
+        Format::Text | Format::Prometheus | Format::Html => out(&render_report(&report)),
     }
     Ok(match result {
         Ok(()) => exit_codes::OK,
@@ -327,7 +327,7 @@ pub fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
             "runs": rows,
             "damaged": damaged.iter().map(|(p, why)| serde_json::json!({ "journal": p, "error": why })).collect::<Vec<_>>(),
         })),
-        Format::Text => out(&render_runs(&rows, &damaged)),
+        Format::Text | Format::Prometheus | Format::Html => out(&render_runs(&rows, &damaged)),
     }
     Ok(exit_codes::OK)
 }

@@ -21,6 +21,32 @@ pub fn target(t: &TargetArgs) -> Target {
     }
 }
 
+/// The Azure side alone: credential, ARM client, and the named cluster's path.
+pub fn azure(target: &Target, auth: AuthMode, aks_api: &str) -> anyhow::Result<Azure> {
+    let (Some(sub), Some(rg), Some(name)) = (
+        &target.subscription,
+        &target.resource_group,
+        &target.cluster,
+    ) else {
+        return Err(Refusal("name the cluster: --subscription (or AZURE_SUBSCRIPTION_ID), -g/--resource-group (or KMSCTL_RESOURCE_GROUP), -n/--name (or KMSCTL_CLUSTER)".into()).into());
+    };
+    let options = Route::from_env()?.client_options()?;
+    let credential =
+        credential::credential(auth, &options).map_err(|e| Refusal(format!("{e:#}")))?;
+    let api = ApiVersions {
+        aks: aks_api.to_string(),
+        ..Default::default()
+    };
+    let arm = ArmClient::new(credential.clone(), options.clone(), api);
+    Ok(Azure {
+        arm,
+        credential,
+        options,
+        subscription: sub.clone(),
+        cluster_path: cluster_path(sub, rg, name),
+    })
+}
+
 pub async fn context(
     target: &Target,
     auth: AuthMode,
@@ -32,28 +58,7 @@ pub async fn context(
         .await
         .map_err(|e| Refusal(format!("{e:#}")))?;
     let azure = if need_azure {
-        let (Some(sub), Some(rg), Some(name)) = (
-            &target.subscription,
-            &target.resource_group,
-            &target.cluster,
-        ) else {
-            return Err(Refusal("name the cluster: --subscription (or AZURE_SUBSCRIPTION_ID), -g/--resource-group (or KMSCTL_RESOURCE_GROUP), -n/--name (or KMSCTL_CLUSTER)".into()).into());
-        };
-        let options = Route::from_env()?.client_options()?;
-        let credential =
-            credential::credential(auth, &options).map_err(|e| Refusal(format!("{e:#}")))?;
-        let api = ApiVersions {
-            aks: aks_api.to_string(),
-            ..Default::default()
-        };
-        let arm = ArmClient::new(credential.clone(), options.clone(), api);
-        Some(Azure {
-            arm,
-            credential,
-            options,
-            subscription: sub.clone(),
-            cluster_path: cluster_path(sub, rg, name),
-        })
+        Some(azure(target, auth, aks_api)?)
     } else {
         None
     };

@@ -88,7 +88,7 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
     });
     match format {
         Format::Json => print_json(&doc),
-        Format::Text => crate::output::out(&render(&doc)),
+        Format::Text | Format::Prometheus | Format::Html => crate::output::out(&render(&doc)),
     }
     Ok(if doc["ledger"]["error"].is_null() && this_cluster {
         exit_codes::OK

@@ -11,6 +11,10 @@ pub enum Format {
     #[default]
     Text,
     Json,
+    /// Prometheus text exposition (check-expiry only).
+    Prometheus,
+    /// One self-contained HTML page (check-expiry --all only).
+    Html,
 }
 
 /// Writes to stdout. A reader that went away (`kmsctl rotate | head -3`) is not an error

@@ -264,17 +264,5 @@ pub async fn admin_request(
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 90m or 45s"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("'{s}' has an unknown unit: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
+    crate::checks::expiry::parse_duration(s)
 }

@@ -1,0 +1,238 @@
+//! Key expiry, judged the way monitoring wants it (shared/domain.md §4): the versions a cluster
+//! depends on (the one in its keyId, and during a rotation window the previous one), each
+//! enabled, valid already, and not expiring inside the warning or critical window. Pure: key
+//! facts in, statuses out; the command gathers and prints.
+
+use crate::azure::keys::KeyVersionInfo;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+/// Nagios-style status; the exit code is its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+    Unknown = 3,
+}
+
+impl Status {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The worse of two; UNKNOWN is worse than CRITICAL only when nothing is CRITICAL, as
+    /// monitoring does (a known emergency outranks an unknown).
+    pub fn worst(self, other: Status) -> Status {
+        match (self, other) {
+            (Status::Critical, _) | (_, Status::Critical) => Status::Critical,
+            (a, b) => a.max(b),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warning => "WARNING",
+            Status::Critical => "CRITICAL",
+            Status::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Windows {
+    pub warn: Duration,
+    pub critical: Duration,
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 90m or 45s"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("'{s}' has an unknown unit: use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// One key version and what it is to the cluster.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionReport {
+    pub key_id: String,
+    /// `in-use`, `must-stay-alive` (the ledger), `newest`.
+    pub roles: Vec<&'static str>,
+    /// Whether the cluster depends on it (only those decide the status).
+    pub needed: bool,
+    pub enabled: Option<bool>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub expires_on: Option<DateTime<Utc>>,
+    pub status: Status,
+    pub note: String,
+}
+
+/// Judges one version now.
+pub fn judge(v: &KeyVersionInfo, now: DateTime<Utc>, w: Windows) -> (Status, String) {
+    if !v.enabled {
+        return (
+            Status::Critical,
+            "disabled: the KMS plugin can neither encrypt nor decrypt with it".into(),
+        );
+    }
+    if let Some(nbf) = v.not_before.filter(|n| *n > now) {
+        return (
+            Status::Critical,
+            format!("not valid before {nbf}: the KMS plugin cannot use it yet"),
+        );
+    }
+    let Some(exp) = v.expires_on else {
+        return (
+            Status::Ok,
+            "no expiry date (nothing to watch; an expiry policy may want one)".into(),
+        );
+    };
+    let left = exp - now;
+    let days = left.num_hours() as f64 / 24.0;
+    if left <= Duration::zero() {
+        (
+            Status::Critical,
+            format!(
+                "expired on {exp}: KeyExpired, the KMS plugin can no longer encrypt (extend the expiry or rotate)"
+            ),
+        )
+    } else if left <= w.critical {
+        (
+            Status::Critical,
+            format!("expires on {exp}, in {days:.1} days"),
+        )
+    } else if left <= w.warn {
+        (
+            Status::Warning,
+            format!("expires on {exp}, in {days:.1} days"),
+        )
+    } else {
+        (Status::Ok, format!("expires on {exp}, in {days:.0} days"))
+    }
+}
+
+/// An ISO 8601 duration as Key Vault's rotation policies write them (`P90D`, `P1Y`, `P2M`,
+/// `PT12H`); months count 30 days and years 365, as Key Vault does.
+pub fn iso_duration(s: &str) -> Option<Duration> {
+    let rest = s.strip_prefix('P')?;
+    let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
+    let mut total = Duration::zero();
+    let mut add = |part: &str, units: &[(char, i64)]| -> Option<()> {
+        let mut num = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let secs = units.iter().find(|(u, _)| *u == c)?.1;
+            total += Duration::seconds(num.parse::<i64>().ok()? * secs);
+            num.clear();
+        }
+        num.is_empty().then_some(())
+    };
+    add(
+        date,
+        &[
+            ('Y', 365 * 86_400),
+            ('M', 30 * 86_400),
+            ('W', 7 * 86_400),
+            ('D', 86_400),
+        ],
+    )?;
+    add(time, &[('H', 3600), ('M', 60), ('S', 1)])?;
+    Some(total)
+}
+
+/// When a rotation policy next rotates, from its Rotate action's trigger and the newest
+/// version's creation and expiry.
+pub fn next_rotation(
+    time_after_create: Option<&str>,
+    time_before_expiry: Option<&str>,
+    newest_created: Option<DateTime<Utc>>,
+    newest_expires: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    if let (Some(t), Some(c)) = (time_after_create.and_then(iso_duration), newest_created) {
+        return Some(c + t);
+    }
+    match (time_before_expiry.and_then(iso_duration), newest_expires) {
+        (Some(t), Some(e)) => Some(e - t),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::keys::KeyId;
+
+    fn version(enabled: bool, exp_days: Option<i64>, nbf_days: Option<i64>) -> KeyVersionInfo {
+        let now = Utc::now();
+        KeyVersionInfo {
+            id: KeyId::parse("https://v.vault.azure.net/keys/k/1").unwrap(),
+            kty: Some("RSA".into()),
+            key_ops: vec![],
+            enabled,
+            expires_on: exp_days.map(|d| now + Duration::days(d)),
+            not_before: nbf_days.map(|d| now + Duration::days(d)),
+            created_on: None,
+        }
+    }
+
+    const W: Windows = Windows {
+        warn: Duration::days(30),
+        critical: Duration::days(7),
+    };
+
+    #[test]
+    fn each_boundary() {
+        let s = |v: KeyVersionInfo| judge(&v, Utc::now(), W).0;
+        assert_eq!(s(version(true, Some(90), None)), Status::Ok);
+        assert_eq!(s(version(true, Some(31), None)), Status::Ok);
+        assert_eq!(s(version(true, Some(29), None)), Status::Warning);
+        assert_eq!(s(version(true, Some(8), None)), Status::Warning);
+        assert_eq!(s(version(true, Some(6), None)), Status::Critical);
+        assert_eq!(s(version(true, Some(-1), None)), Status::Critical);
+        assert_eq!(s(version(false, Some(90), None)), Status::Critical);
+        assert_eq!(s(version(true, Some(90), Some(2))), Status::Critical);
+        assert_eq!(s(version(true, None, None)), Status::Ok);
+        assert!(
+            judge(&version(true, None, None), Utc::now(), W)
+                .1
+                .contains("no expiry")
+        );
+    }
+
+    #[test]
+    fn worst_and_durations() {
+        assert_eq!(Status::Ok.worst(Status::Warning), Status::Warning);
+        assert_eq!(Status::Unknown.worst(Status::Critical), Status::Critical);
+        assert_eq!(Status::Warning.worst(Status::Unknown), Status::Unknown);
+        assert_eq!(iso_duration("P90D"), Some(Duration::days(90)));
+        assert_eq!(iso_duration("P1Y"), Some(Duration::days(365)));
+        assert_eq!(
+            iso_duration("P1M2DT3H"),
+            Some(Duration::days(32) + Duration::hours(3))
+        );
+        assert_eq!(iso_duration("90D"), None);
+        let created = Utc::now();
+        assert_eq!(
+            next_rotation(Some("P30D"), None, Some(created), None),
+            Some(created + Duration::days(30))
+        );
+        assert_eq!(parse_duration("30d").unwrap().as_secs(), 30 * 86_400);
+        assert!(parse_duration("30x").is_err());
+    }
+}

@@ -1,0 +1,386 @@
+//! `kmsctl check-expiry`: the key versions a cluster depends on, judged for monitoring (exit
+//! 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), as text, JSON or Prometheus metrics (also into a
+//! node_exporter textfile). Reads only.
+
+use super::{Refusal, setup};
+use crate::azure::keys::{KeyId, KeyVersionInfo};
+use crate::checks::expiry::{self, Status, VersionReport, Windows};
+use crate::cli::ExpiryArgs;
+use crate::engine::context::Azure;
+use crate::k8s::ledger::Ledger;
+use crate::output::{Format, out, print_json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+/// One cluster's verdict.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReport {
+    pub cluster: String,
+    pub id: String,
+    /// `versioned-key` (kmsctl's lifecycle), `platform-managed-rotation`, or `off`.
+    pub experience: &'static str,
+    pub status: Status,
+    pub versions: Vec<VersionReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl ClusterReport {
+    fn unknown(id: &str, why: String) -> Self {
+        ClusterReport {
+            cluster: id.rsplit('/').next().unwrap_or(id).to_string(),
+            id: id.to_string(),
+            experience: "unknown",
+            status: Status::Unknown,
+            versions: Vec::new(),
+            rotation: None,
+            notes: vec![why],
+        }
+    }
+}
+
+/// `https://host/keys/name[/version]` -> the key (version may be empty: a versionless id).
+fn key_of(kid: &str) -> Option<KeyId> {
+    KeyId::parse(kid).ok().or_else(|| {
+        let rest = kid.strip_prefix("https://")?.trim_end_matches('/');
+        let mut parts = rest.split('/');
+        let host = parts.next()?;
+        (parts.next()? == "keys").then_some(())?;
+        let name = parts.next()?;
+        parts.next().is_none().then(|| KeyId {
+            vault_url: format!("https://{host}"),
+            name: name.to_string(),
+            version: String::new(),
+        })
+    })
+}
+
+struct Judged<'a> {
+    now: DateTime<Utc>,
+    windows: Windows,
+    reports: &'a mut Vec<VersionReport>,
+}
+
+impl Judged<'_> {
+    fn add(
+        &mut self,
+        id: &str,
+        role: &'static str,
+        needed: bool,
+        v: Result<&KeyVersionInfo, String>,
+    ) {
+        if let Some(r) = self
+            .reports
+            .iter_mut()
+            .find(|r| r.key_id.eq_ignore_ascii_case(id))
+        {
+            r.roles.push(role);
+            r.needed |= needed;
+            return;
+        }
+        let (status, note) = match v {
+            Ok(v) => expiry::judge(v, self.now, self.windows),
+            Err(ref e) => (Status::Unknown, format!("could not be read: {e}")),
+        };
+        let v = v.ok();
+        self.reports.push(VersionReport {
+            key_id: id.to_string(),
+            roles: vec![role],
+            needed,
+            enabled: v.map(|v| v.enabled),
+            not_before: v.and_then(|v| v.not_before),
+            expires_on: v.and_then(|v| v.expires_on),
+            status,
+            note,
+        });
+    }
+}
+
+/// Checks one cluster resource (as ARM or Resource Graph returns it). `ledger`: the versions the
+/// key ledger says must stay alive, or why it could not be read (None: not asked for).
+pub async fn check_cluster(
+    az: &Azure,
+    resource: &Value,
+    ledger: Option<Result<Ledger, String>>,
+    windows: Windows,
+) -> ClusterReport {
+    let now = Utc::now();
+    let id = resource["id"].as_str().unwrap_or_default().to_string();
+    let mut report = ClusterReport::unknown(&id, String::new());
+    report.notes.clear();
+    let p = &resource["properties"];
+    let kms = &p["securityProfile"]["azureKeyVaultKms"];
+    let platform = p["securityProfile"]["kubernetesResourceObjectEncryptionProfile"]
+        ["infrastructureEncryption"]
+        .as_str()
+        .is_some_and(|e| e.eq_ignore_ascii_case("Enabled"));
+    report.experience = if platform {
+        "platform-managed-rotation"
+    } else if kms["enabled"].as_bool() == Some(true) {
+        "versioned-key"
+    } else {
+        "off"
+    };
+    if report.experience == "off" {
+        report.status = Status::Ok;
+        report.notes.push("KMS is off: no key to watch".into());
+        return report;
+    }
+    let Some(key) = kms["keyId"].as_str().and_then(key_of) else {
+        report.notes.push(format!(
+            "the cluster's keyId '{}' is not a Key Vault key id",
+            kms["keyId"].as_str().unwrap_or_default()
+        ));
+        return report;
+    };
+    let kv = match az.key_vault(&key) {
+        Ok(kv) => kv,
+        Err(e) => {
+            report.notes.push(format!("{e:#}"));
+            return report;
+        }
+    };
+    let mut versions = Vec::new();
+    let mut judged = Judged {
+        now,
+        windows,
+        reports: &mut versions,
+    };
+    // The version in use: the keyId's; on the platform-managed experience (versionless id) the
+    // newest, which AKS picks up within 6 hours.
+    let all = kv.versions(&key.name).await.map_err(|e| e.to_string());
+    let newest = all.as_ref().ok().and_then(|v| v.last().cloned());
+    if key.version.is_empty() {
+        let v = newest.as_ref().ok_or_else(|| match &all {
+            Err(e) => e.clone(),
+            Ok(_) => "the key has no versions".to_string(),
+        });
+        let kid = newest
+            .as_ref()
+            .map_or(key.to_string(), |n| n.id.to_string());
+        judged.add(&kid, "in-use", true, v);
+    } else {
+        let v = kv.version(&key).await.map_err(|e| e.to_string());
+        judged.add(
+            &key.to_string(),
+            "in-use",
+            true,
+            v.as_ref().map_err(Clone::clone),
+        );
+    }
+    match ledger {
+        Some(Ok(l)) => {
+            for e in l.must_stay_alive() {
+                let Ok(id) = KeyId::parse(&e.key_id) else {
+                    continue;
+                };
+                let v = match az.key_vault(&id) {
+                    Ok(kv) => kv.version(&id).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                judged.add(&e.key_id, "must-stay-alive", true, v.as_ref().map_err(Clone::clone));
+            }
+        }
+        Some(Err(e)) => report.notes.push(format!(
+            "the key ledger could not be read ({e}): a previous version KMS may still need was not checked"
+        )),
+        None => {}
+    }
+    if let Some(n) = &newest {
+        judged.add(&n.id.to_string(), "newest", false, Ok(n));
+    }
+    report.status = versions
+        .iter()
+        .filter(|v| v.needed)
+        .fold(Status::Ok, |s, v| s.worst(v.status));
+    report.versions = versions;
+    report.rotation = Some(match kv.rotation_trigger(&key.name).await {
+        Ok(Some((after_create, before_expiry))) => {
+            let at = expiry::next_rotation(
+                after_create.as_deref(),
+                before_expiry.as_deref(),
+                newest.as_ref().and_then(|n| n.created_on),
+                newest.as_ref().and_then(|n| n.expires_on),
+            );
+            let when = at.map_or("at a time kmsctl cannot compute".into(), |t| format!("on {t}"));
+            if platform {
+                format!("the key's rotation policy rotates it {when}; AKS picks the new version up within 6 hours")
+            } else {
+                format!("the key's rotation policy rotates it {when}, but this cluster keeps its versioned keyId: run `kmsctl rotate --twice` to move it (the in-use version still expires)")
+            }
+        }
+        Ok(None) => "no rotation policy: rotate with `kmsctl rotate --twice` before the version in use expires".into(),
+        Err(e) => format!("the rotation policy could not be read: {e}"),
+    });
+    report
+}
+
+fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
+    let d = |s: &str| {
+        expiry::parse_duration(s)
+            .map_err(Refusal)
+            .map(|d| chrono::Duration::seconds(d.as_secs() as i64))
+    };
+    let w = Windows {
+        warn: d(&a.warn)?,
+        critical: d(&a.critical)?,
+    };
+    if w.critical > w.warn {
+        return Err(Refusal(format!(
+            "--critical {} is longer than --warn {}: the critical window must lie inside the warning one",
+            a.critical, a.warn
+        ))
+        .into());
+    }
+    Ok(w)
+}
+
+pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
+    let windows = windows(&a)?;
+    if format == Format::Html {
+        return Err(Refusal("-o html is for --all (one page for the fleet)".into()).into());
+    }
+    let target = setup::target(&a.target);
+    let az = setup::azure(&target, a.target.auth, &a.target.aks_api_version)?;
+    let report = match az.arm.get(&az.cluster_path, &az.arm.api.aks).await {
+        Err(e) => ClusterReport::unknown(
+            &az.cluster_path,
+            format!("the cluster could not be read: {e}"),
+        ),
+        Ok(c) => {
+            // The ledger lives in the cluster: without a usable kubeconfig the previous version
+            // is reported as not checked, not as fine.
+            let ledger = match crate::k8s::client::connect(
+                target.kubeconfig.as_deref(),
+                target.context.as_deref(),
+            )
+            .await
+            {
+                Ok(k) => crate::k8s::ledger::load(&k.client)
+                    .await
+                    .map(|(l, _)| l)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            check_cluster(&az, &c.body, Some(ledger), windows).await
+        }
+    };
+    let reports = vec![report];
+    emit(&reports, format, a.textfile.as_deref())?;
+    Ok(reports
+        .iter()
+        .fold(Status::Ok, |s, r| s.worst(r.status))
+        .code())
+}
+
+/// Prints the reports, and writes the Prometheus form into `textfile` (atomically: a
+/// node_exporter scrape never sees half a file).
+pub fn emit(
+    reports: &[ClusterReport],
+    format: Format,
+    textfile: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let metrics = prometheus(reports);
+    if let Some(path) = textfile {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&tmp, &metrics)?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::anyhow!("cannot move {} into place in {:?}: {e}", tmp.display(), dir)
+        })?;
+    }
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "clusters": reports })),
+        Format::Prometheus => out(&metrics),
+        _ => out(&text(reports)),
+    }
+    Ok(())
+}
+
+fn text(reports: &[ClusterReport]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        s.push_str(&format!(
+            "{} {} ({})\n",
+            r.status.label(),
+            r.cluster,
+            r.experience
+        ));
+        for v in &r.versions {
+            s.push_str(&format!(
+                "  {:<8} {:<24} {}: {}{}\n",
+                v.status.label(),
+                v.roles.join(","),
+                v.key_id,
+                v.note,
+                if v.needed {
+                    ""
+                } else {
+                    " (not used by the cluster)"
+                }
+            ));
+        }
+        if let Some(rot) = &r.rotation {
+            s.push_str(&format!("  rotation: {rot}\n"));
+        }
+        for n in &r.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+    }
+    s
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition of the reports.
+pub fn prometheus(reports: &[ClusterReport]) -> String {
+    let mut expiry = String::from(
+        "# HELP kmsctl_key_expiry_timestamp_seconds When a key version the cluster depends on expires (Unix time); absent without an expiry date.\n# TYPE kmsctl_key_expiry_timestamp_seconds gauge\n",
+    );
+    let mut enabled = String::from(
+        "# HELP kmsctl_key_enabled Whether the key version is enabled (1) or disabled (0).\n# TYPE kmsctl_key_enabled gauge\n",
+    );
+    let mut status = String::from(
+        "# HELP kmsctl_check_status The check's verdict: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n# TYPE kmsctl_check_status gauge\n",
+    );
+    for r in reports {
+        status.push_str(&format!(
+            "kmsctl_check_status{{cluster=\"{}\",id=\"{}\"}} {}\n",
+            escape(&r.cluster),
+            escape(&r.id),
+            r.status.code()
+        ));
+        for v in &r.versions {
+            let Some(k) = key_of(&v.key_id) else { continue };
+            let labels = format!(
+                "cluster=\"{}\",vault=\"{}\",key=\"{}\",version=\"{}\",role=\"{}\"",
+                escape(&r.cluster),
+                escape(k.vault_host()),
+                escape(&k.name),
+                escape(&k.version),
+                v.roles.join(",")
+            );
+            if let Some(e) = v.expires_on {
+                expiry.push_str(&format!(
+                    "kmsctl_key_expiry_timestamp_seconds{{{labels}}} {}\n",
+                    e.timestamp()
+                ));
+            }
+            if let Some(on) = v.enabled {
+                enabled.push_str(&format!(
+                    "kmsctl_key_enabled{{{labels}}} {}\n",
+                    u8::from(on)
+                ));
+            }
+        }
+    }
+    format!("{expiry}{enabled}{status}")
+}

@@ -1,0 +1,189 @@
+//! `kmsctl check-expiry` end to end against the twin: each boundary, disabled, missing, no
+//! expiry, not yet valid, the previous version expiring while the current one is fine, and the
+//! Prometheus output as a scraper reads it.
+
+mod common;
+
+use common::{World, small, text, world};
+use kmsctl::sim::SimOptions;
+use std::time::Duration;
+
+const DAY: i64 = 86_400;
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn check(w: &World, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["check-expiry", "--warn", "30d", "--critical", "7d"];
+    all.extend_from_slice(args);
+    let out = w.run(&all).await;
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+#[tokio::test]
+async fn each_window_boundary_and_key_state_gives_its_exit_code() {
+    let w = world(small(10)).await;
+    let cases: &[(&str, Option<i64>, Option<i64>, bool, i32)] = &[
+        // (case, expires in, not before in, enabled, exit code)
+        ("90 days", Some(90 * DAY), None, true, 0),
+        ("31 days", Some(31 * DAY), None, true, 0),
+        ("29 days", Some(29 * DAY), None, true, 1),
+        ("8 days", Some(8 * DAY), None, true, 1),
+        ("6 days", Some(6 * DAY), None, true, 2),
+        ("expired", Some(-DAY), None, true, 2),
+        ("disabled", Some(90 * DAY), None, false, 2),
+        ("not yet valid", Some(90 * DAY), Some(2 * DAY), true, 2),
+        ("no expiry", None, None, true, 0),
+    ];
+    for (case, exp, nbf, enabled, want) in cases {
+        w.first_key_version(|v| {
+            v.exp = exp.map(|e| now() + e);
+            v.nbf = nbf.map(|n| now() + n);
+            v.enabled = *enabled;
+        });
+        let (code, out) = check(&w, &[]).await;
+        assert_eq!(code, *want, "{case}: {out}");
+    }
+    let (_, out) = check(&w, &[]).await;
+    assert!(
+        out.contains("no expiry date"),
+        "a key without expiry is OK with a note: {out}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_version_is_unknown_not_a_crash() {
+    let w = world(small(10)).await;
+    w.twin
+        .shared
+        .world()
+        .keys
+        .get_mut("kms-key")
+        .unwrap()
+        .versions
+        .clear();
+    let (code, out) = check(&w, &[]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("UNKNOWN") && out.contains("could not be read"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_previous_version_expiring_while_the_current_is_fine_is_critical() {
+    let w = world(SimOptions {
+        kms_status_period_seconds: 1,
+        ..small(30)
+    })
+    .await;
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // The version before the rotation: KMS may still use it, the ledger says it must stay alive.
+    w.first_key_version(|v| v.exp = Some(now() + 3 * DAY));
+    let (code, out) = check(&w, &["-o", "json"]).await;
+    assert_eq!(code, 2, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap();
+    let versions = doc["clusters"][0]["versions"].as_array().unwrap().clone();
+    let previous = versions
+        .iter()
+        .find(|v| {
+            v["roles"].to_string().contains("must-stay-alive")
+                && !v["roles"].to_string().contains("in-use")
+        })
+        .unwrap_or_else(|| panic!("no previous version in {versions:?}"));
+    assert_eq!(previous["status"], "CRITICAL");
+    let current = versions
+        .iter()
+        .find(|v| v["roles"].to_string().contains("in-use"))
+        .unwrap();
+    assert_eq!(current["status"], "OK");
+}
+
+/// One sample: (metric name, labels, value), as a Prometheus scraper parses the text format.
+fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (head, value) = l.rsplit_once(' ').expect("name{labels} value");
+            let (name, labels) = head.split_once('{').expect("labels");
+            let labels = labels
+                .trim_end_matches('}')
+                .split("\",")
+                .map(|kv| {
+                    let (k, v) = kv.split_once("=\"").expect("k=\"v\"");
+                    (k.to_string(), v.trim_end_matches('"').to_string())
+                })
+                .collect();
+            (name.to_string(), labels, value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn prometheus_output_and_textfile_parse_as_metrics() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(20 * DAY as u64)),
+        ..small(10)
+    })
+    .await;
+    let file = w.dir.path().join("kmsctl.prom");
+    let out = w
+        .run(&[
+            "check-expiry",
+            "-o",
+            "prometheus",
+            "--textfile",
+            file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        stdout,
+        "the textfile holds the same metrics"
+    );
+    for name in [
+        "kmsctl_key_expiry_timestamp_seconds",
+        "kmsctl_key_enabled",
+        "kmsctl_check_status",
+    ] {
+        assert!(stdout.contains(&format!("# TYPE {name} gauge")), "{name}");
+    }
+    let s = samples(&stdout);
+    let expiry = s
+        .iter()
+        .find(|(n, _, _)| n == "kmsctl_key_expiry_timestamp_seconds")
+        .unwrap();
+    let label = |k: &str| {
+        expiry
+            .1
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(label("cluster"), "aks-twin");
+    assert_eq!(label("key"), "kms-key");
+    assert_eq!(label("vault"), w.twin.ids().vault_host());
+    assert!(
+        (expiry.2 - (now() + 20 * DAY) as f64).abs() < 120.0,
+        "{}",
+        expiry.2
+    );
+    let status = s
+        .iter()
+        .find(|(n, _, _)| n == "kmsctl_check_status")
+        .unwrap();
+    assert_eq!(status.2, 1.0);
+    assert!(
+        std::fs::read_dir(w.dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp")),
+        "no temporary file left"
+    );
+}
