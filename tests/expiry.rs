@@ -10,6 +10,12 @@ use std::time::Duration;
 
 const DAY: i64 = 86_400;
 
+/// (case, expires in, not before in, enabled, exit code)
+type Case = (&'static str, Option<i64>, Option<i64>, bool, i32);
+
+/// One metric sample: (name, labels, value).
+type Sample = (String, Vec<(String, String)>, f64);
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -24,8 +30,7 @@ async fn check(w: &World, args: &[&str]) -> (i32, String) {
 #[tokio::test]
 async fn each_window_boundary_and_key_state_gives_its_exit_code() {
     let w = world(small(10)).await;
-    let cases: &[(&str, Option<i64>, Option<i64>, bool, i32)] = &[
-        // (case, expires in, not before in, enabled, exit code)
+    let cases: &[Case] = &[
         ("90 days", Some(90 * DAY), None, true, 0),
         ("31 days", Some(31 * DAY), None, true, 0),
         ("29 days", Some(29 * DAY), None, true, 1),
@@ -102,7 +107,7 @@ async fn the_previous_version_expiring_while_the_current_is_fine_is_critical() {
 }
 
 /// One sample: (metric name, labels, value), as a Prometheus scraper parses the text format.
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+fn samples(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
