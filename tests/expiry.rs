@@ -192,3 +192,140 @@ async fn prometheus_output_and_textfile_parse_as_metrics() {
         "no temporary file left"
     );
 }
+
+/// A twin with four more clusters over two subscriptions: keys expiring in 90 and 20 days, one
+/// on AKS's platform-managed rotation expiring in 5 days, one without expiry.
+async fn fleet() -> World {
+    let member = |s: &str| kmsctl::sim::fleet::parse_member(s).unwrap();
+    world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(60 * DAY as u64)),
+        fleet: ["90d", "20d", "auto:5d", "none"].map(member).to_vec(),
+        ..small(10)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn all_clusters_in_two_subscriptions_one_row_each_and_the_worst_exit_code() {
+    let w = fleet().await;
+    let out = w.run(&["check-expiry", "--all", "-o", "json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the worst is CRITICAL: {}",
+        text(&out)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let by_name = |n: &str| {
+        rows.iter()
+            .find(|r| r["cluster"] == n)
+            .unwrap_or_else(|| panic!("{n} missing"))
+    };
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(by_name("aks-twin")["status"], "OK");
+    assert_eq!(by_name("aks-fleet-1")["status"], "OK");
+    assert_eq!(by_name("aks-fleet-2")["status"], "WARNING");
+    assert_eq!(by_name("aks-fleet-3")["status"], "CRITICAL");
+    assert_eq!(
+        by_name("aks-fleet-3")["experience"],
+        "platform-managed-rotation"
+    );
+    assert_eq!(by_name("aks-fleet-4")["status"], "OK");
+    let subscriptions: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().split('/').nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        subscriptions.len(),
+        2,
+        "two subscriptions: {subscriptions:?}"
+    );
+    let table = w.run(&["check-expiry", "--all"]).await;
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert_eq!(
+        table.lines().filter(|l| l.contains("aks-")).count(),
+        5,
+        "{table}"
+    );
+}
+
+fn chromium(args: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("chromium runs (Debian's package; bash .ci/run installs it)");
+    assert!(out.status.success(), "chromium: {}", text(&out));
+    out
+}
+
+#[tokio::test]
+async fn the_html_timeline_renders_in_headless_chromium() {
+    let w = fleet().await;
+    let out = w.run(&["check-expiry", "--all", "-o", "html"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let page = w.dir.path().join("fleet.html");
+    std::fs::write(&page, &out.stdout).unwrap();
+    let html = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !html.contains("http://") || html.matches("http://").count() == 1,
+        "only the SVG namespace"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("<link") && !html.contains("src="),
+        "self-contained"
+    );
+    let url = format!("file://{}", page.display());
+    // The DOM as the browser built it: one timeline row per cluster, with its status.
+    let dom = String::from_utf8(chromium(&["--dump-dom", &url]).stdout).unwrap();
+    assert_eq!(dom.matches("<g class=\"cluster\"").count(), 5, "{dom}");
+    for (cluster, status) in [
+        ("aks-fleet-3", "CRITICAL"),
+        ("aks-fleet-2", "WARNING"),
+        ("aks-twin", "OK"),
+    ] {
+        assert!(
+            dom.contains(&format!(
+                "data-cluster=\"{cluster}\" data-status=\"{status}\""
+            )),
+            "{cluster} {status}"
+        );
+    }
+    assert!(dom.contains("data-worst=\"CRITICAL\""));
+    // The screenshot shows the statuses' colours.
+    let shot = w.dir.path().join("fleet.png");
+    chromium(&[
+        "--window-size=1200,700",
+        &format!("--screenshot={}", shot.display()),
+        &url,
+    ]);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let count = |rgb: [u8; 3]| {
+        buf[..info.buffer_size()]
+            .chunks(channels)
+            .filter(|p| p[..3].iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 6))
+            .count()
+    };
+    assert!(count([0xc6, 0x28, 0x28]) > 200, "critical red drawn");
+    assert!(count([0xf9, 0xa8, 0x25]) > 200, "warning amber drawn");
+    assert!(count([0x2e, 0x7d, 0x32]) > 1000, "ok green drawn");
+}

@@ -192,6 +192,22 @@ impl ArmClient {
             .await
     }
 
+    /// POST of a read-only query (Azure Resource Graph): it changes nothing, so it is retried
+    /// as a GET is.
+    pub async fn post_query(
+        &self,
+        path: &str,
+        api: &str,
+        body: &Value,
+    ) -> Result<Answer, RemoteError> {
+        let url = Self::url(path, api)?;
+        self.retry
+            .run("ARM query", || {
+                self.send_once(Method::Post, url.clone(), Some(body), None)
+            })
+            .await
+    }
+
     pub async fn patch(&self, path: &str, api: &str, body: &Value) -> Result<Answer, RemoteError> {
         let url = Self::url(path, api)?;
         self.retry

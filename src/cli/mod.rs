@@ -237,6 +237,10 @@ pub struct ExpiryArgs {
     /// CRITICAL when it expires within this.
     #[arg(long, default_value = "7d")]
     pub critical: String,
+    /// Every AKS cluster with KMS the credential can see (Azure Resource Graph, all
+    /// subscriptions), checked in parallel; -o html draws the fleet's timeline.
+    #[arg(long)]
+    pub all: bool,
     /// Also write the Prometheus metrics into this file, atomically (node_exporter's textfile
     /// collector).
     #[arg(long, value_name = "PATH")]

@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// Fault rules (YAML or JSON list).
     #[arg(long)]
     pub faults: Option<PathBuf>,
+    /// Other clusters the credential can see, one per entry, in two subscriptions, each with its
+    /// own key expiring after the given time: `90d,20d,none,auto:5d` (`auto:` = AKS's
+    /// platform-managed rotation, a versionless key id).
+    #[arg(long, value_delimiter = ',', value_parser = crate::sim::fleet::parse_member)]
+    pub fleet: Vec<crate::sim::fleet::Member>,
     /// Seed for the generated Secrets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

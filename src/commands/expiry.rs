@@ -29,7 +29,7 @@ pub struct ClusterReport {
 }
 
 impl ClusterReport {
-    fn unknown(id: &str, why: String) -> Self {
+    pub fn unknown(id: &str, why: String) -> Self {
         ClusterReport {
             cluster: id.rsplit('/').next().unwrap_or(id).to_string(),
             id: id.to_string(),
@@ -240,6 +240,12 @@ fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
 
 pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     let windows = windows(&a)?;
+    if a.all {
+        let az = setup::azure_any(a.target.auth, &a.target.aks_api_version)?;
+        let reports = super::fleet::run(&az, windows).await;
+        super::fleet::print(&reports, format, windows, a.textfile.as_deref())?;
+        return Ok(super::fleet::worst(&reports).code());
+    }
     if format == Format::Html {
         return Err(Refusal("-o html is for --all (one page for the fleet)".into()).into());
     }
@@ -283,6 +289,20 @@ pub fn emit(
     format: Format,
     textfile: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    write_textfile(reports, textfile)?;
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "clusters": reports })),
+        Format::Prometheus => out(&prometheus(reports)),
+        _ => out(&text(reports)),
+    }
+    Ok(())
+}
+
+/// The Prometheus form into `textfile`, written beside it and renamed into place.
+pub fn write_textfile(
+    reports: &[ClusterReport],
+    textfile: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let metrics = prometheus(reports);
     if let Some(path) = textfile {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -292,11 +312,6 @@ pub fn emit(
             let _ = std::fs::remove_file(&tmp);
             anyhow::anyhow!("cannot move {} into place in {:?}: {e}", tmp.display(), dir)
         })?;
-    }
-    match format {
-        Format::Json => print_json(&serde_json::json!({ "clusters": reports })),
-        Format::Prometheus => out(&metrics),
-        _ => out(&text(reports)),
     }
     Ok(())
 }

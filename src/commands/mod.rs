@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod docs;
 pub mod expiry;
+pub mod fleet;
 pub mod lifecycle;
 pub mod playbooks;
 pub mod runs;

@@ -30,6 +30,15 @@ pub fn azure(target: &Target, auth: AuthMode, aks_api: &str) -> anyhow::Result<A
     ) else {
         return Err(Refusal("name the cluster: --subscription (or AZURE_SUBSCRIPTION_ID), -g/--resource-group (or KMSCTL_RESOURCE_GROUP), -n/--name (or KMSCTL_CLUSTER)".into()).into());
     };
+    let mut az = azure_any(auth, aks_api)?;
+    az.subscription = sub.clone();
+    az.cluster_path = cluster_path(sub, rg, name);
+    Ok(az)
+}
+
+/// Azure access that names no one cluster (fleet-wide checks): subscription and cluster path
+/// stay empty.
+pub fn azure_any(auth: AuthMode, aks_api: &str) -> anyhow::Result<Azure> {
     let options = Route::from_env()?.client_options()?;
     let credential =
         credential::credential(auth, &options).map_err(|e| Refusal(format!("{e:#}")))?;
@@ -42,8 +51,8 @@ pub fn azure(target: &Target, auth: AuthMode, aks_api: &str) -> anyhow::Result<A
         arm,
         credential,
         options,
-        subscription: sub.clone(),
-        cluster_path: cluster_path(sub, rg, name),
+        subscription: String::new(),
+        cluster_path: String::new(),
     })
 }
 

@@ -41,6 +41,7 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         continue_ttl_seconds: a.continue_ttl_seconds,
         faults,
         seed: a.seed,
+        fleet: a.fleet.clone(),
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod progress;
 pub mod run;
+pub mod timeline;
 
 use serde::Serialize;
 

@@ -61,12 +61,25 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
         return role_assignments(&mut w, req, &s, pos);
     }
     if s.len() == 1 && eq(s[0], "subscriptions") {
-        let sub = json!({ "id": format!("/subscriptions/{}", w.ids.subscription), "subscriptionId": w.ids.subscription,
-                          "tenantId": w.ids.tenant, "displayName": "kmsctl twin", "state": "Enabled" });
+        let subs = super::fleet::subscriptions(&w);
+        let n = subs.len();
         return json_resp(
             StatusCode::OK,
-            &json!({ "value": [sub], "count": { "type": "Total", "value": 1 } }),
+            &json!({ "value": subs, "count": { "type": "Total", "value": n } }),
         );
+    }
+    if let ["providers", p, "resources"] = s.as_slice()
+        && eq(p, "Microsoft.ResourceGraph")
+        && req.method == Method::POST
+    {
+        return super::fleet::graph_query(&w, req);
+    }
+    if s.len() >= 2
+        && eq(s[0], "subscriptions")
+        && !w.second_subscription.is_empty()
+        && eq(s[1], &w.second_subscription)
+    {
+        return super::fleet::handle_second(&w, req, &s);
     }
     if s.len() < 2 || !eq(s[0], "subscriptions") || !eq(s[1], &w.ids.subscription) {
         return arm_error(
@@ -112,7 +125,7 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             if eq(rg_, "resourceGroups") && eq(p, "Microsoft.ContainerService") =>
         {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.cluster) {
-                return not_found("Microsoft.ContainerService/managedClusters", name, rg);
+                return super::fleet::handle_second(&w, req, &s);
             }
             match (method, rest) {
                 (&Method::GET, []) => json_resp(StatusCode::OK, &w.cluster),
@@ -162,7 +175,10 @@ fn not_found(kind: &str, name: &str, rg: &str) -> Resp {
 }
 
 fn list(w: &World) -> Resp {
-    json_resp(StatusCode::OK, &json!({ "value": [w.cluster] }))
+    json_resp(
+        StatusCode::OK,
+        &json!({ "value": super::fleet::clusters_in(w, &w.ids.subscription) }),
+    )
 }
 
 fn upgrade_profile(w: &World) -> Resp {

@@ -8,6 +8,7 @@ mod aks_rules;
 mod arm;
 mod entra;
 pub mod faults;
+pub mod fleet;
 mod http;
 mod keyvault;
 mod kubeapi;
@@ -70,6 +71,8 @@ pub struct SimOptions {
     pub continue_ttl_seconds: u64,
     pub faults: Vec<faults::FaultRule>,
     pub seed: u64,
+    /// Other clusters the credential can see, each with its own key (fleet-wide checks).
+    pub fleet: Vec<fleet::Member>,
 }
 
 impl Default for SimOptions {
@@ -95,6 +98,7 @@ impl Default for SimOptions {
             continue_ttl_seconds: 300,
             faults: Vec::new(),
             seed: 1,
+            fleet: Vec::new(),
         }
     }
 }

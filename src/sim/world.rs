@@ -150,6 +150,10 @@ pub struct World {
     pub vault: Value,
     pub keys: BTreeMap<String, KeyRecord>,
     pub role_assignments: Vec<Value>,
+    /// Other clusters the credential can see (read-only), and the second subscription some of
+    /// them are in ("" without a fleet).
+    pub fleet: Vec<Value>,
+    pub second_subscription: String,
     pub tokens: HashMap<String, (String, Instant)>,
     pub timeline: KmsTimeline,
     pub replicas: Vec<Replica>,
@@ -249,7 +253,11 @@ impl World {
             objects: ObjectStore::default(),
             faults: Vec::new(),
             fail_next_operations: 0,
+            fleet: Vec::new(),
+            second_subscription: String::new(),
         };
+        let members = w.opts.fleet.clone();
+        super::fleet::seed(&mut w, &members);
         let label = w.label_for_cluster();
         w.timeline.changes.push((w.started, label));
         let n = w.opts.apiserver_replicas.max(1);
