@@ -329,3 +329,167 @@ async fn the_html_timeline_renders_in_headless_chromium() {
     assert!(count([0xf9, 0xa8, 0x25]) > 200, "warning amber drawn");
     assert!(count([0x2e, 0x7d, 0x32]) > 1000, "ok green drawn");
 }
+
+#[tokio::test]
+async fn the_cronjob_applies_and_runs_the_check_with_workload_identity() {
+    let w = world(small(10)).await;
+    let client = "0b5c3e2a-8d7f-4e61-9a43-2f1c6d8e7b90";
+    let out = w
+        .run(&[
+            "check-expiry",
+            "--cronjob",
+            "--client-id",
+            client,
+            "--schedule",
+            "30 5 * * 1",
+            "--namespace",
+            "ops",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .skip(1)
+        .map(|d| serde_saphyr::from_str(d).expect("each document parses"))
+        .collect();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    assert_eq!(
+        kind("ServiceAccount")["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        client
+    );
+    let cron = kind("CronJob");
+    assert_eq!(cron["spec"]["schedule"], "30 5 * * 1");
+    assert_eq!(cron["metadata"]["namespace"], "ops");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "kmsctl-check-expiry");
+    assert!(
+        pod["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("\"workload\"")
+    );
+    assert_eq!(kind("RoleBinding")["subjects"][0]["namespace"], "ops");
+
+    // Real kubectl accepts it (client-side dry run against the twin's discovery) ...
+    // (off the async threads: the in-process twin keeps serving kubectl meanwhile)
+    let kubeconfig = w.dir.path().join("kubeconfig");
+    let kubectl = |manifest: String| {
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = std::process::Command::new("kubectl")
+                .args(["apply", "--dry-run=client", "-f", "-"])
+                .env("KUBECONFIG", kubeconfig)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("kubectl runs");
+            use std::io::Write;
+            let mut stdin = c.stdin.take().unwrap();
+            stdin.write_all(manifest.as_bytes()).unwrap();
+            drop(stdin);
+            c.wait_with_output().unwrap()
+        })
+    };
+    let applied = kubectl(yaml.clone()).await.unwrap();
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(
+        String::from_utf8_lossy(&applied.stdout)
+            .contains("cronjob.batch/kmsctl-check-expiry created (dry run)")
+    );
+    // ... and would reject a broken one (the check can fail).
+    let broken = kubectl(yaml.replace("kind: CronJob", "kind: CronJobb"))
+        .await
+        .unwrap();
+    assert!(!broken.status.success());
+
+    // What the pod runs: --auth workload with a projected service account token.
+    let token = w.dir.path().join("azure-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6b3BzOmttc2N0bC1jaGVjay1leHBpcnkifQ.c2ln").unwrap();
+    let mut c = w.command(&["check-expiry", "--auth", "workload", "-o", "json"]);
+    c.env_remove("AZURE_CLIENT_SECRET")
+        .env("AZURE_FEDERATED_TOKEN_FILE", &token);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"status\": \"OK\""),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn fix_extend_sets_a_later_expiry_never_on_a_disabled_version() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(5 * DAY as u64)),
+        ..small(10)
+    })
+    .await;
+    assert_eq!(check(&w, &[]).await.0, 2);
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=90d", "--yes"])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after the fix the check passes: {}",
+        text(&out)
+    );
+    let exp = w.key_versions()[0]["exp"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{:?}", w.key_versions()));
+    assert!((exp - (now() + 90 * DAY)).abs() < 120, "{exp}");
+    // Never shorter, never on a disabled version; both refuse and change nothing.
+    let before = w.fingerprint();
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=30d", "--yes"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    w.first_key_version(|v| v.enabled = false);
+    let before_disabled = w.fingerprint();
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=120d", "--yes"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("never extends a disabled version"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before_disabled);
+    assert_ne!(before, before_disabled);
+    // Without --yes and without a terminal: refused, nothing changed.
+    w.first_key_version(|v| v.enabled = true);
+    let before = w.fingerprint();
+    let out = w.run(&["check-expiry", "--fix", "extend=200d"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(w.fingerprint(), before);
+}
+
+#[tokio::test]
+async fn fix_rotate_runs_the_rotate_playbook() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(20 * DAY as u64)),
+        kms_status_period_seconds: 1,
+        ..small(30)
+    })
+    .await;
+    let out = w.run(&["check-expiry", "--fix", "rotate", "--yes"]).await;
+    let versions = w.key_versions();
+    assert_eq!(versions.len(), 2, "one rotation: {}", text(&out));
+    assert_eq!(w.kms()["keyId"], versions[1]["kid"]);
+    w.assert_all_current();
+    // The version before stays needed by KMS until the next rotation: still a WARNING.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("must-stay-alive"), "{}", text(&out));
+}

@@ -241,6 +241,29 @@ pub struct ExpiryArgs {
     /// subscriptions), checked in parallel; -o html draws the fleet's timeline.
     #[arg(long)]
     pub all: bool,
+    /// Remedy the version in use: `extend=90d` (a new expiry, 90 days from now; never on a
+    /// disabled version) or `rotate` (the rotate playbook). Asks first unless --yes.
+    #[arg(long, value_parser = crate::commands::expiry_fix::parse, conflicts_with_all = ["all", "cronjob"])]
+    pub fix: Option<crate::commands::expiry_fix::Fix>,
+    /// Do not ask for confirmation (--fix).
+    #[arg(long, short = 'y', requires = "fix")]
+    pub yes: bool,
+    /// Print a Kubernetes CronJob (and its ServiceAccount, Role, RoleBinding) that runs this
+    /// check in the cluster with workload identity; changes nothing.
+    #[arg(long)]
+    pub cronjob: bool,
+    /// The CronJob's schedule.
+    #[arg(long, default_value = "0 6 * * *", requires = "cronjob")]
+    pub schedule: String,
+    /// The CronJob's namespace.
+    #[arg(long, default_value = "kmsctl", requires = "cronjob")]
+    pub namespace: String,
+    /// The container image with kmsctl (build one from the README's Dockerfile).
+    #[arg(long, default_value = concat!("kmsctl:", env!("CARGO_PKG_VERSION")), requires = "cronjob")]
+    pub image: String,
+    /// The client id of the user-assigned identity the CronJob runs as (workload identity).
+    #[arg(long, requires = "cronjob")]
+    pub client_id: Option<String>,
     /// Also write the Prometheus metrics into this file, atomically (node_exporter's textfile
     /// collector).
     #[arg(long, value_name = "PATH")]

@@ -240,6 +240,10 @@ fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
 
 pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     let windows = windows(&a)?;
+    if a.cronjob {
+        out(&super::cronjob::render(&a)?);
+        return Ok(crate::exit_codes::OK);
+    }
     if a.all {
         let az = setup::azure_any(a.target.auth, &a.target.aks_api_version)?;
         let reports = super::fleet::run(&az, windows).await;
@@ -251,6 +255,19 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     }
     let target = setup::target(&a.target);
     let az = setup::azure(&target, a.target.auth, &a.target.aks_api_version)?;
+    match &a.fix {
+        Some(super::expiry_fix::Fix::Extend(by)) => {
+            super::expiry_fix::extend(&az, *by, a.yes).await?
+        }
+        Some(super::expiry_fix::Fix::Rotate) => {
+            let code = super::expiry_fix::rotate(&a, format).await?;
+            if code != crate::exit_codes::OK {
+                return Ok(code);
+            }
+        }
+        None => {}
+    }
+    // After a fix, the check runs again: its exit code says what the fix achieved.
     let report = match az.arm.get(&az.cluster_path, &az.arm.api.aks).await {
         Err(e) => ClusterReport::unknown(
             &az.cluster_path,

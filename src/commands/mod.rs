@@ -1,8 +1,10 @@
 //! Command bodies: each maps parsed arguments onto the engines and renders the result.
 
+pub mod cronjob;
 pub mod demo;
 pub mod docs;
 pub mod expiry;
+pub mod expiry_fix;
 pub mod fleet;
 pub mod lifecycle;
 pub mod playbooks;

@@ -24,6 +24,18 @@ pub fn fresh(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
 }
 
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Cluster> {
+    // Inside a pod (the check-expiry CronJob) without a kubeconfig: the pod's service account.
+    let home_config =
+        std::env::var_os("HOME").is_some_and(|h| Path::new(&h).join(".kube/config").exists());
+    if kubeconfig.is_none()
+        && context.is_none()
+        && std::env::var_os("KUBECONFIG").is_none()
+        && !home_config
+        && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    {
+        let config = kube::Config::incluster().context("loading the in-cluster configuration")?;
+        return finish(config, None, None);
+    }
     let kc = match kubeconfig {
         Some(p) => Kubeconfig::read_from(p)
             .with_context(|| format!("reading kubeconfig {}", p.display()))?,
@@ -43,9 +55,17 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
         context: context.map(str::to_string),
         ..Default::default()
     };
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &opts)
+    let config = kube::Config::from_custom_kubeconfig(kc, &opts)
         .await
         .context("loading the kubeconfig context")?;
+    finish(config, resolved_file, resolved_context)
+}
+
+fn finish(
+    mut config: kube::Config,
+    resolved_file: Option<std::path::PathBuf>,
+    resolved_context: Option<String>,
+) -> anyhow::Result<Cluster> {
     // kube retries 429 silently (up to 15 times); kmsctl adapts to it instead, and shows it.
     config.default_retry = false;
     config.read_timeout = Some(Duration::from_secs(90));

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub const NAME: &str = "kmsctl-key-ledger";
-const NAMESPACE: &str = "kube-system";
+pub const NAMESPACE: &str = "kube-system";
 const FIELD: &str = "ledger.json";
 
 fn resource() -> ApiResource {

@@ -54,7 +54,13 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
         );
     }
     let secret_ok = form.get("client_secret") == Some(&w.ids.client_secret);
-    let assertion_ok = form.get("client_assertion").is_some_and(|a| !a.is_empty());
+    // Workload identity: a federated token (a JWT: three dot-separated parts) as a jwt-bearer
+    // client assertion.
+    let assertion_ok = form
+        .get("client_assertion")
+        .is_some_and(|a| a.split('.').count() == 3)
+        && form.get("client_assertion_type").map(String::as_str)
+            == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
     if !secret_ok && !assertion_ok {
         return oauth_error(
             StatusCode::UNAUTHORIZED,

@@ -148,16 +148,31 @@ fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
 fn core_resources() -> Value {
     json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [
         resource("namespaces", "Namespace", false), resource("secrets", "Secret", true),
-        resource("configmaps", "ConfigMap", true), resource("pods", "Pod", true) ] })
+        resource("configmaps", "ConfigMap", true), resource("pods", "Pod", true),
+        resource("serviceaccounts", "ServiceAccount", true) ] })
 }
 
-const GROUPS: &[(&str, &str, &str, bool)] = &[
-    ("coordination.k8s.io", "leases", "Lease", true),
+/// API groups the twin announces, with their resources (plural, kind, namespaced). Discovery
+/// lists what kubectl needs to map manifests (the CronJob kmsctl prints, RBAC); a GET of an
+/// object the twin does not keep answers 404 NotFound, as for an object that does not exist.
+const GROUPS: &[(&str, &[(&str, &str, bool)])] = &[
+    ("coordination.k8s.io", &[("leases", "Lease", true)]),
     (
         "flowcontrol.apiserver.k8s.io",
-        "flowschemas",
-        "FlowSchema",
-        false,
+        &[("flowschemas", "FlowSchema", false)],
+    ),
+    (
+        "batch",
+        &[("cronjobs", "CronJob", true), ("jobs", "Job", true)],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        &[
+            ("roles", "Role", true),
+            ("rolebindings", "RoleBinding", true),
+            ("clusterroles", "ClusterRole", false),
+            ("clusterrolebindings", "ClusterRoleBinding", false),
+        ],
     ),
 ];
 
@@ -174,10 +189,16 @@ fn groups() -> Value {
 
 fn group_resources(g: &str, v: &str) -> Resp {
     match GROUPS.iter().find(|(name, ..)| *name == g) {
-        Some((g, plural, kind, namespaced)) if v == "v1" => json_resp(
-            StatusCode::OK,
-            &json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/v1"), "resources": [resource(plural, kind, *namespaced)] }),
-        ),
+        Some((g, resources)) if v == "v1" => {
+            let list: Vec<Value> = resources
+                .iter()
+                .map(|(plural, kind, namespaced)| resource(plural, kind, *namespaced))
+                .collect();
+            json_resp(
+                StatusCode::OK,
+                &json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/v1"), "resources": list }),
+            )
+        }
         _ => k8s_status(
             StatusCode::NOT_FOUND,
             "NotFound",
