@@ -155,7 +155,10 @@ fn core_resources() -> Value {
 /// API groups the twin announces, with their resources (plural, kind, namespaced). Discovery
 /// lists what kubectl needs to map manifests (the CronJob kmsctl prints, RBAC); a GET of an
 /// object the twin does not keep answers 404 NotFound, as for an object that does not exist.
-const GROUPS: &[(&str, &[(&str, &str, bool)])] = &[
+/// (plural, kind, namespaced)
+type Resource = (&'static str, &'static str, bool);
+
+const GROUPS: &[(&str, &[Resource])] = &[
     ("coordination.k8s.io", &[("leases", "Lease", true)]),
     (
         "flowcontrol.apiserver.k8s.io",
