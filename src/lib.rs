@@ -4,6 +4,7 @@ pub mod azure;
 pub mod checks;
 pub mod cli;
 pub mod commands;
+pub mod doctor;
 pub mod engine;
 pub mod exit_codes;
 pub mod k8s;

@@ -215,7 +215,7 @@ pub async fn vault(
     }
 }
 
-async fn find_vault(
+pub async fn find_vault(
     arm: &ArmClient,
     subscription: &str,
     name: &str,

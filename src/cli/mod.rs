@@ -45,6 +45,9 @@ pub enum Command {
     /// Check the expiry of the key versions the cluster depends on (exit 0 OK, 1 WARNING,
     /// 2 CRITICAL, 3 UNKNOWN), for monitoring; -o text|json|prometheus.
     CheckExpiry(ExpiryArgs),
+    /// Diagnose KMS, the Key Vault Secrets Provider add-on, or a workload identity; reads only.
+    #[command(subcommand)]
+    Doctor(DoctorCommand),
     /// Print a playbook's resolved steps and their preflight results; change nothing.
     Plan(PlanArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
@@ -268,6 +271,28 @@ pub struct ExpiryArgs {
     /// collector).
     #[arg(long, value_name = "PATH")]
     pub textfile: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DoctorCommand {
+    /// KMS: state, key versions and expiry, identity access, network mode, API server guard.
+    Kms(TargetArgs),
+    /// The Secrets Store CSI driver and Azure provider for an application pod.
+    SecretsProvider {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The application pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME")]
+        pod: Option<String>,
+    },
+    /// Workload identity for a ServiceAccount: annotation, federated credential, pods, vault access.
+    Identity {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The ServiceAccount, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME", default_value = "default/default")]
+        service_account: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -15,6 +15,8 @@ pub enum SimCommand {
     },
     /// Add a fault rule to a running twin (or clear them all with --clear).
     Fault(FaultArgs),
+    /// List the Secrets Provider scenarios `serve --scenario` stages, one per line.
+    Scenarios,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -94,9 +96,21 @@ pub struct ServeArgs {
     /// platform-managed rotation, a versionless key id).
     #[arg(long, value_delimiter = ',', value_parser = crate::sim::fleet::parse_member)]
     pub fleet: Vec<crate::sim::fleet::Member>,
+    /// Stage a Key Vault Secrets Provider scenario (a pod default/app that mounts a
+    /// SecretProviderClass, with one cause from the troubleshooting guide): see `sim scenarios`.
+    #[arg(long, value_parser = scenario_name)]
+    pub scenario: Option<String>,
     /// Seed for the generated Secrets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+fn scenario_name(s: &str) -> Result<String, String> {
+    crate::sim::scenarios::SCENARIOS
+        .iter()
+        .any(|(n, _)| *n == s)
+        .then(|| s.to_string())
+        .ok_or_else(|| format!("no scenario '{s}'; `kmsctl sim scenarios` lists them"))
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,6 +3,7 @@
 pub mod cronjob;
 pub mod demo;
 pub mod docs;
+pub mod doctor;
 pub mod expiry;
 pub mod expiry_fix;
 pub mod fleet;
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(a) => playbooks::run(a, format).await,
         Command::Plan(a) => playbooks::plan(a, format).await,
         Command::CheckExpiry(a) => expiry::run(a, format).await,
+        Command::Doctor(c) => doctor::run(c, format).await,
         Command::Completions { shell } => docs::completions(shell),
         Command::Man(a) => docs::man(a),
         Command::Resume(a) => runs::resume(a, format).await,

@@ -42,6 +42,7 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         faults,
         seed: a.seed,
         fleet: a.fleet.clone(),
+        scenario: a.scenario.clone(),
     })
 }
 
@@ -68,6 +69,14 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         SimCommand::Fault(f) => fault(f).await,
+        SimCommand::Scenarios => {
+            let names: Vec<&str> = crate::sim::scenarios::SCENARIOS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
+            crate::output::out(&format!("{}\n", names.join("\n")));
+            Ok(0)
+        }
     }
 }
 

@@ -92,6 +92,9 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
         );
     }
     let method = &req.method;
+    if s.iter().any(|x| eq(x, "Microsoft.ManagedIdentity")) {
+        return super::identities::handle(&w, &s[2..]);
+    }
     match &s[2..] {
         [] => json_resp(
             StatusCode::OK,

@@ -67,44 +67,28 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
             _ => method_not_allowed(),
         },
         ["api", "v1", "namespaces", ns, "secrets", name] => secret(shared, req, ns, name),
-        ["api", "v1", "namespaces", ns, res @ ("configmaps" | "pods")] => {
+        ["api", "v1", "namespaces", ns, "pods", name, "log"] => pod_log(shared, req, ns, name),
+        ["api", "v1", res] if CORE_KEPT.contains(res) && req.method == Method::GET => {
+            objects(shared, req, res, "", None)
+        }
+        ["api", "v1", "namespaces", ns, res] if CORE_KEPT.contains(res) => {
             objects(shared, req, res, ns, None)
         }
-        [
-            "api",
-            "v1",
-            "namespaces",
-            ns,
-            res @ ("configmaps" | "pods"),
-            name,
-        ] => objects(shared, req, res, ns, Some(name)),
-        [
-            "apis",
-            "coordination.k8s.io",
-            "v1",
-            "namespaces",
-            ns,
-            "leases",
-        ] => objects(shared, req, "leases", ns, None),
-        [
-            "apis",
-            "coordination.k8s.io",
-            "v1",
-            "namespaces",
-            ns,
-            "leases",
-            name,
-        ] => objects(shared, req, "leases", ns, Some(name)),
-        ["apis", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas"] => {
-            objects(shared, req, "flowschemas", "", None)
+        ["api", "v1", "namespaces", ns, res, name] if CORE_KEPT.contains(res) => {
+            objects(shared, req, res, ns, Some(name))
         }
-        [
-            "apis",
-            "flowcontrol.apiserver.k8s.io",
-            "v1",
-            "flowschemas",
-            name,
-        ] => objects(shared, req, "flowschemas", "", Some(name)),
+        ["apis", g, "v1", "namespaces", ns, res] if group_resource(g, res) == Some(true) => {
+            objects(shared, req, res, ns, None)
+        }
+        ["apis", g, "v1", "namespaces", ns, res, name] if group_resource(g, res) == Some(true) => {
+            objects(shared, req, res, ns, Some(name))
+        }
+        ["apis", g, "v1", res] if group_resource(g, res).is_some() => {
+            objects(shared, req, res, "", None)
+        }
+        ["apis", g, "v1", res, name] if group_resource(g, res) == Some(false) => {
+            objects(shared, req, res, "", Some(name))
+        }
         _ => k8s_status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -139,6 +123,8 @@ fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
         "namespaces" => &["ns"],
         "configmaps" => &["cm"],
         "pods" => &["po"],
+        "events" => &["ev"],
+        "serviceaccounts" => &["sa"],
         _ => &[],
     };
     json!({ "name": name, "singularName": kind.to_ascii_lowercase(), "namespaced": namespaced, "kind": kind,
@@ -149,7 +135,7 @@ fn core_resources() -> Value {
     json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [
         resource("namespaces", "Namespace", false), resource("secrets", "Secret", true),
         resource("configmaps", "ConfigMap", true), resource("pods", "Pod", true),
-        resource("serviceaccounts", "ServiceAccount", true) ] })
+        resource("serviceaccounts", "ServiceAccount", true), resource("events", "Event", true) ] })
 }
 
 /// API groups the twin announces, with their resources (plural, kind, namespaced). Discovery
@@ -169,6 +155,10 @@ const GROUPS: &[(&str, &[Resource])] = &[
         &[("cronjobs", "CronJob", true), ("jobs", "Job", true)],
     ),
     (
+        "secrets-store.csi.x-k8s.io",
+        &[("secretproviderclasses", "SecretProviderClass", true)],
+    ),
+    (
         "rbac.authorization.k8s.io",
         &[
             ("roles", "Role", true),
@@ -178,6 +168,85 @@ const GROUPS: &[(&str, &[Resource])] = &[
         ],
     ),
 ];
+
+/// Core resources the twin keeps as plain objects (Secrets have their own store).
+const CORE_KEPT: &[&str] = &["configmaps", "pods", "events", "serviceaccounts"];
+
+/// Whether `group` has `res`, and if so whether it is namespaced.
+fn group_resource(group: &str, res: &str) -> Option<bool> {
+    GROUPS
+        .iter()
+        .find(|(g, _)| *g == group)
+        .and_then(|(_, rs)| rs.iter().find(|(p, ..)| *p == res))
+        .map(|(_, _, namespaced)| *namespaced)
+}
+
+/// The kind of a resource the twin keeps, for its list's kind.
+fn kind_of(res: &str) -> &'static str {
+    match res {
+        "configmaps" => "ConfigMap",
+        "pods" => "Pod",
+        "events" => "Event",
+        "serviceaccounts" => "ServiceAccount",
+        _ => GROUPS
+            .iter()
+            .flat_map(|(_, rs)| rs.iter())
+            .find(|(p, ..)| *p == res)
+            .map_or("Object", |(_, k, _)| k),
+    }
+}
+
+/// `GET .../pods/NAME/log?container=C&sinceSeconds=N`: the container's lines, oldest first.
+fn pod_log(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
+    let w = shared.world();
+    let Some(pod) = w.objects.get("pods", ns, name) else {
+        return k8s_not_found("pods", name);
+    };
+    let containers: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match req.query.get("container") {
+        Some(c) => c.as_str(),
+        None if containers.len() == 1 => containers[0],
+        None => {
+            return k8s_status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                ),
+                None,
+            );
+        }
+    };
+    if !containers.contains(&container) {
+        return k8s_status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("container {container} is not valid for pod {name}"),
+            None,
+        );
+    }
+    let since = req
+        .query
+        .get("sinceSeconds")
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(|s| super::world::now_unix() - s);
+    let mut lines: Vec<&(i64, String)> = w
+        .logs
+        .get(&(ns.to_string(), name.to_string(), container.to_string()))
+        .into_iter()
+        .flatten()
+        .filter(|(t, _)| since.is_none_or(|s| *t >= s))
+        .collect();
+    lines.sort_by_key(|(t, _)| *t);
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    bytes(StatusCode::OK, "text/plain", text)
+}
 
 fn groups() -> Value {
     let groups: Vec<Value> = GROUPS
@@ -440,23 +509,23 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
     let mut w = shared.world();
     let replica_ids: Vec<String> = w.replicas.iter().map(|r| r.id.clone()).collect();
     let store = &mut w.objects;
-    let kind_list = match res {
-        "configmaps" => "ConfigMapList",
-        "pods" => "PodList",
-        "leases" => "LeaseList",
-        _ => "FlowSchemaList",
-    };
+    let kind_list = format!("{}List", kind_of(res));
     match (&req.method, name) {
         (&Method::GET, None) => {
             if res == "leases" {
                 store.renew_apiserver_identities(&replica_ids);
             }
             let ns_filter = (!ns.is_empty()).then_some(ns);
-            let items: Vec<&Value> = store.list(
-                res,
-                ns_filter,
-                req.query.get("labelSelector").map(String::as_str),
-            );
+            let fields = req.query.get("fieldSelector").map(String::as_str);
+            let items: Vec<&Value> = store
+                .list(
+                    res,
+                    ns_filter,
+                    req.query.get("labelSelector").map(String::as_str),
+                )
+                .into_iter()
+                .filter(|o| super::objects::matches_fields(o, fields))
+                .collect();
             json_resp(
                 StatusCode::OK,
                 &json!({ "kind": kind_list, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }),

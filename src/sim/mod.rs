@@ -10,6 +10,7 @@ mod entra;
 pub mod faults;
 pub mod fleet;
 mod http;
+mod identities;
 mod keyvault;
 mod kubeapi;
 mod objects;
@@ -17,6 +18,7 @@ mod private_link;
 mod protobuf;
 mod ratelimit;
 mod resources;
+pub mod scenarios;
 pub mod secrets;
 mod seed;
 mod server;
@@ -73,6 +75,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// Other clusters the credential can see, each with its own key (fleet-wide checks).
     pub fleet: Vec<fleet::Member>,
+    /// A Secrets Provider scenario to stage (`kmsctl sim scenarios`).
+    pub scenario: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -99,6 +103,7 @@ impl Default for SimOptions {
             faults: Vec::new(),
             seed: 1,
             fleet: Vec::new(),
+            scenario: None,
         }
     }
 }

@@ -17,15 +17,80 @@ fn key(resource: &str, ns: &str, name: &str) -> (String, String, String) {
     (resource.to_string(), ns.to_string(), name.to_string())
 }
 
+/// Splits a selector at the commas that are not inside `in (...)` sets.
+fn terms(sel: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in sel.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&sel[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&sel[start..]);
+    out
+}
+
+/// A label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a, b)`, `k notin (a, b)`.
 pub fn matches_labels(obj: &Value, selector: Option<&str>) -> bool {
     let Some(sel) = selector.filter(|s| !s.is_empty()) else {
         return true;
     };
-    sel.split(',').all(|term| match term.split_once('=') {
-        Some((k, v)) => {
-            obj["metadata"]["labels"][k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+    let label = |k: &str| obj["metadata"]["labels"][k.trim()].as_str();
+    terms(sel).into_iter().all(|term| {
+        let term = term.trim();
+        let set = |rest: &str| -> Vec<String> {
+            rest.trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .collect()
+        };
+        if let Some((k, rest)) = term.split_once(" notin ") {
+            return label(k).is_none_or(|v| !set(rest).iter().any(|s| s == v));
         }
-        None => obj["metadata"]["labels"].get(term.trim()).is_some(),
+        if let Some((k, rest)) = term.split_once(" in ") {
+            return label(k).is_some_and(|v| set(rest).iter().any(|s| s == v));
+        }
+        if let Some((k, v)) = term.split_once("!=") {
+            return label(k) != Some(v.trim());
+        }
+        if let Some((k, v)) = term.split_once('=') {
+            return label(k) == Some(v.trim_start_matches('=').trim());
+        }
+        match term.strip_prefix('!') {
+            Some(k) => label(k).is_none(),
+            None => obj["metadata"]["labels"].get(term).is_some(),
+        }
+    })
+}
+
+/// A field selector of `path=value` terms (`involvedObject.name=app,spec.nodeName=n1`).
+pub fn matches_fields(obj: &Value, selector: Option<&str>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| {
+        let (path, want, equal) = match term.split_once("!=") {
+            Some((p, v)) => (p, v, false),
+            None => match term.split_once('=') {
+                Some((p, v)) => (p, v.trim_start_matches('='), true),
+                None => return true,
+            },
+        };
+        let have = path
+            .trim()
+            .split('.')
+            .fold(obj, |v, k| &v[k])
+            .as_str()
+            .unwrap_or_default();
+        (have == want.trim()) == equal
     })
 }
 

@@ -154,6 +154,11 @@ pub struct World {
     /// them are in ("" without a fleet).
     pub fleet: Vec<Value>,
     pub second_subscription: String,
+    /// Container logs: (namespace, pod, container) -> (Unix time, line), oldest first.
+    pub logs: BTreeMap<(String, String, String), Vec<(i64, String)>>,
+    /// Microsoft.ManagedIdentity user-assigned identities (with their federated credentials
+    /// under `federatedIdentityCredentials`).
+    pub identities: Vec<Value>,
     pub tokens: HashMap<String, (String, Instant)>,
     pub timeline: KmsTimeline,
     pub replicas: Vec<Replica>,
@@ -255,6 +260,8 @@ impl World {
             fail_next_operations: 0,
             fleet: Vec::new(),
             second_subscription: String::new(),
+            logs: BTreeMap::new(),
+            identities: Vec::new(),
         };
         let members = w.opts.fleet.clone();
         super::fleet::seed(&mut w, &members);
@@ -277,6 +284,11 @@ impl World {
         w.objects.seed_system(&w.opts);
         let replicas = w.replicas.clone();
         w.objects.seed_apiserver_identities(&replicas);
+        if let Some(s) = w.opts.scenario.clone()
+            && let Err(e) = super::scenarios::apply(&mut w, &s)
+        {
+            tracing::error!("the twin could not stage scenario {s}: {e}");
+        }
         w
     }
 
