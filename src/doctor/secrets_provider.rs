@@ -42,7 +42,11 @@ fn judge_line(line: &str, source: &str, findings: &mut Vec<Finding>) {
             // The same cause seen again: one finding, with at most two pieces of evidence.
             if let Some(f) = findings.iter_mut().find(|f| f.guide == Some(sig.guide)) {
                 if !f.evidence.contains(" | ") {
-                    f.evidence = format!("{} | {}", f.evidence, super::redact::redact(&format!("{source}: {line}")));
+                    f.evidence = format!(
+                        "{} | {}",
+                        f.evidence,
+                        super::redact::redact(&format!("{source}: {line}"))
+                    );
                 }
                 return;
             }
