@@ -35,6 +35,13 @@ impl KeyId {
         if parts.len() != 4 || parts[1] != "keys" || parts.iter().any(|p| p.is_empty()) {
             return Err(bad());
         }
+        // AKS keeps the id as given and Key Vault's kid has no port: `:443` would name another
+        // key id than the one Key Vault reports.
+        if parts[0].contains(':') {
+            return Err(format!(
+                "'{id}' names a port: write the key id as Key Vault returns it (az keyvault key show --query key.kid), without a port"
+            ));
+        }
         Ok(KeyId {
             vault_url: format!("https://{}", parts[0].to_ascii_lowercase()),
             name: parts[2].to_string(),

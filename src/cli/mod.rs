@@ -48,6 +48,9 @@ pub enum Command {
     /// Diagnose KMS, the Key Vault Secrets Provider add-on, or a workload identity; reads only.
     #[command(subcommand)]
     Doctor(DoctorCommand),
+    /// Print the least privilege kmsctl needs: a Kubernetes ClusterRole and Role (and bindings
+    /// with --user/--group) and an Azure custom role.
+    Rbac(RbacArgs),
     /// Print a playbook's resolved steps and their preflight results; change nothing.
     Plan(PlanArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
@@ -293,6 +296,22 @@ pub enum DoctorCommand {
         #[arg(long, value_name = "NS/NAME", default_value = "default/default")]
         service_account: String,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RbacArgs {
+    /// Bind the Kubernetes roles to this user.
+    #[arg(long, conflicts_with = "group")]
+    pub user: Option<String>,
+    /// Bind the Kubernetes roles to this group (on AKS: an Entra ID group's object id).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The Azure role's assignable scope is this subscription.
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    pub subscription: Option<String>,
+    /// The Azure role's assignable scope (default: the subscription).
+    #[arg(long)]
+    pub scope: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

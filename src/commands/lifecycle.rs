@@ -67,6 +67,9 @@ pub async fn enable(a: EnableArgs, format: Format) -> anyhow::Result<i32> {
     if a.network_access == NetworkAccess::Private && a.vault_resource_id.is_none() {
         return Err(Refusal("--network-access private needs --vault-resource-id".into()).into());
     }
+    if let Some(id) = &a.vault_resource_id {
+        playbook::params::set(&mut p.clone(), "vaultResourceId", id).map_err(Refusal)?;
+    }
     p.vault_resource_id = a.vault_resource_id.clone();
     start(playbook::built_in("enable")?, &a.change, p, format).await
 }

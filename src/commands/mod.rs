@@ -9,6 +9,7 @@ pub mod expiry_fix;
 pub mod fleet;
 pub mod lifecycle;
 pub mod playbooks;
+pub mod rbac;
 pub mod runs;
 pub mod setup;
 pub mod sim;
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Plan(a) => playbooks::plan(a, format).await,
         Command::CheckExpiry(a) => expiry::run(a, format).await,
         Command::Doctor(c) => doctor::run(c, format).await,
+        Command::Rbac(a) => rbac::run(a, format),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man(a) => docs::man(a),
         Command::Resume(a) => runs::resume(a, format).await,

@@ -46,7 +46,10 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
         Some(n) => replicas::sample_key_hashes(&ctx.kube_config, n, 4 * n).await?,
         None => None,
     };
-    Ok(json!({ "kmsAtPlant": kms_at_plant, "replicas": replicas, "metricsBefore": metrics_before }))
+    let canary = canary::snapshot(&ctx.kube_config).await?;
+    Ok(
+        json!({ "kmsAtPlant": kms_at_plant, "replicas": replicas, "metricsBefore": metrics_before, "canary": canary }),
+    )
 }
 
 fn barrier<'a>(
@@ -63,6 +66,7 @@ fn barrier<'a>(
         to_kms_v2: state.desired.as_ref().is_some_and(|d| d.enabled),
         need_flip,
         status_period: Duration::from_secs(params.kms_status_period_seconds),
+        planted: state.canary.clone(),
         timeout: Duration::from_secs(params.barrier_timeout_seconds),
         poll: Duration::from_millis(params.barrier_poll_millis),
         lease_lost,

@@ -22,6 +22,8 @@ pub struct RunState {
     /// Each replica's newest KMS key id hash at plant time (None: /metrics not readable).
     pub metrics_before: Option<crate::k8s::replicas::KeyHashes>,
     pub desired: Option<DesiredKms>,
+    /// The canary as plant-canary left it (its rv and content).
+    pub canary: Option<crate::k8s::canary::Planted>,
     pub concurrency_cap: Option<usize>,
 }
 
@@ -44,6 +46,7 @@ impl RunState {
                 self.kms_at_plant = serde_json::from_value(output["kmsAtPlant"].clone()).ok();
                 self.replicas = output["replicas"].as_u64().map(|n| n as usize);
                 self.metrics_before = serde_json::from_value(output["metricsBefore"].clone()).ok();
+                self.canary = serde_json::from_value(output["canary"].clone()).ok();
             }
             Step::RotateKey => self.key_id = string(output, "keyId"),
             Step::UpdateKms { .. } => {

@@ -165,6 +165,39 @@ pub async fn make_current(config: &kube::Config, replicas: usize) -> Result<(), 
     Err(BarrierError::NotCurrent)
 }
 
+/// The canary as planted: its resourceVersion and a hash of what it holds (data, labels,
+/// annotations). A later rv with the same content means an unchanged PUT rewrote it, which only a
+/// replica writing with another key does.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Planted {
+    pub rv: String,
+    pub content: String,
+}
+
+fn content_hash(o: &DynamicObject) -> String {
+    use sha2::Digest;
+    let doc = serde_json::json!({
+        "data": o.data.get("data"),
+        "labels": o.metadata.labels,
+        "annotations": o.metadata.annotations,
+    });
+    let digest = sha2::Sha256::digest(doc.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The canary now, as `Planted` records it.
+pub async fn snapshot(config: &kube::Config) -> Result<Planted, KubeError> {
+    let o = api(&super::client::fresh(config)?)
+        .get(NAME)
+        .await
+        .map_err(KubeError::from)?;
+    Ok(Planted {
+        rv: o.metadata.resource_version.clone().unwrap_or_default(),
+        content: content_hash(&o),
+    })
+}
+
 /// What the barrier needs to know.
 pub struct Barrier<'a> {
     pub config: &'a kube::Config,
@@ -178,6 +211,8 @@ pub struct Barrier<'a> {
     pub need_flip: bool,
     /// How often a replica asks its plugin for the key id (about 60 s on a real one).
     pub status_period: Duration,
+    /// The canary as planted before the change (None: an older journal without it).
+    pub planted: Option<Planted>,
     pub timeout: Duration,
     pub poll: Duration,
     pub lease_lost: &'a AtomicBool,
@@ -227,6 +262,25 @@ impl Barrier<'_> {
         let mut rv: Option<String> = None;
         let mut flips = 0u32;
         let mut last_change = Instant::now();
+        // A run resumed after a kill: the killed process may have seen (and caused) the flip
+        // already. An unchanged canary with a new rv was rewritten by a switched replica; it
+        // counts as the flip, and the quiet time starts now.
+        if let Some(p) = &self.planted {
+            let now = snapshot(self.config).await?;
+            if now.rv != p.rv {
+                if now.content == p.content {
+                    tracing::info!(
+                        "the canary was rewritten unchanged since it was planted: a replica writes with the new key"
+                    );
+                    flips = 1;
+                } else {
+                    tracing::warn!(
+                        "the canary was changed by another writer since it was planted; waiting for a flip of its own"
+                    );
+                }
+                rv = Some(now.rv);
+            }
+        }
         let mut metrics_readable = self.to_kms_v2 && self.metrics_before.is_some();
         loop {
             if self.lease_lost.load(Ordering::SeqCst) {

@@ -1,0 +1,313 @@
+//! `kmsctl rbac`: the least privilege kmsctl needs, as manifests to apply and an Azure custom
+//! role to create: exactly the Kubernetes verbs and the Azure actions and dataActions its code
+//! calls (each listed with the command that needs it), nothing broader.
+
+use crate::cli::RbacArgs;
+use crate::output::{Format, out, print_json};
+use serde_json::{Value, json};
+
+const NAME: &str = "kmsctl";
+
+/// (apiGroup, resource, verbs, why)
+type ClusterRule = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+);
+/// (apiGroup, resource, verbs, resourceNames, why)
+type SystemRule = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static str,
+);
+
+/// Kubernetes rules across the cluster.
+const CLUSTER_RULES: &[ClusterRule] = &[
+    (
+        "",
+        "secrets",
+        &["get", "list", "update"],
+        "re-encryption lists every Secret and PUTs it back unchanged; preflight counts them",
+    ),
+    (
+        "",
+        "namespaces",
+        &["get", "list"],
+        "re-encryption goes namespace by namespace; runs record the kube-system uid",
+    ),
+    (
+        "flowcontrol.apiserver.k8s.io",
+        "flowschemas",
+        &["get", "list"],
+        "AKS's API server guard (aks-managed-apiserver-guard) slows re-encryption down",
+    ),
+];
+
+/// Kubernetes rules in kube-system.
+const SYSTEM_RULES: &[SystemRule] = &[
+    (
+        "",
+        "secrets",
+        &["create"],
+        &[],
+        "the canary Secret kmsctl-canary is created once",
+    ),
+    (
+        "",
+        "secrets",
+        &["get", "update"],
+        &["kmsctl-canary"],
+        "the canary proves each key switch",
+    ),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["create"],
+        &[],
+        "the run lease kmsctl-run is created",
+    ),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "update", "delete"],
+        &["kmsctl-run"],
+        "one run per cluster at a time",
+    ),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["list"],
+        &[],
+        "API server replicas are counted from their identity Leases",
+    ),
+    (
+        "",
+        "configmaps",
+        &["create"],
+        &[],
+        "the key ledger kmsctl-key-ledger is created once",
+    ),
+    (
+        "",
+        "configmaps",
+        &["get", "update"],
+        &["kmsctl-key-ledger"],
+        "the key ledger: versions in use, switches and their proofs",
+    ),
+    (
+        "",
+        "pods",
+        &["list"],
+        &[],
+        "preflight looks for konnectivity-agent pods (private vaults need VNet integration)",
+    ),
+];
+
+/// Azure control-plane actions, with why.
+const ACTIONS: &[(&str, &str)] = &[
+    (
+        "Microsoft.Resources/subscriptions/read",
+        "the vault and other clusters are looked up in every subscription",
+    ),
+    (
+        "Microsoft.ContainerService/managedClusters/read",
+        "the cluster's KMS configuration, status, preflight",
+    ),
+    (
+        "Microsoft.ContainerService/managedClusters/write",
+        "enable, disable, rotate, vault-mode, migrate-v2 (PUT with If-Match)",
+    ),
+    (
+        "Microsoft.ContainerService/managedClusters/upgradeProfiles/read",
+        "migrate-v2: the next minor version offered",
+    ),
+    (
+        "Microsoft.ContainerService/locations/operations/read",
+        "following the cluster's long-running operations",
+    ),
+    (
+        "Microsoft.ContainerService/locations/operationresults/read",
+        "following the cluster's long-running operations",
+    ),
+    (
+        "Microsoft.KeyVault/vaults/read",
+        "preflight: the key's vault, its tenant, network access, recovery",
+    ),
+    (
+        "Microsoft.KeyVault/vaults/write",
+        "vault-mode: the vault's public network access",
+    ),
+    (
+        "Microsoft.Authorization/roleAssignments/read",
+        "preflight: the cluster identity's roles on the vault",
+    ),
+    (
+        "Microsoft.Authorization/roleDefinitions/read",
+        "preflight: custom roles' dataActions",
+    ),
+    (
+        "Microsoft.ResourceGraph/resources/read",
+        "check-expiry --all: every KMS cluster",
+    ),
+];
+
+/// Key Vault data actions, with why.
+const DATA_ACTIONS: &[(&str, &str)] = &[
+    (
+        "Microsoft.KeyVault/vaults/keys/read",
+        "key versions: enabled, expiry, type",
+    ),
+    (
+        "Microsoft.KeyVault/vaults/keys/rotate/action",
+        "rotate: a new key version",
+    ),
+    (
+        "Microsoft.KeyVault/vaults/keys/update/action",
+        "retire-oldest (disable, never delete) and check-expiry --fix extend",
+    ),
+    (
+        "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
+        "check-expiry: the key's rotation policy",
+    ),
+];
+
+pub fn manifests() -> Vec<Value> {
+    let labels = json!({ "app.kubernetes.io/name": "kmsctl" });
+    let rule = |group: &str, res: &str, verbs: &[&str], names: &[&str]| {
+        let mut r = json!({ "apiGroups": [group], "resources": [res], "verbs": verbs });
+        if !names.is_empty() {
+            r["resourceNames"] = json!(names);
+        }
+        r
+    };
+    let mut cluster_rules: Vec<Value> = CLUSTER_RULES
+        .iter()
+        .map(|(g, r, v, _)| rule(g, r, v, &[]))
+        .collect();
+    // The key switch is proven from each replica's KMS key id hash, when readable.
+    cluster_rules.push(json!({ "nonResourceURLs": ["/metrics"], "verbs": ["get"] }));
+    let system_rules: Vec<Value> = SYSTEM_RULES
+        .iter()
+        .map(|(g, r, v, n, _)| rule(g, r, v, n))
+        .collect();
+    vec![
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": NAME, "labels": labels }, "rules": cluster_rules }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": { "name": NAME, "namespace": "kube-system", "labels": labels }, "rules": system_rules }),
+    ]
+}
+
+fn bindings(subject: &Value) -> Vec<Value> {
+    let labels = json!({ "app.kubernetes.io/name": "kmsctl" });
+    vec![
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": { "name": NAME, "labels": labels },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME },
+                "subjects": [subject] }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": { "name": NAME, "namespace": "kube-system", "labels": labels },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME },
+                "subjects": [subject] }),
+    ]
+}
+
+/// The Azure custom role, in the form `az role definition create --role-definition` reads.
+pub fn custom_role(scope: &str) -> Value {
+    json!({
+        "Name": "kmsctl operator",
+        "IsCustom": true,
+        "Description": "What kmsctl calls to run KMS etcd encryption's lifecycle on AKS: cluster read/write, vault read/write (network access), key read, rotate and update (never delete).",
+        "Actions": ACTIONS.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        "NotActions": [],
+        "DataActions": DATA_ACTIONS.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        "NotDataActions": [],
+        "AssignableScopes": [scope]
+    })
+}
+
+pub fn run(a: RbacArgs, format: Format) -> anyhow::Result<i32> {
+    let scope = a
+        .scope
+        .clone()
+        .or_else(|| {
+            a.subscription
+                .as_ref()
+                .map(|s| format!("/subscriptions/{s}"))
+        })
+        .unwrap_or_else(|| "/subscriptions/<subscription id>".into());
+    let subject = match (&a.user, &a.group) {
+        (Some(u), _) => {
+            Some(json!({ "kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u }))
+        }
+        (None, Some(g)) => {
+            Some(json!({ "kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g }))
+        }
+        (None, None) => None,
+    };
+    let mut k8s = manifests();
+    if let Some(s) = &subject {
+        k8s.extend(bindings(s));
+    }
+    match format {
+        Format::Json => print_json(&json!({ "kubernetes": k8s, "azureRole": custom_role(&scope) })),
+        _ => {
+            let mut s = String::from(
+                "# Kubernetes: what kmsctl calls, nothing broader (kubectl apply -f -).\n",
+            );
+            for (g, r, v, why) in CLUSTER_RULES {
+                s.push_str(&format!(
+                    "#   cluster    {:<36} {:<22} {why}\n",
+                    format!(
+                        "{}{r}",
+                        if g.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{g}/")
+                        }
+                    ),
+                    v.join(",")
+                ));
+            }
+            for (g, r, v, n, why) in SYSTEM_RULES {
+                let res = format!(
+                    "{}{r}{}",
+                    if g.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{g}/")
+                    },
+                    if n.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{}", n.join(","))
+                    }
+                );
+                s.push_str(&format!(
+                    "#   kube-system {res:<35} {:<22} {why}\n",
+                    v.join(",")
+                ));
+            }
+            if subject.is_none() {
+                s.push_str("# Bind them with --user NAME or --group ID (an Entra ID group's object id on AKS).\n");
+            }
+            for m in &k8s {
+                s.push_str("---\n");
+                s.push_str(&serde_saphyr::to_string(m)?);
+            }
+            s.push_str("\n# Azure custom role (az role definition create --role-definition @kmsctl-role.json):\n");
+            for (a, why) in ACTIONS.iter().chain(DATA_ACTIONS) {
+                s.push_str(&format!("#   {a:<64} {why}\n"));
+            }
+            s.push_str(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&custom_role(&scope))?
+            ));
+            out(&s);
+        }
+    }
+    Ok(crate::exit_codes::OK)
+}
