@@ -11,20 +11,6 @@ fn kid(w: &World) -> String {
     w.key_versions()[0]["kid"].as_str().unwrap().to_string()
 }
 
-/// `args` is refused (exit 2) naming `expect`, and the twin is byte-identical afterwards.
-async fn refused(w: &World, args: &[&str], expect: &str) {
-    let before = serde_json::to_string(&w.fingerprint()).unwrap();
-    let out = w.run(args).await;
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
-    assert!(
-        text(&out).contains(expect),
-        "{args:?}: no '{expect}' in\n{}",
-        text(&out)
-    );
-    let after = serde_json::to_string(&w.fingerprint()).unwrap();
-    assert_eq!(before, after, "{args:?} changed something");
-}
-
 #[tokio::test]
 async fn malformed_key_ids_and_resource_ids_are_refused() {
     let w = world(SimOptions {
@@ -44,15 +30,15 @@ async fn malformed_key_ids_and_resource_ids_are_refused() {
         (other_host.as_str(), "no-such-vault"),
         ("kv.vault.azure.net/keys/k/v", "https://"),
     ] {
-        refused(&w, &["enable", "--key-id", key, "--yes"], expect).await;
+        w.refused(&["enable", "--key-id", key, "--yes"], expect)
+            .await;
     }
     let vault_id = w.twin.ids().vault_id();
     let storage = vault_id.replace(
         "Microsoft.KeyVault/vaults",
         "Microsoft.Storage/storageAccounts",
     );
-    refused(
-        &w,
+    w.refused(
         &[
             "enable",
             "--key-id",
@@ -67,8 +53,7 @@ async fn malformed_key_ids_and_resource_ids_are_refused() {
     )
     .await;
     let other_vault = format!("{}-other", vault_id);
-    refused(
-        &w,
+    w.refused(
         &[
             "enable",
             "--key-id",
@@ -82,8 +67,7 @@ async fn malformed_key_ids_and_resource_ids_are_refused() {
         "vault",
     )
     .await;
-    refused(
-        &w,
+    w.refused(
         &[
             "enable",
             "--key-id",
@@ -147,16 +131,11 @@ async fn corrupt_and_foreign_journals_are_named_not_followed() {
         "damaged journals are named: {}",
         text(&out)
     );
-    refused(
-        &w,
+    w.refused(
         &["resume", "--yes", "--run", "20260101T000000Z-rotate-abcdef"],
         "20260101T000000Z-rotate-abcdef",
     )
     .await;
-    refused(
-        &w,
-        &["resume", "--yes", "--run", "no-such-run"],
-        "no-such-run",
-    )
-    .await;
+    w.refused(&["resume", "--yes", "--run", "no-such-run"], "no-such-run")
+        .await;
 }

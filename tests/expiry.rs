@@ -379,36 +379,16 @@ async fn the_cronjob_applies_and_runs_the_check_with_workload_identity() {
     assert_eq!(kind("RoleBinding")["subjects"][0]["namespace"], "ops");
 
     // Real kubectl accepts it (client-side dry run against the twin's discovery) ...
-    // (off the async threads: the in-process twin keeps serving kubectl meanwhile)
-    let kubeconfig = w.dir.path().join("kubeconfig");
-    let kubectl = |manifest: String| {
-        let kubeconfig = kubeconfig.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = std::process::Command::new("kubectl")
-                .args(["apply", "--dry-run=client", "-f", "-"])
-                .env("KUBECONFIG", kubeconfig)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("kubectl runs");
-            use std::io::Write;
-            let mut stdin = c.stdin.take().unwrap();
-            stdin.write_all(manifest.as_bytes()).unwrap();
-            drop(stdin);
-            c.wait_with_output().unwrap()
-        })
-    };
-    let applied = kubectl(yaml.clone()).await.unwrap();
+    let applied = w.kubectl_apply_dry_run(yaml.clone()).await;
     assert!(applied.status.success(), "{}", text(&applied));
     assert!(
         String::from_utf8_lossy(&applied.stdout)
             .contains("cronjob.batch/kmsctl-check-expiry created (dry run)")
     );
     // ... and would reject a broken one (the check can fail).
-    let broken = kubectl(yaml.replace("kind: CronJob", "kind: CronJobb"))
-        .await
-        .unwrap();
+    let broken = w
+        .kubectl_apply_dry_run(yaml.replace("kind: CronJob", "kind: CronJobb"))
+        .await;
     assert!(!broken.status.success());
 
     // What the pod runs: --auth workload with a projected service account token.

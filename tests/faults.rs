@@ -264,16 +264,24 @@ async fn every_command_completes_or_resumes_under_each_kind_of_fault() {
             cases.push((cmd, case, rules, completes));
         }
     }
-    // Four at a time: most of a run is waiting for operations and barriers.
+    four_at_a_time(
+        cases
+            .into_iter()
+            .map(|(cmd, case, rules, completes)| one_fault_case(cmd, case, rules, completes)),
+    )
+    .await;
+}
+
+/// Most of a run is waiting for operations and barriers: four twins at a time keep the two
+/// cores busy.
+async fn four_at_a_time(cases: impl IntoIterator<Item = impl std::future::Future<Output = ()>>) {
     futures::stream::iter(cases)
-        .map(|(cmd, case, rules, completes)| one_fault_case(cmd, case, rules, completes))
         .buffer_unordered(4)
         .collect::<Vec<()>>()
         .await;
 }
 
-/// A run killed with SIGKILL at a seeded moment after it started changing things, then
-/// `resume --yes` (again if the resume itself ... never needed here; asserted once).
+/// A run killed with SIGKILL at a seeded moment after preflight, then `resume --yes` once.
 async fn killed_and_resumed(cmd: Cmd, seed: u64) {
     let w = world(cmd.opts()).await;
     let args = cmd.args(&w);
@@ -304,11 +312,7 @@ async fn killed_and_resumed(cmd: Cmd, seed: u64) {
 }
 
 async fn sigkill_seeds(cmd: Cmd) {
-    futures::stream::iter(1..=20u64)
-        .map(|seed| killed_and_resumed(cmd, seed))
-        .buffer_unordered(4)
-        .collect::<Vec<()>>()
-        .await;
+    four_at_a_time((1..=20u64).map(|seed| killed_and_resumed(cmd, seed))).await;
 }
 
 #[tokio::test]

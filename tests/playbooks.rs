@@ -96,19 +96,6 @@ async fn vault_mode_to_private_and_back_each_survive_a_sigkill() {
     assert_eq!(w.fingerprint(), before);
 }
 
-/// `args` exits 2 with `expect` in its output and leaves the twin as it was.
-async fn refused(w: &World, args: &[&str], expect: &str) {
-    let before = w.fingerprint();
-    let out = w.run(args).await;
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
-    assert!(
-        text(&out).contains(expect),
-        "{args:?}: no '{expect}' in\n{}",
-        text(&out)
-    );
-    assert_eq!(w.fingerprint(), before, "{args:?} changed something");
-}
-
 #[tokio::test]
 async fn vault_mode_refuses_what_aks_would_break() {
     let no_vnet = world(SimOptions {
@@ -116,12 +103,12 @@ async fn vault_mode_refuses_what_aks_would_break() {
         ..public_kms(10)
     })
     .await;
-    refused(
-        &no_vnet,
-        &["vault-mode", "--to", "private", "--yes"],
-        "API Server VNet Integration",
-    )
-    .await;
+    no_vnet
+        .refused(
+            &["vault-mode", "--to", "private", "--yes"],
+            "API Server VNet Integration",
+        )
+        .await;
 
     let w = world(public_kms(10)).await;
     // Without Key Vault Contributor the identity cannot get the private link AKS creates.
@@ -131,14 +118,12 @@ async fn vault_mode_refuses_what_aks_would_break() {
             .unwrap_or_default()
             .ends_with("f25e0fa2-a7c8-4377-a976-54943a77a395")
     });
-    refused(
-        &w,
+    w.refused(
         &["vault-mode", "--to", "private", "--yes"],
         "Key Vault Contributor",
     )
     .await;
-    refused(
-        &w,
+    w.refused(
         &[
             "vault-mode",
             "--to",
@@ -150,8 +135,7 @@ async fn vault_mode_refuses_what_aks_would_break() {
         "is not the vault of the key",
     )
     .await;
-    refused(
-        &w,
+    w.refused(
         &[
             "vault-mode",
             "--to",
@@ -169,8 +153,7 @@ async fn vault_mode_refuses_what_aks_would_break() {
         ..public_kms(10)
     })
     .await;
-    refused(
-        &off,
+    off.refused(
         &["vault-mode", "--to", "private", "--yes"],
         "KMS is not enabled",
     )
@@ -236,14 +219,12 @@ async fn migrate_v2_refuses_a_target_it_cannot_reach_and_skips_kms_off() {
         ..small(10)
     })
     .await;
-    refused(
-        &w,
+    w.refused(
         &["migrate-v2", "--target-version", "1.26", "--yes"],
         "not a 1.27+ version",
     )
     .await;
-    refused(
-        &w,
+    w.refused(
         &["migrate-v2", "--target-version", "latest", "--yes"],
         "not a Kubernetes version",
     )
@@ -255,8 +236,7 @@ async fn migrate_v2_refuses_a_target_it_cannot_reach_and_skips_kms_off() {
         }))
         .expect("a fault rule"),
     );
-    refused(
-        &w,
+    w.refused(
         &["migrate-v2", "--yes"],
         "upgrade profile could not be read",
     )
@@ -302,8 +282,7 @@ async fn users_playbooks_run_and_typos_point_at_line_and_column() {
     let typo = CUSTOM.replace("    enabled: false", "    enabeld: false");
     std::fs::write(&file, &typo).unwrap();
     let path = file.to_str().unwrap();
-    refused(
-        &w,
+    w.refused(
         &["run", path, "--yes"],
         &format!("{path}:11:5: unknown field `enabeld`"),
     )
@@ -312,8 +291,7 @@ async fn users_playbooks_run_and_typos_point_at_line_and_column() {
     assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
 
     std::fs::write(&file, CUSTOM).unwrap();
-    refused(
-        &w,
+    w.refused(
         &["run", path, "--set", "marginDay=3", "--yes"],
         "unknown parameter `marginDay`",
     )

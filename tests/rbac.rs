@@ -17,24 +17,7 @@ async fn the_roles_apply_and_never_allow_deleting_keys_vaults_or_identities() {
         .next()
         .unwrap()
         .to_string();
-    let kubeconfig = w.dir.path().join("kubeconfig");
-    let applied = tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new("kubectl")
-            .args(["apply", "--dry-run=client", "-f", "-"])
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let mut stdin = c.stdin.take().unwrap();
-        stdin.write_all(manifests.as_bytes()).unwrap();
-        drop(stdin);
-        c.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+    let applied = w.kubectl_apply_dry_run(manifests).await;
     assert!(applied.status.success(), "{}", text(&applied));
     let said = String::from_utf8_lossy(&applied.stdout).to_string();
     for o in [

@@ -22,6 +22,68 @@ pub fn core(kind: &str, plural: &str) -> kube::discovery::ApiResource {
     }
 }
 
+pub fn spc_resource() -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "secrets-store.csi.x-k8s.io".into(),
+        version: "v1".into(),
+        api_version: "secrets-store.csi.x-k8s.io/v1".into(),
+        kind: "SecretProviderClass".into(),
+        plural: "secretproviderclasses".into(),
+    }
+}
+
+/// The object types (`secret`, `key`, `cert`) a SecretProviderClass's `objects` parameter reads.
+pub fn object_types(parameters: &Value) -> Vec<String> {
+    parameters["objects"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("objectType:")
+                .map(|t| t.trim().to_string())
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// `doctor identity`: the ServiceAccount's workload identity, and its access to the vaults of
+/// the SecretProviderClasses in its namespace that name its client id.
+pub async fn for_service_account(
+    ctx: &crate::engine::context::Context,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<Vec<Finding>> {
+    let az = ctx.azure()?;
+    let cluster = az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body;
+    let (mut out, ident) = workload(&ctx.kube, az, &cluster, ns, name, None).await;
+    let Some(i) = ident else { return Ok(out) };
+    let client = i["properties"]["clientId"].as_str().unwrap_or_default();
+    let principal = i["properties"]["principalId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let who = format!("identity {}", i["name"].as_str().unwrap_or_default());
+    let spcs: Api<DynamicObject> = Api::namespaced_with(ctx.kube.clone(), ns, &spc_resource());
+    let list = spcs
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for s in &list {
+        let p = &s.data["spec"]["parameters"];
+        if p["clientID"]
+            .as_str()
+            .is_some_and(|c| c.eq_ignore_ascii_case(client))
+        {
+            let vault = p["keyvaultName"].as_str().unwrap_or_default();
+            out.extend(vault_access(az, &principal, &who, vault, &object_types(p)).await);
+        }
+    }
+    Ok(out)
+}
+
 /// The user-assigned identity with this client id, among those the credential can see in the
 /// cluster's subscription.
 pub async fn by_client_id(az: &Azure, client_id: &str) -> anyhow::Result<Option<Value>> {

@@ -4,7 +4,7 @@
 //! against the guide's causes; the SecretProviderClass, its identity and the vault access; the
 //! sync-as-Secret RBAC.
 
-use super::identity::{self, core};
+use super::identity::{self, core, object_types, spc_resource};
 use super::{Finding, Severity, signatures};
 use crate::engine::context::Azure;
 use kube::api::{Api, DynamicObject, ListParams, LogParams};
@@ -14,16 +14,6 @@ const PROVIDER_SELECTOR: &str =
     "app in (secrets-store-provider-azure, csi-secrets-store-provider-azure)";
 const DRIVER_SELECTOR: &str = "app=secrets-store-csi-driver";
 const CSI_DRIVER: &str = "secrets-store.csi.k8s.io";
-
-fn spc_resource() -> kube::discovery::ApiResource {
-    kube::discovery::ApiResource {
-        group: "secrets-store.csi.x-k8s.io".into(),
-        version: "v1".into(),
-        api_version: "secrets-store.csi.x-k8s.io/v1".into(),
-        kind: "SecretProviderClass".into(),
-        plural: "secretproviderclasses".into(),
-    }
-}
 
 fn rbac(kind: &str, plural: &str) -> kube::discovery::ApiResource {
     kube::discovery::ApiResource {
@@ -280,18 +270,7 @@ async fn spc_checks(
             p[k].as_str()
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"))
         };
-        let types: Vec<String> = p["objects"]
-            .as_str()
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.trim()
-                    .strip_prefix("objectType:")
-                    .map(|t| t.trim().to_string())
-            })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let types = object_types(p);
         let vault = p["keyvaultName"].as_str().unwrap_or_default().to_string();
         if flag("usePodIdentity") {
             out.push(Finding::new(Severity::Warning, format!("SecretProviderClass {ns}/{spc_name} uses aad-pod-identity, which is deprecated"), "parameters.usePodIdentity: \"true\"", "move to workload identity: clientID in the SecretProviderClass, an annotated ServiceAccount, a federated credential"));

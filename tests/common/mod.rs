@@ -181,6 +181,46 @@ impl World {
     }
 }
 
+impl World {
+    /// `kubectl apply --dry-run=client -f -` of `manifest` against the twin (off the async
+    /// threads: the in-process twin keeps serving kubectl meanwhile).
+    pub async fn kubectl_apply_dry_run(&self, manifest: String) -> Output {
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        tokio::task::spawn_blocking(move || {
+            let mut c = Command::new("kubectl")
+                .args(["apply", "--dry-run=client", "-f", "-"])
+                .env("KUBECONFIG", kubeconfig)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("kubectl runs (.ci/run installs it)");
+            use std::io::Write;
+            let mut stdin = c.stdin.take().expect("stdin");
+            stdin.write_all(manifest.as_bytes()).expect("write");
+            drop(stdin);
+            c.wait_with_output().expect("kubectl ends")
+        })
+        .await
+        .expect("join")
+    }
+
+    /// `args` exits 2 with `expect` in its output, and the twin's cluster, vault, keys and
+    /// storage are exactly as before.
+    pub async fn refused(&self, args: &[&str], expect: &str) {
+        let before = serde_json::to_string(&self.fingerprint()).expect("json");
+        let out = self.run(args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains(expect),
+            "{args:?}: no '{expect}' in\n{}",
+            text(&out)
+        );
+        let after = serde_json::to_string(&self.fingerprint()).expect("json");
+        assert_eq!(before, after, "{args:?} changed something");
+    }
+}
+
 fn journals(dir: &std::path::Path) -> String {
     std::fs::read_dir(dir)
         .map(|d| {
