@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// SecretProviderClass, with one cause from the troubleshooting guide): see `sim scenarios`.
     #[arg(long, value_parser = scenario_name)]
     pub scenario: Option<String>,
+    /// Grant kmsctl only what `kmsctl rbac` prints, and answer everything else 403.
+    #[arg(long)]
+    pub least_privilege: bool,
     /// Seed for the generated Secrets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

@@ -43,6 +43,7 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         seed: a.seed,
         fleet: a.fleet.clone(),
         scenario: a.scenario.clone(),
+        least_privilege: a.least_privilege,
     })
 }
 

@@ -6,6 +6,7 @@
 mod admin;
 mod aks_rules;
 mod arm;
+mod authz;
 mod entra;
 pub mod faults;
 pub mod fleet;
@@ -77,6 +78,8 @@ pub struct SimOptions {
     pub fleet: Vec<fleet::Member>,
     /// A Secrets Provider scenario to stage (`kmsctl sim scenarios`).
     pub scenario: Option<String>,
+    /// Grant kmsctl's Kubernetes user and Azure principal only what `kmsctl rbac` prints.
+    pub least_privilege: bool,
 }
 
 impl Default for SimOptions {
@@ -104,6 +107,7 @@ impl Default for SimOptions {
             seed: 1,
             fleet: Vec::new(),
             scenario: None,
+            least_privilege: false,
         }
     }
 }

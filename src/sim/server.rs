@@ -119,6 +119,9 @@ async fn handle(
         return Ok(fault_response(&req, code));
     }
     tracing::debug!(method = %req.method, host = %req.host, path = %req.path, "twin request");
+    if let Some(denied) = authorize(&shared, &req) {
+        return Ok(denied);
+    }
     let resp = if req.host == "management.azure.com" {
         arm::handle(&shared, &req, action.fail_operation)
     } else if req.host == "login.microsoftonline.com" {
@@ -131,6 +134,24 @@ async fn handle(
         kubeapi::handle(&shared, &req)
     };
     Ok(resp)
+}
+
+/// With `--least-privilege`: what kmsctl's roles do not allow answers 403, as the real services do.
+fn authorize(shared: &Shared, req: &Req) -> Option<Resp> {
+    let (policy, principal) = {
+        let w = shared.world();
+        (w.policy.clone()?, w.ids.client_id.clone())
+    };
+    req.bearer()?;
+    if req.host == "management.azure.com" {
+        super::authz::arm(&policy, req, &principal)
+    } else if req.host.ends_with(".vault.azure.net") {
+        super::authz::key_vault(&policy, req, &principal)
+    } else if req.host == "login.microsoftonline.com" || req.path.starts_with("/_sim/") {
+        None
+    } else {
+        super::authz::kube(&policy, req)
+    }
 }
 
 /// An injected failure, in the error shape of the service it stands in for.

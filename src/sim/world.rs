@@ -159,6 +159,8 @@ pub struct World {
     /// Microsoft.ManagedIdentity user-assigned identities (with their federated credentials
     /// under `federatedIdentityCredentials`).
     pub identities: Vec<Value>,
+    /// With `--least-privilege`: what kmsctl's user and principal may do (None: everything).
+    pub policy: Option<Arc<super::authz::Policy>>,
     pub tokens: HashMap<String, (String, Instant)>,
     pub timeline: KmsTimeline,
     pub replicas: Vec<Replica>,
@@ -262,7 +264,11 @@ impl World {
             second_subscription: String::new(),
             logs: BTreeMap::new(),
             identities: Vec::new(),
+            policy: None,
         };
+        if w.opts.least_privilege {
+            w.policy = Some(Arc::new(super::authz::Policy::kmsctl()));
+        }
         let members = w.opts.fleet.clone();
         super::fleet::seed(&mut w, &members);
         let label = w.label_for_cluster();
