@@ -57,8 +57,16 @@ fn open_non_resource(path: &str) -> bool {
         || (path.starts_with("/apis/") && path.trim_end_matches('/').split('/').count() <= 4)
 }
 
-/// What a Kubernetes request asks for: (verb, group, resource, namespace, name).
-fn kube_attributes(req: &Req) -> Option<(String, String, String, Option<String>, Option<String>)> {
+/// What a Kubernetes request asks for, as RBAC sees it.
+struct Attributes {
+    verb: String,
+    group: String,
+    resource: String,
+    ns: Option<String>,
+    name: Option<String>,
+}
+
+fn kube_attributes(req: &Req) -> Option<Attributes> {
     let s = req.segments();
     let (group, rest) = match s.as_slice() {
         ["api", "v1", rest @ ..] => (String::new(), rest.to_vec()),
@@ -86,7 +94,13 @@ fn kube_attributes(req: &Req) -> Option<(String, String, String, Option<String>,
         (&Method::DELETE, None) => "deletecollection",
         _ => return None,
     };
-    Some((verb.into(), group, resource, ns, name))
+    Some(Attributes {
+        verb: verb.into(),
+        group,
+        resource,
+        ns,
+        name,
+    })
 }
 
 /// Kubernetes RBAC: None when allowed, else the 403 the API server answers.
@@ -96,7 +110,14 @@ pub fn kube(policy: &Policy, req: &Req) -> Option<Resp> {
         return None;
     }
     let user = "kmsctl";
-    let Some((verb, group, resource, ns, name)) = kube_attributes(req) else {
+    let Some(Attributes {
+        verb,
+        group,
+        resource,
+        ns,
+        name,
+    }) = kube_attributes(req)
+    else {
         let allowed = policy.kube.iter().any(|(ns, r)| {
             ns.is_none() && has(&r["nonResourceURLs"], path) && has(&r["verbs"], "get")
         });
