@@ -240,7 +240,11 @@ fn custom_role_allowing(f: &crate::checks::facts::VaultFacts, actions: &[&str]) 
 const ENCRYPT: &str = "Microsoft.KeyVault/vaults/keys/encrypt/action";
 const DECRYPT: &str = "Microsoft.KeyVault/vaults/keys/decrypt/action";
 
-fn has_role(assignments: &[Value], roles: &[(&'static str, &'static str)]) -> Option<&'static str> {
+/// The first of `roles` (guid, name) among the assignments' role definitions.
+pub fn has_role(
+    assignments: &[Value],
+    roles: &[(&'static str, &'static str)],
+) -> Option<&'static str> {
     let defs: Vec<String> = assignments
         .iter()
         .map(|r| {

@@ -40,7 +40,7 @@ pub fn objects(a: &ExpiryArgs) -> anyhow::Result<Vec<Value>> {
     }
     let ns = a.namespace.as_str();
     let labels = json!({ "app.kubernetes.io/name": "kmsctl", "app.kubernetes.io/component": "check-expiry" });
-    let mut args = vec![
+    let args = [
         "check-expiry",
         "--auth",
         "workload",
@@ -48,12 +48,11 @@ pub fn objects(a: &ExpiryArgs) -> anyhow::Result<Vec<Value>> {
         &a.warn,
         "--critical",
         &a.critical,
+        "--aks-api-version",
+        &a.target.aks_api_version,
         "-o",
         "json",
     ];
-    if let Some(api) = Some(a.target.aks_api_version.as_str()).filter(|v| *v != "2025-10-01") {
-        args.extend(["--aks-api-version", api]);
-    }
     Ok(vec![
         json!({
             "apiVersion": "v1", "kind": "ServiceAccount",

@@ -29,16 +29,22 @@ pub struct ClusterReport {
 }
 
 impl ClusterReport {
-    pub fn unknown(id: &str, why: String) -> Self {
+    fn new(id: &str, experience: &'static str, status: Status) -> Self {
         ClusterReport {
             cluster: id.rsplit('/').next().unwrap_or(id).to_string(),
             id: id.to_string(),
-            experience: "unknown",
-            status: Status::Unknown,
+            experience,
+            status,
             versions: Vec::new(),
             rotation: None,
-            notes: vec![why],
+            notes: Vec::new(),
         }
+    }
+
+    pub fn unknown(id: &str, why: String) -> Self {
+        let mut r = ClusterReport::new(id, "unknown", Status::Unknown);
+        r.notes.push(why);
+        r
     }
 }
 
@@ -109,26 +115,24 @@ pub async fn check_cluster(
 ) -> ClusterReport {
     let now = Utc::now();
     let id = resource["id"].as_str().unwrap_or_default().to_string();
-    let mut report = ClusterReport::unknown(&id, String::new());
-    report.notes.clear();
     let p = &resource["properties"];
     let kms = &p["securityProfile"]["azureKeyVaultKms"];
     let platform = p["securityProfile"]["kubernetesResourceObjectEncryptionProfile"]
         ["infrastructureEncryption"]
         .as_str()
         .is_some_and(|e| e.eq_ignore_ascii_case("Enabled"));
-    report.experience = if platform {
-        "platform-managed-rotation"
-    } else if kms["enabled"].as_bool() == Some(true) {
-        "versioned-key"
-    } else {
-        "off"
-    };
-    if report.experience == "off" {
-        report.status = Status::Ok;
-        report.notes.push("KMS is off: no key to watch".into());
-        return report;
+    if !platform && kms["enabled"].as_bool() != Some(true) {
+        let mut r = ClusterReport::new(&id, "off", Status::Ok);
+        r.notes.push("KMS is off: no key to watch".into());
+        return r;
     }
+    let experience = if platform {
+        "platform-managed-rotation"
+    } else {
+        "versioned-key"
+    };
+    // UNKNOWN until the versions the cluster needs were read and judged.
+    let mut report = ClusterReport::new(&id, experience, Status::Unknown);
     let Some(key) = kms["keyId"].as_str().and_then(key_of) else {
         report.notes.push(format!(
             "the cluster's keyId '{}' is not a Key Vault key id",

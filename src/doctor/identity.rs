@@ -337,16 +337,7 @@ pub async fn vault_access(
             _ => (CERT_ROLES, "certificates", "Key Vault Certificate User"),
         };
         let ok = if rbac {
-            assignments.iter().find_map(|a| {
-                let def = a["properties"]["roleDefinitionId"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                roles
-                    .iter()
-                    .find(|(g, _)| def.ends_with(g))
-                    .map(|(_, n)| n.to_string())
-            })
+            crate::checks::preflight::has_role(&assignments, roles).map(str::to_string)
         } else {
             vault["properties"]["accessPolicies"]
                 .as_array()

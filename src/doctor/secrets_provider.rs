@@ -40,14 +40,7 @@ fn judge_line(line: &str, source: &str, findings: &mut Vec<Finding>) {
                 }
                 return;
             }
-            let mut f = Finding::new(
-                Severity::Error,
-                sig.cause,
-                format!("{source}: {line}"),
-                sig.remedy,
-            );
-            f.guide = Some(sig.guide);
-            findings.push(f);
+            findings.push(sig.finding(format!("{source}: {line}")));
         }
         None => findings.push(Finding::new(
             Severity::Warning,
@@ -110,21 +103,16 @@ pub async fn run(
     let drivers = on_node(DRIVER_SELECTOR).await?.items;
     let providers = on_node(PROVIDER_SELECTOR).await?.items;
     if drivers.is_empty() {
-        let mut f = Finding::new(
-            Severity::Error,
-            signatures::TABLE[4].cause,
-            format!("no pod with {DRIVER_SELECTOR} on node {node} (kube-system)"),
-            signatures::TABLE[4].remedy,
-        );
-        f.guide = Some("5");
-        out.push(f);
+        out.push(signatures::guide("5").finding(format!(
+            "no pod with {DRIVER_SELECTOR} on node {node} (kube-system)"
+        )));
     }
     if providers.is_empty() {
         let mut f = Finding::new(
             Severity::Error,
             "no Azure provider pod runs on the application pod's node",
             format!("no pod with {PROVIDER_SELECTOR} on node {node} (kube-system)"),
-            signatures::TABLE[6].remedy,
+            signatures::guide("6'").remedy,
         );
         f.guide = Some("6'");
         out.push(f);
@@ -251,17 +239,10 @@ async fn spc_checks(
         };
         let Some(spc) = spcs.get_opt(spc_name).await? else {
             if !out.iter().any(|f| f.guide == Some("6")) {
-                let mut f = Finding::new(
-                    Severity::Error,
-                    signatures::TABLE[5].cause,
-                    format!(
-                        "volume {} names SecretProviderClass {spc_name}, which does not exist in namespace {ns}",
-                        v["name"].as_str().unwrap_or_default()
-                    ),
-                    signatures::TABLE[5].remedy,
-                );
-                f.guide = Some("6");
-                out.push(f);
+                out.push(signatures::guide("6").finding(format!(
+                    "volume {} names SecretProviderClass {spc_name}, which does not exist in namespace {ns}",
+                    v["name"].as_str().unwrap_or_default()
+                )));
             }
             continue;
         };
@@ -321,18 +302,11 @@ async fn spc_checks(
             let in_place = role && binding;
             let reported = out.iter().any(|f| f.guide == Some("7'"));
             if !(in_place || reported) {
-                let mut f = Finding::new(
-                    Severity::Error,
-                    signatures::TABLE[7].cause,
-                    format!(
-                        "SecretProviderClass {ns}/{spc_name} syncs secretObjects; clusterrole/secretprovidersyncing-role {}, clusterrolebinding/secretprovidersyncing-rolebinding {}",
-                        if role { "exists" } else { "missing" },
-                        if binding { "exists" } else { "missing" }
-                    ),
-                    signatures::TABLE[7].remedy,
-                );
-                f.guide = Some("7'");
-                out.push(f);
+                out.push(signatures::guide("7'").finding(format!(
+                    "SecretProviderClass {ns}/{spc_name} syncs secretObjects; clusterrole/secretprovidersyncing-role {}, clusterrolebinding/secretprovidersyncing-rolebinding {}",
+                    if role { "exists" } else { "missing" },
+                    if binding { "exists" } else { "missing" }
+                )));
             }
         }
     }

@@ -82,3 +82,20 @@ pub fn matching(line: &str) -> Option<&'static Signature> {
         .iter()
         .find(|s| s.all_of.iter().all(|needle| line.contains(needle)))
 }
+
+/// The guide's cause by its number (the table's own entries; a wrong number is a bug here).
+pub fn guide(number: &str) -> &'static Signature {
+    TABLE
+        .iter()
+        .find(|s| s.guide == number)
+        .expect("a cause the guide lists")
+}
+
+impl Signature {
+    /// An error finding for this cause.
+    pub fn finding(&'static self, evidence: impl Into<String>) -> super::Finding {
+        let mut f = super::Finding::new(super::Severity::Error, self.cause, evidence, self.remedy);
+        f.guide = Some(self.guide);
+        f
+    }
+}
