@@ -143,12 +143,12 @@ pub struct ChangeArgs {
     #[arg(long, default_value_t = 7)]
     pub margin_days: u32,
     /// How long to wait for every API server replica to write with the new key.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub switch_timeout_seconds: u64,
-    /// How often an API server replica asks its KMS plugin for the key id (about 60 s on AKS).
-    /// Without readable /metrics, the switch is proven once no unchanged PUT of the canary has
-    /// rewritten it for 1.5 of these plus 2 s.
-    #[arg(long, default_value_t = 60, env = "KMSCTL_KMS_STATUS_PERIOD_SECONDS")]
+    /// How often an API server replica asks its KMS plugin for the key id (60 s upstream). Only
+    /// time-based evidence (replicas not identifiable on /metrics) waits on it: 1.5 of these
+    /// plus 2 s without a rewrite of the canary, never less than with upstream's 60 s.
+    #[arg(long, default_value_t = 60, env = "KMSCTL_KMS_STATUS_PERIOD_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub kms_status_period_seconds: u64,
     /// How often the key-switch barrier PUTs the canary, in milliseconds.
     #[arg(
@@ -355,7 +355,7 @@ pub struct ResumeArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Wait this long for the key switch instead of what the run was started with.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub switch_timeout_seconds: Option<u64>,
     #[command(flatten)]
     pub target: TargetArgs,

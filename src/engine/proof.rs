@@ -1,14 +1,15 @@
 //! The steps that prove: that the canary is current before a change, that every API server
 //! replica writes with the new key after it, and that a re-encryption left nothing behind (a
 //! verification pass over fresh connections that rewrites nothing). Only what the API servers
-//! showed counts; Azure's configuration never decides that no switch is needed.
+//! showed counts; Azure's configuration never decides that no switch is needed. A standalone
+//! re-encryption checks, before and after, that every replica writes with one key.
 
 use super::StepError;
 use super::context::Context;
 use super::journal::RunParams;
 use super::state::RunState;
-use crate::k8s::canary::{self, Barrier, Proof};
-use crate::k8s::{ledger, replicas};
+use crate::k8s::canary::{self, Agreement, Barrier, Proof};
+use crate::k8s::ledger;
 use crate::reencrypt::{self, Checkpoint, Observer};
 use serde_json::{Value, json};
 use std::sync::atomic::AtomicBool;
@@ -40,17 +41,15 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
     let now = chrono::Utc::now();
     ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now)).await?;
     canary::plant(&ctx.kube).await?;
-    let replicas = replicas::count(&ctx.kube).await?;
-    canary::make_current(&ctx.kube_config, replicas.unwrap_or(1)).await?;
-    let metrics_before = match replicas {
-        Some(n) => replicas::sample_key_hashes(&ctx.kube_config, n, 4 * n).await?,
-        None => None,
-    };
+    let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN).await?;
     let canary = canary::snapshot(&ctx.kube_config).await?;
     Ok(
-        json!({ "kmsAtPlant": kms_at_plant, "replicas": replicas, "metricsBefore": metrics_before, "canary": canary }),
+        json!({ "kmsAtPlant": kms_at_plant, "replicas": agreement.replicas, "agreement": agreement, "canary": canary }),
     )
 }
+
+/// How long the replicas may take to agree on the canary when nothing is being changed.
+const AGREE_WITHIN: Duration = Duration::from_secs(180);
 
 fn barrier<'a>(
     ctx: &'a Context,
@@ -61,9 +60,8 @@ fn barrier<'a>(
 ) -> Barrier<'a> {
     Barrier {
         config: &ctx.kube_config,
-        replicas: state.replicas,
-        metrics_before: state.metrics_before.clone(),
-        to_kms_v2: state.desired.as_ref().is_some_and(|d| d.enabled),
+        client: &ctx.kube,
+        old: state.canary_key.clone(),
         need_flip,
         status_period: Duration::from_secs(params.kms_status_period_seconds),
         planted: state.canary.clone(),
@@ -113,6 +111,9 @@ pub async fn prove_key_switch(
                 s.run_id,
                 s.evidence.as_deref().unwrap_or("proof")
             ),
+            probes: 0,
+            writes_with_key: None,
+            replica_count_note: None,
         },
         _ => {
             let proof = barrier(ctx, state, params, changed, lease_lost)
@@ -174,7 +175,26 @@ pub async fn reencrypt_verified(
             let mut out = serde_json::to_value(&summary).unwrap_or_default();
             out["verification"] =
                 json!({ "rounds": round, "unchanged": check.totals.unchanged, "rewritten": 0 });
-            ledger::update(&ctx.kube, |l| l.reencrypted(chrono::Utc::now())).await?;
+            // Only a proven switch to the key this pass ran under says that nothing is left
+            // under older versions.
+            let under = state
+                .desired
+                .as_ref()
+                .and_then(|d| d.enabled.then(|| d.key_id.clone()).flatten());
+            let now = chrono::Utc::now();
+            let after = ledger::update(&ctx.kube, |l| {
+                if l.switch_proven_to(under.as_deref()) {
+                    l.reencrypted(now);
+                }
+            })
+            .await?;
+            let marked = after.switch_proven_to(under.as_deref());
+            if !marked {
+                tracing::warn!(
+                    "the key ledger does not show a proven switch to the key this pass ran under: older versions stay must-stay-alive"
+                );
+            }
+            out["ledgerMarkedAway"] = json!(marked);
             return Ok((out, summary));
         }
         tracing::warn!(
@@ -192,4 +212,20 @@ pub async fn reencrypt_verified(
     Err(StepError::Failed(anyhow::anyhow!(
         "after {ROUNDS} rounds a verification pass still rewrote Secrets: the API server replicas keep disagreeing about the write key. Nothing was marked re-encrypted away; check the KMS plugin in AKS diagnostics and run `kmsctl resume`"
     )))
+}
+
+/// Before or after a standalone re-encryption: no switch kmsctl made may be unproven (else the
+/// replicas may still write with the key being left), and every replica writes with one key.
+pub async fn standalone_check(ctx: &Context) -> Result<Agreement, StepError> {
+    let (l, _) = ledger::load(&ctx.kube).await?;
+    refuse_unproven(&l, "")?;
+    canary::plant(&ctx.kube).await?;
+    canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN)
+        .await
+        .map_err(|e| match e {
+            canary::BarrierError::NotCurrent => StepError::Refused(format!(
+                "{e} Nothing was rewritten: re-encrypting while replicas disagree would write some Secrets back under the key being left"
+            )),
+            other => other.into(),
+        })
 }

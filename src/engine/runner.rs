@@ -361,8 +361,17 @@ fn describe(step: &Step, output: &Value) -> String {
                 ),
                 None => String::new(),
             };
+            let checked = match output["writeKey"]["checked"].as_bool() {
+                Some(true) => {
+                    "; every API server replica was shown writing with one key before and after"
+                }
+                Some(false) => {
+                    "; whether every API server replica writes with one key could not be checked (/metrics does not identify them)"
+                }
+                None => "",
+            };
             format!(
-                "{} rewritten, {} already current, {} deleted meanwhile{verified}",
+                "{} rewritten, {} unchanged by the replica that served them, {} deleted meanwhile{verified}{checked}",
                 t["rewritten"], t["unchanged"], t["deleted"]
             )
         }

@@ -19,8 +19,8 @@ pub struct RunState {
     pub kms_at_plant: Option<DesiredKms>,
     /// API server replicas counted at plant time (None: unknown).
     pub replicas: Option<usize>,
-    /// Each replica's newest KMS key id hash at plant time (None: /metrics not readable).
-    pub metrics_before: Option<crate::k8s::replicas::KeyHashes>,
+    /// The key every replica wrote the canary with at plant time, where attributed on /metrics.
+    pub canary_key: Option<crate::k8s::probe::WriteKey>,
     pub desired: Option<DesiredKms>,
     /// The canary as plant-canary left it (its rv and content).
     pub canary: Option<crate::k8s::canary::Planted>,
@@ -45,7 +45,7 @@ impl RunState {
             Step::PlantCanary => {
                 self.kms_at_plant = serde_json::from_value(output["kmsAtPlant"].clone()).ok();
                 self.replicas = output["replicas"].as_u64().map(|n| n as usize);
-                self.metrics_before = serde_json::from_value(output["metricsBefore"].clone()).ok();
+                self.canary_key = serde_json::from_value(output["agreement"]["key"].clone()).ok();
                 self.canary = serde_json::from_value(output["canary"].clone()).ok();
             }
             Step::RotateKey => self.key_id = string(output, "keyId"),

@@ -229,11 +229,32 @@ pub async fn reencrypt(
         )
         .await;
     }
+    // A standalone pass proves nothing for the ledger, but must not report Secrets "unchanged"
+    // while some replica still writes with another key: it checks before and after.
+    on_status("checking that every API server replica writes with one key");
+    let before = super::proof::standalone_check(ctx).await?;
+    if !before.attributed {
+        on_status(&format!(
+            "could not check that every API server replica writes with one key ({}): /metrics does not identify the replicas",
+            before.detail
+        ));
+    }
     let summary = reencrypt::run(ctx.kube.clone(), &options, checkpoint, journaled).await?;
     if !summary.ok() {
         return Err(StepError::Incomplete(Box::new(summary)));
     }
-    Ok((serde_json::to_value(&summary).unwrap_or_default(), summary))
+    on_status("checking again that every API server replica writes with the same key");
+    let after = super::proof::standalone_check(ctx).await?;
+    if before.key.is_some() && after.key.is_some() && before.key != after.key {
+        return Err(StepError::Failed(anyhow::anyhow!(
+            "the API servers' write key changed during the re-encryption (before: {}, after: {}): Secrets rewritten before the change are under the key being left. Finish the key change (`kmsctl resume` if kmsctl made it), then run `kmsctl reencrypt` again",
+            before.key.as_ref().map_or("?".into(), |k| k.to_string()),
+            after.key.as_ref().map_or("?".into(), |k| k.to_string()),
+        )));
+    }
+    let mut out = serde_json::to_value(&summary).unwrap_or_default();
+    out["writeKey"] = json!({ "before": before, "after": after, "checked": before.attributed && after.attributed });
+    Ok((out, summary))
 }
 
 pub async fn check_rotation_window(

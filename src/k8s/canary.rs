@@ -2,17 +2,21 @@
 //! keeps writing with its previous key until its own next status call to its plugin (about a
 //! minute apart), and a replica that has not switched rewrites a Secret BACK to the old key on
 //! an unchanged PUT. So kmsctl proves, before re-encrypting, that every replica writes with the
-//! new key:
-//! - before the change, a Secret it owns (the canary) is PUT back unchanged over fresh
-//!   connections until every such PUT is a no-op: it is then current on the replicas;
-//! - after the change, either /metrics of every replica (counted from their identity Leases)
-//!   shows a new key id hash, or kmsctl's own unchanged PUT rewrote the canary (a flip) and then,
-//!   over fresh connections, no PUT rewrote it for longer than a status period plus margin.
-//!   A change to the canary that kmsctl did not make (a 409 on its PUT) voids what was seen.
+//! new key, from probes of a Secret it owns (the canary; see `probe` and `evidence`):
+//! - before the change, the canary is touched and PUT back unchanged over fresh connections until
+//!   every replica leaves it as it is: they all write with the key it is under;
+//! - after the change, the canary was rewritten with another key, and every replica, each
+//!   identified by its own /metrics on the probe's connection, then left it as it is (attributed
+//!   evidence, no waiting on a period); or, where some replica cannot be identified, an unchanged
+//!   PUT rewrote it and then no fresh-connection PUT did for a full upstream status period and
+//!   margin (time-based evidence). A change to the canary that kmsctl did not make voids what
+//!   was seen; a deleted canary is planted again and the proof starts over from it.
 
 use super::KubeError;
-use super::replicas::{self, KeyHashes};
-use crate::retry::{RetryHint, RetryPolicy, Retryable};
+use super::evidence::{self, Chain, ReplicaSet};
+use super::probe::{self, Metrics, Outcome, Write, WriteKey};
+use super::replicas;
+use crate::retry::RetryPolicy;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde::Serialize;
 use serde_json::json;
@@ -69,62 +73,6 @@ pub async fn plant(client: &kube::Client) -> Result<(), KubeError> {
         .await
 }
 
-/// What one unchanged PUT of the canary showed.
-enum Put {
-    /// Not written: the serving replica already writes with the key the canary is under.
-    NoOp(String),
-    /// Written by kmsctl's own unchanged PUT: the serving replica writes with another key.
-    Rewritten(String),
-    /// Someone else changed the canary since kmsctl last saw it (409): carries its new version.
-    ChangedByOthers(String),
-    /// Throttled, a 5xx or a dropped connection: try again.
-    Retry,
-}
-
-/// GETs (when `rv` is None) and PUTs the canary back unchanged, on a fresh connection.
-async fn put_unchanged(config: &kube::Config, rv: Option<&str>) -> Result<Put, KubeError> {
-    let api = api(&super::client::fresh(config)?);
-    let transient = |e: &KubeError| matches!(e.retry_hint(), RetryHint::After(_));
-    let mut current = match api.get(NAME).await.map_err(KubeError::from) {
-        Ok(c) => c,
-        Err(e) if transient(&e) => return Ok(Put::Retry),
-        Err(e) => return Err(e),
-    };
-    let seen = current
-        .metadata
-        .resource_version
-        .clone()
-        .unwrap_or_default();
-    if let Some(rv) = rv
-        && rv != seen
-    {
-        return Ok(Put::ChangedByOthers(seen));
-    }
-    current.metadata.managed_fields = None;
-    match api
-        .replace(NAME, &PostParams::default(), &current)
-        .await
-        .map_err(KubeError::from)
-    {
-        Ok(after) => {
-            let after = after.metadata.resource_version.unwrap_or_default();
-            Ok(if after == seen {
-                Put::NoOp(after)
-            } else {
-                Put::Rewritten(after)
-            })
-        }
-        Err(e) if e.code() == Some(409) => {
-            let fresh = api.get(NAME).await.map_err(KubeError::from)?;
-            Ok(Put::ChangedByOthers(
-                fresh.metadata.resource_version.unwrap_or_default(),
-            ))
-        }
-        Err(e) if transient(&e) => Ok(Put::Retry),
-        Err(e) => Err(e),
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum BarrierError {
     #[error(
@@ -143,26 +91,93 @@ pub enum BarrierError {
     Api(#[from] KubeError),
 }
 
-/// Before a change: PUTs the canary back unchanged over fresh connections until `replicas` PUTs
-/// in a row were no-ops, so a flip after the change can only come from the change.
-pub async fn make_current(config: &kube::Config, replicas: usize) -> Result<(), BarrierError> {
-    let mut no_ops = 0;
-    for attempt in 0..(12 + 4 * replicas) {
-        match put_unchanged(config, None).await? {
-            Put::NoOp(_) => no_ops += 1,
-            Put::Retry => tokio::time::sleep(Duration::from_millis(500)).await,
-            Put::Rewritten(_) | Put::ChangedByOthers(_) => {
-                no_ops = 0;
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
+/// How the replicas stand on the canary: that they all write with one key, and which.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agreement {
+    /// The key they all write with, where attributed (None: not attributed).
+    pub key: Option<WriteKey>,
+    /// Every replica was identified on /metrics and shown agreeing.
+    pub attributed: bool,
+    pub replicas: usize,
+    pub leases: usize,
+    pub probes: u32,
+    pub detail: String,
+}
+
+/// Touches the canary, then probes it over fresh connections until every replica leaves it as
+/// it is (attributed), or, where replicas cannot be identified, until enough fresh-connection
+/// probes in a row left it as it is that a replica that disagrees would have been met. A write
+/// in between (a replica with another key) starts over; `timeout` bounds it.
+pub async fn agree(
+    config: &kube::Config,
+    client: &kube::Client,
+    timeout: Duration,
+) -> Result<Agreement, BarrierError> {
+    let start = Instant::now();
+    let mut chain = Chain::new(None, start);
+    let mut set = ReplicaSet::default();
+    set.leases_read(replicas::live_leases(client).await?);
+    let mut ask_metrics = true;
+    let mut write = Write::Touch;
+    let mut rv: Option<String> = None;
+    let mut leases_at = start;
+    loop {
+        let p = probe::probe(config, NAME, NAMESPACE, rv.as_deref(), write, ask_metrics).await?;
+        let now = Instant::now();
+        ask_metrics &= p.metrics != Metrics::Forbidden;
+        match p.outcome {
+            Outcome::Missing => {
+                plant(client).await?;
+                rv = None;
+                write = Write::Touch;
+                continue;
             }
+            Outcome::Retry => tokio::time::sleep(Duration::from_millis(300)).await,
+            _ => rv = p.rv.clone(),
         }
-        if no_ops >= replicas.max(1) {
-            return Ok(());
+        if p.touched || p.outcome == Outcome::NoOp {
+            write = Write::Unchanged;
+        }
+        if let Some(r) = &p.replica {
+            set.answered(r, now);
+        }
+        chain.observe(&p, now);
+        if now.duration_since(leases_at) >= Duration::from_secs(5) {
+            set.leases_read(replicas::live_leases(client).await?);
+            leases_at = now;
+        }
+        let members = set.members(now);
+        let attributed = ask_metrics && chain.attributed(&members, false);
+        let known = members.len().max(set.most_leases).max(1);
+        if attributed || chain.probes >= evidence::probes_needed(known) {
+            let key = chain.current.clone().filter(|_| attributed);
+            return Ok(Agreement {
+                detail: format!(
+                    "{} over {} fresh connections{}",
+                    match (&key, attributed) {
+                        (Some(k), _) => format!("every one of {} replica(s) identified on its /metrics writes with {k}", members.len()),
+                        (None, true) => format!("every one of {} replica(s) identified on its /metrics agrees", members.len()),
+                        (None, false) => "no fresh-connection PUT rewrote the canary (the replicas could not be identified on /metrics)".into(),
+                    },
+                    chain.probes,
+                    set.disagreement(now).map(|d| format!("; {d}")).unwrap_or_default()
+                ),
+                key,
+                attributed,
+                replicas: members.len(),
+                leases: set.leases(),
+                probes: chain.probes,
+            });
+        }
+        if start.elapsed() >= timeout {
+            return Err(BarrierError::NotCurrent);
+        }
+        if p.outcome == Outcome::Written && !p.touched {
+            // Replicas disagree (a switch under way): give them time.
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    Err(BarrierError::NotCurrent)
 }
 
 /// The canary as planted: its resourceVersion and a hash of what it holds (data, labels,
@@ -188,28 +203,39 @@ fn content_hash(o: &DynamicObject) -> String {
 
 /// The canary now, as `Planted` records it.
 pub async fn snapshot(config: &kube::Config) -> Result<Planted, KubeError> {
-    let o = api(&super::client::fresh(config)?)
-        .get(NAME)
-        .await
-        .map_err(KubeError::from)?;
-    Ok(Planted {
+    snapshot_opt(config).await?.ok_or_else(|| {
+        KubeError::Other(format!(
+            "the canary {NAMESPACE}/{NAME} disappeared right after it was planted"
+        ))
+    })
+}
+
+/// The canary now (None: it does not exist).
+pub async fn snapshot_opt(config: &kube::Config) -> Result<Option<Planted>, KubeError> {
+    let o = RetryPolicy::default()
+        .run("read the canary", || async {
+            api(&super::client::fresh(config)?)
+                .get_opt(NAME)
+                .await
+                .map_err(KubeError::from)
+        })
+        .await?;
+    Ok(o.map(|o| Planted {
         rv: o.metadata.resource_version.clone().unwrap_or_default(),
         content: content_hash(&o),
-    })
+    }))
 }
 
 /// What the barrier needs to know.
 pub struct Barrier<'a> {
     pub config: &'a kube::Config,
-    /// Replicas counted from their identity Leases (None: unknown).
-    pub replicas: Option<usize>,
-    /// Each replica's newest key id hash before the change (None: /metrics not readable).
-    pub metrics_before: Option<KeyHashes>,
-    /// The change goes to a KMS v2 key, which /metrics can show.
-    pub to_kms_v2: bool,
-    /// A flip of the canary must be seen (the write key changed); otherwise only settling.
+    pub client: &'a kube::Client,
+    /// The key the canary was made current under before the change (None: not attributed).
+    pub old: Option<WriteKey>,
+    /// A write with another key must be seen (the write key changed); otherwise only agreement.
     pub need_flip: bool,
-    /// How often a replica asks its plugin for the key id (about 60 s on a real one).
+    /// How often a replica asks its plugin for the key id. Never shortens time-based evidence
+    /// below upstream's 60 s; attributed evidence does not wait on it at all.
     pub status_period: Duration,
     /// The canary as planted before the change (None: an older journal without it).
     pub planted: Option<Planted>,
@@ -222,140 +248,207 @@ pub struct Barrier<'a> {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Proof {
-    /// `metrics`, or `canary` (a flip then quiet), or `settled` (quiet, no flip needed).
+    /// `attributed` (every replica shown writing with the key), `time` (a flip, then quiet for a
+    /// status period and margin), `settled` (no change expected: the replicas agree), `ledger`.
     pub evidence: String,
     pub replicas: Option<usize>,
     pub flips: u32,
     pub waited_seconds: f64,
     pub detail: String,
+    /// Fresh-connection probes since the canary's last write.
+    #[serde(default)]
+    pub probes: u32,
+    /// The key every replica writes with, where attributed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_with_key: Option<WriteKey>,
+    /// Identity Leases and replicas that answered on /metrics, when they disagree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_count_note: Option<String>,
 }
 
 impl Barrier<'_> {
-    /// Quiet time that shows every replica has had a status call since the last rewrite: one
-    /// and a half status periods (replicas call at their own moments) plus 2 s of network.
     pub fn settle(&self) -> Duration {
-        self.status_period.mul_f64(1.5) + Duration::from_secs(2)
-    }
-
-    /// Every replica reports a key id hash that differs from the one it had before, all the same.
-    fn metrics_prove(&self, now: &KeyHashes) -> bool {
-        let (Some(before), Some(n)) = (&self.metrics_before, self.replicas) else {
-            return false;
-        };
-        // A rotation is judged per replica: each must have been seen before the change.
-        if !before.is_empty() && before.len() < n {
-            return false;
-        }
-        if now.len() < n {
-            return false;
-        }
-        let mut hashes = now.values().map(|(h, _)| h);
-        let first = hashes.next();
-        now.iter()
-            .all(|(replica, (hash, _))| before.get(replica).is_none_or(|(old, _)| old != hash))
-            && hashes.all(|h| Some(h) == first)
+        evidence::settle(self.status_period)
     }
 
     pub async fn prove(&self) -> Result<Proof, BarrierError> {
         let start = Instant::now();
         let settle = self.settle();
+        let mut chain = Chain::new(self.old.clone(), start);
+        let mut set = ReplicaSet::default();
         let mut rv: Option<String> = None;
-        let mut flips = 0u32;
-        let mut last_change = Instant::now();
+        let mut write = Write::Unchanged;
         // A run resumed after a kill: the killed process may have seen (and caused) the flip
         // already. An unchanged canary with a new rv was rewritten by a switched replica; it
-        // counts as the flip, and the quiet time starts now.
-        if let Some(p) = &self.planted {
-            let now = snapshot(self.config).await?;
-            if now.rv != p.rv {
-                if now.content == p.content {
-                    tracing::info!(
-                        "the canary was rewritten unchanged since it was planted: a replica writes with the new key"
-                    );
-                    flips = 1;
-                } else {
-                    tracing::warn!(
-                        "the canary was changed by another writer since it was planted; waiting for a flip of its own"
-                    );
-                }
-                rv = Some(now.rv);
+        // counts as the flip, and the quiet time starts now. A touch (where /metrics answers)
+        // then shows which key the replicas write with.
+        if let Some(p) = &self.planted
+            && let Some(now) = snapshot_opt(self.config).await?
+            && now.rv != p.rv
+        {
+            if now.content == p.content {
+                tracing::info!(
+                    "the canary was rewritten unchanged since it was planted: a replica writes with another key"
+                );
+                chain.flips = 1;
+            } else {
+                tracing::warn!(
+                    "the canary was changed since it was planted; what was seen before does not count"
+                );
             }
+            rv = Some(now.rv);
+            write = Write::Touch;
         }
-        let mut metrics_readable = self.to_kms_v2 && self.metrics_before.is_some();
+        let mut ask_metrics = true;
+        let mut leases_at: Option<Instant> = None;
         loop {
             if self.lease_lost.load(Ordering::SeqCst) {
                 return Err(BarrierError::LeaseLost);
             }
-            if metrics_readable && let Some(n) = self.replicas {
-                match replicas::sample_key_hashes(self.config, n, 4 * n).await? {
-                    Some(now) if self.metrics_prove(&now) => {
-                        return Ok(Proof {
-                            evidence: "metrics".into(),
-                            replicas: Some(n),
-                            flips,
-                            waited_seconds: start.elapsed().as_secs_f64(),
-                            detail: format!(
-                                "/metrics of all {n} API server replicas show the new key id hash"
-                            ),
-                        });
+            if leases_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                match replicas::live_leases(self.client).await {
+                    Ok(l) => set.leases_read(l),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not list the identity Leases this time")
                     }
-                    Some(_) => {}
-                    None => metrics_readable = false,
                 }
+                leases_at = Some(Instant::now());
             }
-            match put_unchanged(self.config, rv.as_deref()).await? {
-                Put::NoOp(v) => rv = Some(v),
-                Put::Rewritten(v) => {
-                    rv = Some(v);
-                    flips += 1;
-                    last_change = Instant::now();
-                }
-                Put::ChangedByOthers(v) => {
+            let p = probe::probe(
+                self.config,
+                NAME,
+                NAMESPACE,
+                rv.as_deref(),
+                write,
+                ask_metrics,
+            )
+            .await?;
+            let now = Instant::now();
+            ask_metrics &= p.metrics != Metrics::Forbidden;
+            match p.outcome {
+                Outcome::Missing => {
                     tracing::warn!(
-                        "the canary {NAMESPACE}/{NAME} was changed by another writer: what was seen so far no longer counts; waiting again"
+                        "the canary {NAMESPACE}/{NAME} was deleted; planting it again and starting the proof over from it"
                     );
-                    rv = Some(v);
-                    flips = 0;
-                    last_change = Instant::now();
+                    plant(self.client).await?;
+                    chain.void(now);
+                    rv = None;
+                    write = Write::Touch;
+                    continue;
                 }
-                Put::Retry => {}
+                Outcome::ChangedByOthers => tracing::warn!(
+                    "the canary {NAMESPACE}/{NAME} was changed by another writer: what was seen so far no longer counts; waiting again"
+                ),
+                _ => {}
             }
-            let quiet = last_change.elapsed();
-            if (flips > 0 || !self.need_flip) && quiet >= settle {
-                let replicas = self.replicas.map_or("the API server".to_string(), |n| {
-                    format!("{n} API server replica(s)")
-                });
+            if p.outcome != Outcome::Retry {
+                rv = p.rv.clone();
+                write = Write::Unchanged;
+            }
+            if let Some(r) = &p.replica {
+                set.answered(r, now);
+            }
+            chain.observe(&p, now);
+            let members = set.members(now);
+            let note = set.disagreement(now);
+            if ask_metrics && chain.attributed(&members, self.need_flip) {
+                let key = chain.current.clone();
                 return Ok(Proof {
-                    evidence: if flips > 0 { "canary" } else { "settled" }.into(),
-                    replicas: self.replicas,
-                    flips,
+                    evidence: if self.need_flip {
+                        "attributed"
+                    } else {
+                        "settled"
+                    }
+                    .into(),
+                    replicas: Some(members.len()),
+                    flips: chain.flips,
                     waited_seconds: start.elapsed().as_secs_f64(),
                     detail: format!(
-                        "{} then no unchanged PUT over fresh connections to {replicas} rewrote the canary for {:.0}s (status period {:.0}s plus margin)",
-                        if flips > 0 {
-                            "kmsctl's own unchanged PUT rewrote the canary under the new key,"
+                        "{}each of the {} API server replica(s), identified on its own /metrics over the probe's connection, then left it as it was, over {} fresh connections{}",
+                        match &key {
+                            Some(k) if self.need_flip => format!(
+                                "the canary was written with {k} (its write counter moved), "
+                            ),
+                            Some(k) => format!("the canary is under {k}; "),
+                            None => String::new(),
+                        },
+                        members.len(),
+                        chain.probes,
+                        note.as_deref()
+                            .map(|n| format!("; {n}"))
+                            .unwrap_or_default()
+                    ),
+                    probes: chain.probes,
+                    writes_with_key: key,
+                    replica_count_note: note,
+                });
+            }
+            let known = members.len().max(set.most_leases).max(1);
+            let needed = evidence::probes_needed(known);
+            if chain.timed(self.need_flip, settle, needed, now) {
+                let quiet = now.duration_since(chain.last_write);
+                return Ok(Proof {
+                    evidence: if chain.flips > 0 { "time" } else { "settled" }.into(),
+                    replicas: Some(known),
+                    flips: chain.flips,
+                    waited_seconds: start.elapsed().as_secs_f64(),
+                    detail: format!(
+                        "{} then {} unchanged PUTs over fresh connections (enough to meet each of {known} replica(s), and one more nobody announced, with probability above 1 - 1e-6) left it as it was for {:.0}s (1.5 x the status period of {:.0}s, never less than upstream's 60 s, plus margin){}",
+                        if chain.flips > 0 {
+                            "kmsctl's own unchanged PUT rewrote the canary under another key,"
                         } else {
                             "no key change was expected, and"
                         },
+                        chain.probes,
                         quiet.as_secs_f64(),
-                        self.status_period.as_secs_f64()
+                        self.status_period
+                            .max(evidence::UPSTREAM_STATUS_PERIOD)
+                            .as_secs_f64(),
+                        note.as_deref()
+                            .map(|n| format!("; {n}"))
+                            .unwrap_or_default()
                     ),
+                    probes: chain.probes,
+                    writes_with_key: None,
+                    replica_count_note: note,
                 });
             }
             if start.elapsed() >= self.timeout {
                 return Err(BarrierError::Timeout {
                     waited: start.elapsed().as_secs(),
-                    detail: if flips == 0 {
-                        "the canary was never rewritten by kmsctl's unchanged PUT".into()
+                    detail: if chain.flips == 0 {
+                        "the canary was never rewritten with another key by kmsctl's unchanged PUT"
+                            .into()
                     } else {
                         format!(
-                            "the canary was last rewritten {:.0}s ago",
-                            quiet.as_secs_f64()
+                            "the canary was last written {:.0}s ago; {} of {} replica(s) shown agreeing since",
+                            now.duration_since(chain.last_write).as_secs_f64(),
+                            members.intersection(&chain.agree).count(),
+                            members.len()
                         )
                     },
                 });
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::time::sleep(self.pace(&chain, ask_metrics, &members, settle, needed)).await;
+        }
+    }
+
+    /// Between probes: quick while a switch is being confirmed (every replica to be met), often
+    /// enough for the time-based count while waiting out the quiet time, `poll` otherwise.
+    fn pace(
+        &self,
+        chain: &Chain,
+        ask_metrics: bool,
+        members: &std::collections::BTreeSet<String>,
+        settle: Duration,
+        needed: u32,
+    ) -> Duration {
+        let confirming = chain.flips > 0 || !self.need_flip;
+        let attributable = ask_metrics && !members.iter().any(|m| m.starts_with("lease:"));
+        match (confirming, attributable) {
+            (true, true) => Duration::from_millis(10),
+            (true, false) => self.poll.min(settle.div_f64(f64::from(needed) * 1.5)),
+            (false, _) => self.poll,
         }
     }
 }

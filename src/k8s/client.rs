@@ -23,6 +23,108 @@ pub fn fresh(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
     kube::Client::try_from(config.clone()).map_err(|e| super::KubeError::Other(e.to_string()))
 }
 
+/// A client whose every request goes over ONE TCP connection: it refuses to open a second.
+/// Behind a TCP balancer a connection stays on one API server replica, so what a /metrics read
+/// and a canary PUT on this client show belong to the same replica. A pooled client could
+/// silently reconnect between the two (to another replica) and make the pair lie.
+pub fn pinned(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
+    use hyper_util::client::legacy::Client as HyperClient;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::{Body, ClientBuilder, ConfigExt};
+    let other = |e: kube::Error| super::KubeError::Other(e.to_string());
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config
+        .rustls_https_connector_with_connector(OneConnection {
+            inner: http,
+            used: Default::default(),
+        })
+        .map_err(other)?;
+    let hyper: HyperClient<_, Body> =
+        HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let ns = config.default_namespace.clone();
+    let builder = ClientBuilder::new(BoxErrors(hyper), ns.clone())
+        .with_layer(&config.extra_headers_layer().map_err(other)?);
+    Ok(match config.auth_layer().map_err(other)? {
+        Some(auth) => builder
+            .with_layer(&auth)
+            .with_layer(&config.base_uri_layer())
+            .build(),
+        None => builder.with_layer(&config.base_uri_layer()).build(),
+    })
+}
+
+/// Gives the hyper client's errors the boxed type kube's layers expect.
+#[derive(Clone)]
+struct BoxErrors<S>(S);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, R> tower_service::Service<R> for BoxErrors<S>
+where
+    S: tower_service::Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures::future::MapErr<S::Future, fn(S::Error) -> BoxError>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        use futures::TryFutureExt;
+        self.0
+            .call(req)
+            .map_err(Into::into as fn(S::Error) -> BoxError)
+    }
+}
+
+/// A connector that connects once; a second connection is an error, never a silent detour.
+#[derive(Clone)]
+struct OneConnection {
+    inner: hyper_util::client::legacy::connect::HttpConnector,
+    used: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>, std::io::Error>,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Uri> for OneConnection {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(std::io::Error::other)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        if self.used.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(std::io::Error::other(
+                    "this probe's connection closed; its evidence is void (a second connection could reach another API server replica)",
+                ))
+            });
+        }
+        let connecting = self.inner.call(uri);
+        Box::pin(async move { connecting.await.map_err(std::io::Error::other) })
+    }
+}
+
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Cluster> {
     // Inside a pod (the check-expiry CronJob) without a kubeconfig: the pod's service account.
     let home_config =

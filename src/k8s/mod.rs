@@ -4,8 +4,10 @@
 
 pub mod canary;
 pub mod client;
+pub mod evidence;
 pub mod lease;
 pub mod ledger;
+pub mod probe;
 pub mod replicas;
 
 use crate::retry::{RetryHint, Retryable};

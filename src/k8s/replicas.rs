@@ -1,18 +1,126 @@
 //! The API server replicas behind the cluster's one address, and what each says about its KMS
-//! key. Every kube-apiserver announces itself with an identity Lease in kube-system; where
-//! /metrics is readable, each reports the key id hash its plugin's status calls returned
-//! (`apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds`). Each sample is
-//! taken over a fresh connection, since a balancer sends each connection to one replica.
+//! key. Every kube-apiserver announces itself with an identity Lease in kube-system, named by its
+//! API server id; where /metrics is readable, every envelope-encryption series it exports carries
+//! `apiserver_id_hash` (`sha256:` + hex of that id), the key id hash its plugin's status calls
+//! returned (`..._status_last_timestamp_seconds`: what Status said, not what it writes with), and
+//! how many objects it wrote per key id hash (`..._key_id_hash_total{transformation_type=
+//! "to_storage"}`: what it actually writes with). A balancer sends each connection to one replica.
 
 use super::KubeError;
 use kube::api::{Api, DynamicObject, ListParams};
 use std::collections::BTreeMap;
 
 const IDENTITY_LABEL: &str = "apiserver.kubernetes.io/identity=kube-apiserver";
-/// An identity Lease renewed within this long belongs to a live replica.
-const LIVE_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// An identity Lease renewed within this long belongs to a live replica (a live kube-apiserver
+/// renews its own every 10 s; a stopped one leaves it for an hour).
+const LIVE_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+const WRITE_COUNTER: &str = "apiserver_envelope_encryption_key_id_hash_total";
 const STATUS_METRIC: &str =
     "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds";
+
+/// `sha256:<hex>`, as kube-apiserver labels an API server id or a key id on /metrics.
+pub fn id_hash(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A live replica as its identity Lease shows it: the hashes its /metrics may carry (the Lease is
+/// named by the API server id; its holder is that id, or the id and `_<uuid>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseReplica {
+    pub name: String,
+    pub hashes: Vec<String>,
+}
+
+/// The API server replicas whose identity Lease was renewed lately.
+pub async fn live_leases(client: &kube::Client) -> Result<Vec<LeaseReplica>, KubeError> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "kube-system", &super::lease::resource());
+    let list = crate::retry::RetryPolicy::default()
+        .run("list the API server identity leases", || async {
+            api.list(&ListParams::default().labels(IDENTITY_LABEL))
+                .await
+                .map_err(KubeError::from)
+        })
+        .await?;
+    let now = chrono::Utc::now();
+    Ok(list
+        .items
+        .iter()
+        .filter(|l| {
+            l.data["spec"]["renewTime"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| now - t.with_timezone(&chrono::Utc) < LIVE_WITHIN)
+        })
+        .map(|l| {
+            let name = l.metadata.name.clone().unwrap_or_default();
+            let holder = l.data["spec"]["holderIdentity"].as_str().unwrap_or("");
+            let mut hashes = vec![id_hash(&name)];
+            for id in [holder, holder.split('_').next().unwrap_or("")] {
+                if !id.is_empty() && !hashes.contains(&id_hash(id)) {
+                    hashes.push(id_hash(id));
+                }
+            }
+            LeaseReplica { name, hashes }
+        })
+        .collect())
+}
+
+/// What one replica's /metrics says about that replica.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicaMetrics {
+    /// Its `apiserver_id_hash` (None: it exports no envelope-encryption series, e.g. KMS off or v1).
+    pub replica: Option<String>,
+    /// Objects it wrote to storage, per KMS v2 key id hash.
+    pub writes: BTreeMap<String, f64>,
+    /// It exports the write counters at all (an older kube-apiserver may export only Status).
+    pub has_write_counters: bool,
+}
+
+/// `name{a="1",b="2"} value` -> (name, labels, value); None for comments and other shapes.
+fn sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+    let (name, rest) = line.split_once('{')?;
+    let (labels, value) = rest.rsplit_once('}')?;
+    let value = value.split_whitespace().next()?.parse::<f64>().ok()?;
+    let labels = labels
+        .split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim(), v.trim().trim_matches('"')))
+        })
+        .collect();
+    Some((name.trim(), labels, value))
+}
+
+/// Reads one replica's /metrics text: who it is, and what it wrote with.
+pub fn parse_replica(text: &str) -> ReplicaMetrics {
+    let mut out = ReplicaMetrics::default();
+    out.has_write_counters = text
+        .lines()
+        .any(|l| l.starts_with(WRITE_COUNTER) || l == format!("# TYPE {WRITE_COUNTER} counter"));
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_envelope_encryption_"))
+    {
+        let Some((name, labels, value)) = sample(line) else {
+            continue;
+        };
+        let label = |n: &str| labels.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        if let Some(id) = label("apiserver_id_hash") {
+            out.replica.get_or_insert_with(|| id.to_string());
+        }
+        if name == WRITE_COUNTER
+            && label("transformation_type") == Some("to_storage")
+            && let Some(key) = label("key_id_hash")
+        {
+            *out.writes.entry(key.to_string()).or_default() += value;
+        }
+    }
+    out
+}
 
 /// How many API server replicas announce themselves (None: none do, so the count is unknown).
 pub async fn count(client: &kube::Client) -> Result<Option<usize>, KubeError> {
@@ -127,5 +235,32 @@ mod tests {
         assert_eq!(h["sha256:a"], ("sha256:new".to_string(), 160.5));
         assert_eq!(h["sha256:b"].0, "sha256:old");
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn a_replica_names_itself_and_counts_its_writes_per_key() {
+        let text = "# TYPE apiserver_envelope_encryption_key_id_hash_total counter\n\
+            apiserver_envelope_encryption_key_id_hash_total{apiserver_id_hash=\"sha256:a\",key_id_hash=\"sha256:old\",provider_name=\"p\",transformation_type=\"to_storage\"} 7\n\
+            apiserver_envelope_encryption_key_id_hash_total{transformation_type=\"from_storage\",provider_name=\"p\",key_id_hash=\"sha256:new\",apiserver_id_hash=\"sha256:a\"} 40\n\
+            apiserver_envelope_encryption_key_id_hash_total{transformation_type=\"to_storage\",provider_name=\"p\",key_id_hash=\"sha256:new\",apiserver_id_hash=\"sha256:a\"} 2\n\
+            apiserver_request_total{code=\"200\"} 5\n";
+        let m = parse_replica(text);
+        assert_eq!(m.replica.as_deref(), Some("sha256:a"));
+        assert_eq!(m.writes["sha256:old"], 7.0);
+        assert_eq!(m.writes["sha256:new"], 2.0);
+        assert_eq!(m.writes.len(), 2, "reads are not writes");
+        assert!(m.has_write_counters);
+        assert_eq!(
+            parse_replica("apiserver_request_total{code=\"200\"} 5\n"),
+            ReplicaMetrics::default()
+        );
+    }
+
+    #[test]
+    fn ids_hash_as_kube_apiserver_labels_them() {
+        assert_eq!(
+            id_hash("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
