@@ -611,3 +611,369 @@ async fn replicas_learn_a_new_key_at_their_own_status_calls() {
         "both replicas report the new key: {hashes:?}"
     );
 }
+
+// --- The replicas as kube-apiserver runs them (issue 15) ---
+
+async fn kube_config(w: &common::World) -> kube::Config {
+    let kc = kube::config::Kubeconfig::read_from(w.dir.path().join("kubeconfig")).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.default_retry = false;
+    cfg
+}
+
+/// A client over its own connection: the balancer gives it one replica for all its requests.
+fn connection(cfg: &kube::Config) -> kube::Client {
+    kube::Client::try_from(cfg.clone()).unwrap()
+}
+
+async fn metrics_of(client: &kube::Client) -> String {
+    client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap()
+}
+
+fn hash(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// The apiserver_id_hash every series of one replica's /metrics carries (one replica per page).
+fn apiserver_of(metrics: &str) -> String {
+    let ids: std::collections::BTreeSet<&str> = metrics
+        .match_indices("apiserver_id_hash=\"")
+        .map(|(i, m)| {
+            let rest = &metrics[i + m.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one replica per connection: {metrics}");
+    ids.into_iter().next().unwrap().to_string()
+}
+
+/// The value of `name{...labels containing all of want...}` on a metrics page (None: no series).
+fn series(metrics: &str, name: &str, want: &[&str]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.rsplit_once('}')?;
+        want.iter()
+            .all(|w| labels.split(',').any(|kv| kv == *w))
+            .then(|| value.trim().parse().unwrap())
+    })
+}
+
+async fn identity_leases(c: &kube::Client) -> Vec<kube::api::DynamicObject> {
+    let leases: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(c.clone(), "kube-system", &kmsctl::k8s::lease::resource());
+    leases
+        .list(&ListParams::default().labels("apiserver.kubernetes.io/identity=kube-apiserver"))
+        .await
+        .unwrap()
+        .items
+}
+
+/// A new version of the twin's key, and the KMS v2 storage label that writes with it.
+fn new_key_label(w: &common::World) -> String {
+    let mut world = w.twin.shared.world();
+    let v = kmsctl::sim::world::new_key_version("RSA", None);
+    let kid = format!(
+        "https://{}/keys/{}/{}",
+        world.ids.vault_host(),
+        kmsctl::sim::world::KEY_NAME,
+        v.version
+    );
+    world
+        .keys
+        .get_mut(kmsctl::sim::world::KEY_NAME)
+        .unwrap()
+        .versions
+        .push(v);
+    format!("kms:v2:{kid}")
+}
+
+fn stored_key(w: &common::World, ns: &str, name: &str) -> String {
+    w.twin
+        .shared
+        .secrets_read()
+        .get(ns, name)
+        .unwrap()
+        .key
+        .to_string()
+}
+
+fn secret(name: &str, value: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(json!({ "metadata": { "name": name }, "stringData": { "v": value } }))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn identity_leases_are_named_by_apiserver_id_and_come_back_after_a_delete() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        lease_recreate_seconds: 1,
+        ..small(3)
+    })
+    .await;
+    let cfg = kube_config(&w).await;
+    let c = connection(&cfg);
+    let leases = identity_leases(&c).await;
+    assert_eq!(leases.len(), 2);
+    let mut names = std::collections::BTreeSet::new();
+    for l in &leases {
+        let name = l.metadata.name.clone().unwrap();
+        let suffix = name.strip_prefix("apiserver-").expect("apiserver-<id>");
+        assert_eq!(suffix.len(), 26, "{name}");
+        assert!(
+            suffix.chars().all(|c| matches!(c, 'a'..='z' | '2'..='7')),
+            "{name}"
+        );
+        let holder = l.data["spec"]["holderIdentity"].as_str().unwrap();
+        let uuid = holder
+            .strip_prefix(&format!("{name}_"))
+            .expect("<ID>_<uuid>");
+        uuid::Uuid::parse_str(uuid).expect("a uuid after the ID");
+        assert_eq!(l.data["spec"]["leaseDurationSeconds"], 3600);
+        names.insert(hash(&name));
+    }
+    // Every replica's metrics carry sha256(ID); fresh connections reach both.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(apiserver_of(&metrics_of(&connection(&cfg)).await));
+    }
+    assert_eq!(seen, names);
+    // A deleted identity Lease is recreated by its replica, not at once.
+    let first = leases[0].metadata.name.clone().unwrap();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(c.clone(), "kube-system", &kmsctl::k8s::lease::resource());
+    api.delete(&first, &Default::default()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(identity_leases(&c).await.len(), 1, "gone for a while");
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let back = identity_leases(&c).await;
+    assert_eq!(back.len(), 2, "recreated");
+    assert!(
+        back.iter()
+            .any(|l| l.metadata.name.as_deref() == Some(first.as_str()))
+    );
+    assert_eq!(SimOptions::default().lease_recreate_seconds, 10);
+}
+
+/// The replica each of `n` fresh connections reaches, by apiserver_id_hash.
+async fn replicas_reached(cfg: &kube::Config, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(apiserver_of(&metrics_of(&connection(cfg)).await));
+    }
+    out
+}
+
+async fn balancer_sequence(balancer: kmsctl::sim::replicas::Balancer) -> Vec<String> {
+    let w = world(SimOptions {
+        apiserver_replicas: 3,
+        balancer,
+        seed: 7,
+        ..small(1)
+    })
+    .await;
+    replicas_reached(&kube_config(&w).await, 90).await
+}
+
+fn repeats(seq: &[String]) -> f64 {
+    seq.windows(2).filter(|p| p[0] == p[1]).count() as f64 / (seq.len() - 1) as f64
+}
+
+#[tokio::test]
+async fn balancers_round_robin_random_and_sticky() {
+    use kmsctl::sim::replicas::Balancer;
+    let rr = balancer_sequence(Balancer::RoundRobin).await;
+    assert!(
+        rr.windows(4)
+            .all(|p| p[0] == p[3] && p[0] != p[1] && p[1] != p[2] && p[0] != p[2])
+    );
+    for b in [Balancer::Random, Balancer::Sticky] {
+        let seq = balancer_sequence(b).await;
+        let distinct: std::collections::BTreeSet<_> = seq.iter().collect();
+        assert_eq!(distinct.len(), 3, "{b:?} reaches every replica");
+        // Consecutive connections on one replica: 1/3 for uniform picks, 1/2 + 1/6 for sticky.
+        let r = repeats(&seq);
+        match b {
+            Balancer::Random => assert!((0.15..0.5).contains(&r), "{b:?}: {r}"),
+            _ => assert!((0.5..0.85).contains(&r), "{b:?}: {r}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn write_lag_reports_a_key_to_status_before_writing_with_it() {
+    let w = world(SimOptions {
+        write_lag_seconds: 2,
+        ..small(1)
+    })
+    .await;
+    let cfg = kube_config(&w).await;
+    let old = w
+        .twin
+        .shared
+        .world()
+        .replica_label(0, std::time::Instant::now())
+        .to_string();
+    let new = new_key_label(&w);
+    w.twin
+        .shared
+        .world()
+        .plugin_changed(std::sync::Arc::from(new.as_str()));
+    let c = connection(&cfg);
+    let status = kmsctl::k8s::replicas::parse_status_metric(&metrics_of(&c).await);
+    let (reported, _) = status.values().next().unwrap();
+    assert_eq!(
+        reported,
+        &hash(new.strip_prefix("kms:v2:").unwrap()),
+        "Status has the new key"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &secret("lagged", "a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_key(&w, "default", "lagged"),
+        old,
+        "still written with the old key"
+    );
+    let to = "transformation_type=\"to_storage\"";
+    let total = "apiserver_envelope_encryption_key_id_hash_total";
+    let old_hash = format!(
+        "key_id_hash=\"{}\"",
+        hash(old.strip_prefix("kms:v2:").unwrap())
+    );
+    let new_hash = format!(
+        "key_id_hash=\"{}\"",
+        hash(new.strip_prefix("kms:v2:").unwrap())
+    );
+    let m = metrics_of(&c).await;
+    assert_eq!(series(&m, total, &[to, &old_hash]), Some(1.0), "{m}");
+    assert_eq!(series(&m, total, &[to, &new_hash]), None, "{m}");
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    secrets
+        .create(&PostParams::default(), &secret("current", "a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_key(&w, "default", "current"),
+        new,
+        "the new key after the lag"
+    );
+    let m = metrics_of(&c).await;
+    assert_eq!(series(&m, total, &[to, &new_hash]), Some(1.0), "{m}");
+}
+
+#[tokio::test]
+async fn write_counters_count_what_each_replica_stored_and_decoded() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        ..small(4)
+    })
+    .await;
+    let cfg = kube_config(&w).await;
+    let label = w
+        .twin
+        .shared
+        .world()
+        .replica_label(0, std::time::Instant::now())
+        .to_string();
+    let key = format!(
+        "key_id_hash=\"{}\"",
+        hash(label.strip_prefix("kms:v2:").unwrap())
+    );
+    let c = connection(&cfg);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    let created = secrets
+        .create(&PostParams::default(), &secret("counted", "a"))
+        .await
+        .unwrap();
+    let got = secrets.get("counted").await.unwrap();
+    // An unchanged PUT of a current Secret is not written; a changed one is.
+    secrets
+        .replace("counted", &PostParams::default(), &got)
+        .await
+        .unwrap();
+    let mut changed = got.clone();
+    changed.data = Some(std::collections::BTreeMap::from([(
+        "v".to_string(),
+        k8s_openapi::ByteString(b"b".to_vec()),
+    )]));
+    secrets
+        .replace("counted", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    let listed = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert!(created.metadata.resource_version.is_some());
+    let m = metrics_of(&c).await;
+    let total = "apiserver_envelope_encryption_key_id_hash_total";
+    let to = "transformation_type=\"to_storage\"";
+    let from = "transformation_type=\"from_storage\"";
+    let provider = "provider_name=\"azurekmsprovider\"";
+    assert_eq!(series(&m, total, &[to, &key, provider]), Some(2.0), "{m}");
+    // The GET, the read before each PUT, and each listed item.
+    assert_eq!(
+        series(&m, total, &[from, &key]),
+        Some(3.0 + listed as f64),
+        "{m}"
+    );
+    let last = "apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds";
+    let at = series(&m, last, &[to, &key]).unwrap();
+    assert!(
+        (at - kmsctl::sim::world::now_unix() as f64).abs() < 5.0,
+        "{at}"
+    );
+    for line in [
+        format!("# TYPE {total} counter"),
+        format!("# TYPE {last} gauge"),
+        format!("# HELP {total} [ALPHA]"),
+    ] {
+        assert!(m.contains(&line), "{line} in {m}");
+    }
+    let me = apiserver_of(&m);
+    // The other replica wrote nothing: no series of its own.
+    let other = loop {
+        let m = metrics_of(&connection(&cfg)).await;
+        if apiserver_of(&m) != me {
+            break m;
+        }
+    };
+    assert_eq!(series(&other, total, &[to]), None, "{other}");
+    // Status series keep their shape.
+    assert_eq!(kmsctl::k8s::replicas::parse_status_metric(&other).len(), 1);
+}
+
+#[tokio::test]
+async fn writes_without_kms_v2_produce_no_counters() {
+    let w = world(SimOptions {
+        kms: false,
+        ..small(1)
+    })
+    .await;
+    let c = connection(&kube_config(&w).await);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &secret("plain", "a"))
+        .await
+        .unwrap();
+    secrets.get("plain").await.unwrap();
+    let m = metrics_of(&c).await;
+    assert!(
+        !m.contains("apiserver_envelope_encryption_key_id_hash_total{"),
+        "{m}"
+    );
+}

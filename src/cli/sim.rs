@@ -15,6 +15,22 @@ pub enum SimCommand {
     },
     /// Add a fault rule to a running twin (or clear them all with --clear).
     Fault(FaultArgs),
+    /// Restart one API server replica of a running twin: it is down for --down-seconds (the
+    /// balancer sends it no new connection, its open connections answer 503, its identity Lease
+    /// is no longer renewed), then comes back as a new kube-apiserver: a new apiserver ID and
+    /// identity Lease, fresh metrics counters, and the cluster's current key from a Status call
+    /// at its start.
+    RestartReplica {
+        /// The folder of the running twin (`sim serve --dir`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Which replica (0-based, in the order they were started).
+        #[arg(long)]
+        replica: usize,
+        /// How long it stays down.
+        #[arg(long, default_value_t = 15)]
+        down_seconds: u64,
+    },
     /// List the Secrets Provider scenarios `serve --scenario` stages, one per line.
     Scenarios,
 }
@@ -29,6 +45,19 @@ pub enum OnOff {
 pub enum Access {
     Public,
     Private,
+}
+
+/// How the twin's balancer assigns each new TCP connection to a live API server replica.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BalancerKind {
+    /// The next live replica in turn, skipping replicas that are down.
+    RoundRobin,
+    /// A live replica chosen uniformly at random (seeded by --seed).
+    Random,
+    /// The previous connection's replica with probability 1/2 while it is live, otherwise a
+    /// live replica chosen uniformly at random (seeded by --seed): session affinity that
+    /// re-balances now and then.
+    Sticky,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +105,20 @@ pub struct ServeArgs {
     /// writes with a new key only from its next such call (a real one: about 60 s).
     #[arg(long, default_value_t = 0)]
     pub kms_status_period: u64,
+    /// How each new connection is assigned a live replica: round-robin (the next in turn),
+    /// random (uniform, seeded by --seed), sticky (the previous connection's replica with
+    /// probability 1/2, otherwise uniform). A request and a /metrics read on one connection
+    /// always reach the same replica.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub balancer: BalancerKind,
+    /// A replica reports a new key id to Status (the status metric) at its status call but
+    /// writes with it only this many seconds later, as an API server configured identity-first
+    /// does; until then it writes with the key it wrote with before.
+    #[arg(long, default_value_t = 0)]
+    pub write_lag_seconds: u64,
+    /// A replica recreates its identity Lease this many seconds after it was deleted.
+    #[arg(long, default_value_t = 10)]
+    pub lease_recreate_seconds: u64,
     /// Answer /metrics with 403, as for a user without access to it.
     #[arg(long)]
     pub no_metrics: bool,

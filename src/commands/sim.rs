@@ -1,6 +1,7 @@
-//! `kmsctl sim serve|inspect|fault`.
+//! `kmsctl sim serve|inspect|fault|restart-replica`.
 
-use crate::cli::sim::{Access, FaultArgs, OnOff, ServeArgs, SimCommand};
+use crate::cli::sim::{Access, BalancerKind, FaultArgs, OnOff, ServeArgs, SimCommand};
+use crate::sim::replicas::Balancer;
 use crate::sim::{NetworkAccess, SimOptions, Twin, admin_request, faults};
 use anyhow::Context;
 
@@ -35,6 +36,13 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         kms_propagation_seconds: a.kms_propagation_seconds,
         apiserver_replicas: a.apiserver_replicas.max(1),
         kms_status_period_seconds: a.kms_status_period,
+        balancer: match a.balancer {
+            BalancerKind::RoundRobin => Balancer::RoundRobin,
+            BalancerKind::Random => Balancer::Random,
+            BalancerKind::Sticky => Balancer::Sticky,
+        },
+        write_lag_seconds: a.write_lag_seconds,
+        lease_recreate_seconds: a.lease_recreate_seconds,
         metrics_readable: !a.no_metrics,
         write_qps: a.write_qps,
         key_expires_in: a.key_expires_in,
@@ -70,6 +78,21 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         SimCommand::Fault(f) => fault(f).await,
+        SimCommand::RestartReplica {
+            dir,
+            replica,
+            down_seconds,
+        } => {
+            let doc = admin_request(
+                &dir,
+                reqwest::Method::POST,
+                &format!("/_sim/replicas/{replica}/restart"),
+                Some(serde_json::json!({ "downSeconds": down_seconds })),
+            )
+            .await?;
+            println!("{doc}");
+            Ok(0)
+        }
         SimCommand::Scenarios => {
             let names: Vec<&str> = crate::sim::scenarios::SCENARIOS
                 .iter()

@@ -38,6 +38,7 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
                 Err(e) => k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &e, None),
             }
         }
+        (&Method::POST, path) if path.starts_with("/_sim/replicas/") => restart(shared, req),
         (&Method::DELETE, "/_sim/faults") => {
             shared.world().faults.clear();
             json_resp(StatusCode::OK, &json!({ "rules": 0 }))
@@ -48,6 +49,35 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
             "no such twin endpoint",
             None,
         ),
+    }
+}
+
+/// `POST /_sim/replicas/I/restart {"downSeconds": S}`.
+fn restart(shared: &Shared, req: &Req) -> Resp {
+    let index = req
+        .path
+        .strip_prefix("/_sim/replicas/")
+        .and_then(|r| r.strip_suffix("/restart"))
+        .and_then(|i| i.parse::<usize>().ok());
+    let Some(index) = index else {
+        return k8s_status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no such twin endpoint",
+            None,
+        );
+    };
+    let down = req
+        .json()
+        .ok()
+        .and_then(|b| b["downSeconds"].as_u64())
+        .unwrap_or(15);
+    match shared.restart_replica(index, std::time::Duration::from_secs(down)) {
+        Ok(()) => json_resp(
+            StatusCode::OK,
+            &json!({ "replica": index, "downSeconds": down }),
+        ),
+        Err(e) => k8s_status(StatusCode::BAD_REQUEST, "BadRequest", &e, None),
     }
 }
 

@@ -18,6 +18,7 @@ pub struct Req {
     pub body: Bytes,
     /// The kube-apiserver replica serving this request's connection.
     pub replica: usize,
+    pub version: hyper::Version,
 }
 
 impl Req {

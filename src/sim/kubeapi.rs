@@ -5,6 +5,7 @@
 use super::http::{
     Req, Resp, bytes, json_resp, k8s_conflict, k8s_exists, k8s_not_found, k8s_status, with_header,
 };
+use super::replicas::{Transformation, sha256_label};
 use super::secrets::{StoreError, decode_continue};
 use super::world::Shared;
 use hyper::{Method, StatusCode};
@@ -360,6 +361,10 @@ fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
     if let Some(e) = page.items.iter().find_map(|s| view.decrypt_error(&s.key)) {
         return internal(&e);
     }
+    let mut decoded: std::collections::BTreeMap<&str, u64> = Default::default();
+    for s in &page.items {
+        *decoded.entry(&s.key).or_default() += 1;
+    }
     let mut meta = json!({ "resourceVersion": page.revision.to_string() });
     if let Some(c) = &page.continue_token {
         meta["continue"] = json!(c);
@@ -376,7 +381,16 @@ fn list_secrets(shared: &Shared, req: &Req, ns: Option<&str>) -> Resp {
         serde_json::to_writer(&mut out, &s.obj).expect("json serializes");
     }
     out.extend_from_slice(b"]}");
+    let decoded: Vec<(String, u64)> = decoded
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
     drop(store);
+    let mut w = shared.world();
+    for (label, n) in decoded {
+        w.count_use(req.replica, Transformation::FromStorage, &label, n);
+    }
+    drop(w);
     bytes(StatusCode::OK, "application/json", out)
 }
 
@@ -425,11 +439,16 @@ fn create_secret(shared: &Shared, req: &Req, ns: &str) -> Resp {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    match shared
-        .secrets_write()
-        .create(ns, obj, view.write, view.write_error.as_deref())
-    {
-        Ok(o) => json_resp(StatusCode::CREATED, &o),
+    let created =
+        shared
+            .secrets_write()
+            .create(ns, obj, view.write.clone(), view.write_error.as_deref());
+    match created {
+        Ok(o) => {
+            let to = Transformation::ToStorage;
+            shared.world().count_use(req.replica, to, &view.write, 1);
+            json_resp(StatusCode::CREATED, &o)
+        }
         Err(e) => store_error("secrets", &name, e),
     }
 }
@@ -439,13 +458,19 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
     match req.method {
         Method::GET => {
             let store = shared.secrets_read();
-            match store.get(ns, name) {
-                None => k8s_not_found("secrets", name),
+            let (resp, label) = match store.get(ns, name) {
+                None => (k8s_not_found("secrets", name), None),
                 Some(s) => match view.decrypt_error(&s.key) {
-                    Some(e) => internal(&e),
-                    None => json_resp(StatusCode::OK, &s.obj),
+                    Some(e) => (internal(&e), None),
+                    None => (json_resp(StatusCode::OK, &s.obj), Some(s.key.clone())),
                 },
+            };
+            drop(store);
+            if let Some(label) = label {
+                let from = Transformation::FromStorage;
+                shared.world().count_use(req.replica, from, &label, 1);
             }
+            resp
         }
         Method::PUT => {
             let obj = match parse_body(req, "Secret") {
@@ -461,13 +486,19 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
                 );
             }
             let mut store = shared.secrets_write();
-            if let Some(e) = store.get(ns, name).and_then(|s| view.decrypt_error(&s.key)) {
+            let read = store.get(ns, name).map(|s| s.key.clone());
+            if let Some(e) = read.as_deref().and_then(|k| view.decrypt_error(k)) {
                 return internal(&e);
             }
-            match store.replace(ns, name, obj, view.write, view.write_error.as_deref()) {
-                Ok(o) => bytes(StatusCode::OK, "application/json", o),
-                Err(e) => store_error("secrets", name, e),
-            }
+            let result = store.replace(
+                ns,
+                name,
+                obj,
+                view.write.clone(),
+                view.write_error.as_deref(),
+            );
+            drop(store);
+            updated(shared, req.replica, name, read, &view.write, result)
         }
         // kubectl annotate/label/patch: a JSON merge patch (strategic merge is the same for the
         // maps a Secret has), then the same update rules as a PUT.
@@ -490,12 +521,18 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
             if let Some(e) = view.decrypt_error(&current.key) {
                 return internal(&e);
             }
+            let read = Some(current.key.clone());
             let mut obj = current.obj.clone();
             merge_patch(&mut obj, &patch);
-            match store.replace(ns, name, obj, view.write, view.write_error.as_deref()) {
-                Ok(o) => bytes(StatusCode::OK, "application/json", o),
-                Err(e) => store_error("secrets", name, e),
-            }
+            let result = store.replace(
+                ns,
+                name,
+                obj,
+                view.write.clone(),
+                view.write_error.as_deref(),
+            );
+            drop(store);
+            updated(shared, req.replica, name, read, &view.write, result)
         }
         Method::DELETE => match shared.secrets_write().delete(ns, name) {
             Ok(o) => json_resp(StatusCode::OK, &o),
@@ -505,15 +542,52 @@ fn secret(shared: &Shared, req: &Req, ns: &str, name: &str) -> Resp {
     }
 }
 
+/// The answer to an update, counted on the serving replica's metrics: the read of the stored
+/// copy, and the write when the update was stored.
+fn updated(
+    shared: &Shared,
+    replica: usize,
+    name: &str,
+    read: Option<Arc<str>>,
+    write: &str,
+    result: Result<(Vec<u8>, bool), StoreError>,
+) -> Resp {
+    let mut w = shared.world();
+    if let Some(label) = &read {
+        w.count_use(replica, Transformation::FromStorage, label, 1);
+    }
+    match result {
+        Ok((o, written)) => {
+            if written {
+                w.count_use(replica, Transformation::ToStorage, write, 1);
+            }
+            bytes(StatusCode::OK, "application/json", o)
+        }
+        Err(e) => store_error("secrets", name, e),
+    }
+}
+
 fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) -> Resp {
     let mut w = shared.world();
-    let replica_ids: Vec<String> = w.replicas.iter().map(|r| r.id.clone()).collect();
+    let now = std::time::Instant::now();
+    let live: Vec<String> = w
+        .replicas
+        .iter()
+        .filter(|r| r.up(now))
+        .map(|r| r.holder.clone())
+        .collect();
+    if res == "leases"
+        && req.method == Method::DELETE
+        && let Some(n) = name
+    {
+        w.lease_deleted(n);
+    }
     let store = &mut w.objects;
     let kind_list = format!("{}List", kind_of(res));
     match (&req.method, name) {
         (&Method::GET, None) => {
             if res == "leases" {
-                store.renew_apiserver_identities(&replica_ids);
+                store.renew_apiserver_identities(&live);
             }
             let ns_filter = (!ns.is_empty()).then_some(ns);
             let fields = req.query.get("fieldSelector").map(String::as_str);
@@ -531,10 +605,15 @@ fn objects(shared: &Shared, req: &Req, res: &str, ns: &str, name: Option<&str>) 
                 &json!({ "kind": kind_list, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items }),
             )
         }
-        (&Method::GET, Some(n)) => match store.get(res, ns, n) {
-            Some(o) => json_resp(StatusCode::OK, o),
-            None => k8s_not_found(res, n),
-        },
+        (&Method::GET, Some(n)) => {
+            if res == "leases" {
+                store.renew_apiserver_identities(&live);
+            }
+            match store.get(res, ns, n) {
+                Some(o) => json_resp(StatusCode::OK, o),
+                None => k8s_not_found(res, n),
+            }
+        }
         (&Method::POST, None) => match parse_body(req, res) {
             Err(r) => *r,
             Ok(o) => {
@@ -630,15 +709,9 @@ fn create_namespace(shared: &Shared, req: &Req) -> Resp {
     json_resp(StatusCode::CREATED, &namespace_object(name))
 }
 
-fn sha256_label(text: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(text.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// The serving replica's envelope-encryption metrics: for each KMS v2 key id its plugin's
-/// status calls returned, when it last did (the series kube-apiserver exports).
+/// status calls returned, when it last did, and how often it wrote and read with each (the
+/// series kube-apiserver exports).
 fn metrics(shared: &Shared, req: &Req) -> Resp {
     let w = shared.world();
     if !w.opts.metrics_readable {
@@ -652,7 +725,8 @@ fn metrics(shared: &Shared, req: &Req) -> Resp {
     let now = std::time::Instant::now();
     let r = req.replica;
     let last = w.last_status_call(r, now);
-    let apiserver = sha256_label(&w.replicas[r].id);
+    let replica = &w.replicas[r];
+    let apiserver = replica.id_hash();
     let name = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds";
     let mut out = format!(
         "# HELP {name} [ALPHA] The last time in seconds when a keyID was returned by the Status RPC call.\n# TYPE {name} gauge\n"
@@ -672,7 +746,9 @@ fn metrics(shared: &Shared, req: &Req) -> Resp {
             ),
             _ => last,
         };
-        if returned_at < *from && i > 0 {
+        // Not returned to this incarnation: before it started (a restarted replica), or
+        // replaced before its next status call.
+        if (returned_at < *from && i > 0) || returned_at < replica.booted {
             continue;
         }
         seen.retain(|(l, _)| l != label);
@@ -686,6 +762,7 @@ fn metrics(shared: &Shared, req: &Req) -> Resp {
             ));
         }
     }
+    out.push_str(&super::replicas::counter_metrics(replica));
     bytes(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -18,6 +18,7 @@ mod objects;
 mod private_link;
 mod protobuf;
 mod ratelimit;
+pub mod replicas;
 mod resources;
 pub mod scenarios;
 pub mod secrets;
@@ -67,6 +68,13 @@ pub struct SimOptions {
     pub apiserver_replicas: usize,
     /// How often each replica asks its KMS plugin for the key id (0: at once).
     pub kms_status_period_seconds: u64,
+    /// How the balancer assigns each new connection to a live replica.
+    pub balancer: replicas::Balancer,
+    /// A replica writes with a key id this long after its Status call first returned it (0: at
+    /// once), as an API server configured identity-first does.
+    pub write_lag_seconds: u64,
+    /// A replica recreates its deleted identity Lease this long after (kube-apiserver: ~10 s).
+    pub lease_recreate_seconds: u64,
     /// Whether /metrics answers (on AKS a user may be denied it).
     pub metrics_readable: bool,
     pub write_qps: Option<f64>,
@@ -99,6 +107,9 @@ impl Default for SimOptions {
             kms_propagation_seconds: 0,
             apiserver_replicas: 1,
             kms_status_period_seconds: 0,
+            balancer: replicas::Balancer::RoundRobin,
+            write_lag_seconds: 0,
+            lease_recreate_seconds: 10,
             metrics_readable: true,
             write_qps: None,
             key_expires_in: None,

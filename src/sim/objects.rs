@@ -119,24 +119,15 @@ impl ObjectStore {
     }
 
     /// Each kube-apiserver replica announces itself with an identity Lease in kube-system, as
-    /// real ones do (label `apiserver.kubernetes.io/identity=kube-apiserver`).
+    /// real ones do (named after its ID, label `apiserver.kubernetes.io/identity=kube-apiserver`).
     pub fn seed_apiserver_identities(&mut self, replicas: &[super::world::Replica]) {
-        let now = chrono::Utc::now()
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string();
         for r in replicas {
-            let lease = json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": { "name": format!("apiserver-{}", &r.id[r.id.len() - 26..]), "namespace": "kube-system",
-                              "labels": { "apiserver.kubernetes.io/identity": "kube-apiserver", "kubernetes.io/hostname": r.id } },
-                "spec": { "holderIdentity": r.id, "leaseDurationSeconds": 3600, "renewTime": now }
-            });
-            let _ = self.create("leases", "kube-system", lease);
+            let _ = self.create("leases", "kube-system", super::replicas::identity_lease(r));
         }
     }
 
-    /// A live kube-apiserver renews its identity Lease every 10 s; the twin's replicas (`live`
-    /// holders) never die, so theirs are renewed whenever they are read. Others are left to age.
+    /// A live kube-apiserver renews its identity Lease every 10 s; the twin renews those of
+    /// live replicas (`live` holders) whenever they are read. Others are left to age.
     pub fn renew_apiserver_identities(&mut self, live: &[String]) {
         let now = chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%S%.6fZ")

@@ -239,8 +239,8 @@ impl SecretStore {
         Ok(obj)
     }
 
-    /// An update. Returns the stored object and whether it was written.
-    /// An update; answers the stored object, serialized. `encrypt_error` is returned only when
+    /// An update; answers the stored object, serialized, and whether it was written to storage
+    /// (an unchanged update of a current object is not). `encrypt_error` is returned only when
     /// the update would be written.
     pub fn replace(
         &mut self,
@@ -249,7 +249,7 @@ impl SecretStore {
         mut obj: Value,
         key: Arc<str>,
         encrypt_error: Option<&str>,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<(Vec<u8>, bool), StoreError> {
         merge_string_data(&mut obj);
         let id = format!("{ns}/{name}");
         let Some(current) = self.items.get(&id) else {
@@ -265,7 +265,7 @@ impl SecretStore {
             return Err(StoreError::Conflict);
         }
         if content_equal(&current.obj, &obj) && current.key == key {
-            return Ok(serde_json::to_vec(&current.obj).unwrap_or_default());
+            return Ok((serde_json::to_vec(&current.obj).unwrap_or_default(), false));
         }
         if let Some(e) = encrypt_error {
             return Err(StoreError::Encrypt(e.to_string()));
@@ -282,7 +282,7 @@ impl SecretStore {
         self.stamp(&mut obj);
         let answer = serde_json::to_vec(&obj).unwrap_or_default();
         self.items.insert(id, Stored { obj, key });
-        Ok(answer)
+        Ok((answer, true))
     }
 
     pub fn delete(&mut self, ns: &str, name: &str) -> Result<Value, StoreError> {
@@ -325,7 +325,8 @@ mod tests {
             .unwrap();
         let same: Value = serde_json::from_slice(
             &s.replace("ns", "a", created.clone(), old.clone(), Some("expired"))
-                .unwrap(),
+                .unwrap()
+                .0,
         )
         .unwrap();
         assert_eq!(
@@ -334,7 +335,8 @@ mod tests {
         );
         let moved: Value = serde_json::from_slice(
             &s.replace("ns", "a", created.clone(), new.clone(), None)
-                .unwrap(),
+                .unwrap()
+                .0,
         )
         .unwrap();
         assert_ne!(

@@ -28,14 +28,12 @@ pub async fn serve(
     shared: Shared,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    // A balancer in front of several API server replicas: each new connection goes to the next.
-    let mut connections = 0usize;
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
-        let replica = connections;
-        connections = connections.wrapping_add(1);
+        // A TCP balancer in front of the API server replicas: one replica per connection.
+        let (replica, generation) = shared.world().pick_replica();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
@@ -43,8 +41,9 @@ pub async fn serve(
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service =
-                hyper::service::service_fn(move |req| handle(shared.clone(), req, replica));
+            let service = hyper::service::service_fn(move |req| {
+                handle(shared.clone(), req, replica, generation)
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -63,7 +62,8 @@ fn roll() -> f64 {
 async fn handle(
     shared: Shared,
     req: hyper::Request<hyper::body::Incoming>,
-    connection: usize,
+    replica: usize,
+    generation: u64,
 ) -> Result<Resp, Dropped> {
     let (parts, body) = req.into_parts();
     let host = parts
@@ -94,11 +94,10 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let (latency, action, replica) = {
+    let (latency, action) = {
         let w = shared.world();
-        let replica = connection % w.replicas.len().max(1);
         let action = faults::decide(&w.faults, parts.method.as_str(), &host, &path, roll);
-        (w.opts.latency_ms + action.latency_ms, action, replica)
+        (w.opts.latency_ms + action.latency_ms, action)
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -114,6 +113,7 @@ async fn handle(
         headers: parts.headers,
         body,
         replica,
+        version: parts.version,
     };
     if let Some(code) = action.status {
         return Ok(fault_response(&req, code));
@@ -130,10 +130,28 @@ async fn handle(
         keyvault::handle(&shared, &req)
     } else if req.path.starts_with("/_sim/") {
         admin::handle(&shared, &req)
+    } else if !shared.world().serving(req.replica, generation) {
+        // The replica this connection reached stopped (or restarted since): its process is gone.
+        let r = super::http::k8s_status(
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the API server replica serving this connection is not running",
+            None,
+        );
+        with_close(super::http::with_header(r, "retry-after", "1"), &req)
     } else {
         kubeapi::handle(&shared, &req)
     };
     Ok(resp)
+}
+
+/// Asks an HTTP/1 client to close the connection after this answer (HTTP/2 has no such header).
+fn with_close(r: Resp, req: &Req) -> Resp {
+    if req.version < hyper::Version::HTTP_2 {
+        super::http::with_header(r, "connection", "close")
+    } else {
+        r
+    }
 }
 
 /// With `--least-privilege`: what kmsctl's roles do not allow answers 403, as the real services do.

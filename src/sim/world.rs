@@ -132,14 +132,7 @@ impl KmsTimeline {
     }
 }
 
-/// One kube-apiserver replica behind the cluster's address. Like a real one, it learns the
-/// plugin's key only at its own periodic status call, `phase` after the twin started and every
-/// status period after that, so two replicas switch at different moments.
-#[derive(Clone, Debug)]
-pub struct Replica {
-    pub id: String,
-    pub phase: Duration,
-}
+pub use super::replicas::Replica;
 
 pub struct World {
     pub ids: Ids,
@@ -164,6 +157,7 @@ pub struct World {
     pub tokens: HashMap<String, (String, Instant)>,
     pub timeline: KmsTimeline,
     pub replicas: Vec<Replica>,
+    pub balancer: super::replicas::BalancerState,
     pub started: Instant,
     pub started_unix: f64,
     pub objects: ObjectStore,
@@ -176,6 +170,13 @@ pub fn now_unix() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+pub fn now_unix_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -238,6 +239,7 @@ impl World {
         let cluster = super::resources::initial_cluster(&ids, &opts, &keys);
         let vault = super::resources::initial_vault(&ids, &opts);
         let role_assignments = super::resources::initial_role_assignments(&ids);
+        let opts_seed = opts.seed;
         let mut w = World {
             ids,
             opts,
@@ -252,6 +254,11 @@ impl World {
                 changes: Vec::new(),
             },
             replicas: Vec::new(),
+            balancer: super::replicas::BalancerState {
+                next_rr: 0,
+                last: None,
+                rng: super::seed::Rng::new(opts_seed),
+            },
             started: Instant::now(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -275,12 +282,15 @@ impl World {
         w.timeline.changes.push((w.started, label));
         let n = w.opts.apiserver_replicas.max(1);
         let period = Duration::from_secs(w.opts.kms_status_period_seconds);
+        let started = w.started;
         w.replicas = (0..n)
-            .map(|i| Replica {
-                id: format!("kube-apiserver-{i}-{}", uuid::Uuid::new_v4().simple()),
-                // Spread over the period (a third of it in, then evenly), as replicas started
-                // at different moments would be.
-                phase: period.mul_f64((i as f64 + 1.0 / 3.0) / n as f64),
+            // Spread over the period (a third of it in, then evenly), as replicas started at
+            // different moments would be.
+            .map(|i| {
+                Replica::new(
+                    started,
+                    started + period.mul_f64((i as f64 + 1.0 / 3.0) / n as f64),
+                )
             })
             .collect();
         // A twin that starts in private mode starts with the endpoint AKS would have made.
@@ -319,24 +329,38 @@ impl World {
         storage_label(&self.cluster)
     }
 
-    /// The last status call of replica `r` at or before `now` (the start, before its first).
+    /// The last status call of replica `r` at or before `now` (its start, before its first).
     pub fn last_status_call(&self, r: usize, now: Instant) -> Instant {
+        let replica = &self.replicas[r % self.replicas.len()];
         let period = self.opts.kms_status_period_seconds;
         if period == 0 {
-            return now;
+            return now.max(replica.booted);
         }
-        let first = self.started + self.replicas[r % self.replicas.len()].phase;
+        let first = replica.first_status;
         if now < first {
-            return self.started;
+            return replica.booted;
         }
         let period = Duration::from_secs(period);
         let calls = (now - first).as_secs_f64() / period.as_secs_f64();
         first + period.mul_f64(calls.floor())
     }
 
-    /// The storage label replica `r` writes with now: what the plugin reported at its last status call.
-    pub fn replica_label(&self, r: usize, now: Instant) -> Arc<str> {
+    /// The storage label replica `r` reports to Status now (the status metric's key).
+    pub fn status_label(&self, r: usize, now: Instant) -> Arc<str> {
         self.timeline.at(self.last_status_call(r, now))
+    }
+
+    /// The storage label replica `r` writes with now: what the plugin reported at its last
+    /// status call at least `write_lag_seconds` ago (an identity-first API server takes a new
+    /// key id for writes only then); a replica that just started writes with what it learned
+    /// at its start.
+    pub fn replica_label(&self, r: usize, now: Instant) -> Arc<str> {
+        let booted = self.replicas[r % self.replicas.len()].booted;
+        let lagged = now
+            .checked_sub(Duration::from_secs(self.opts.write_lag_seconds))
+            .unwrap_or(booted)
+            .max(booted);
+        self.timeline.at(self.last_status_call(r, lagged))
     }
 
     /// The cluster's configuration changed: the plugin reports the new key after the
@@ -437,6 +461,10 @@ impl Shared {
     }
     pub fn secrets_read(&self) -> std::sync::RwLockReadGuard<'_, SecretStore> {
         self.secrets.read().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Restarts replica `r`: down for `down`, then back as a new incarnation (new ID and Lease).
+    pub fn restart_replica(&self, r: usize, down: Duration) -> Result<(), String> {
+        self.world().restart_replica(r, down)
     }
     pub fn secrets_write(&self) -> std::sync::RwLockWriteGuard<'_, SecretStore> {
         self.secrets.write().unwrap_or_else(|e| e.into_inner())
