@@ -444,7 +444,10 @@ impl Barrier<'_> {
         needed: u32,
     ) -> Duration {
         let confirming = chain.flips > 0 || !self.need_flip;
-        let attributable = ask_metrics && !members.iter().any(|m| m.starts_with("lease:"));
+        // Quick only while the last write was attributed: then every replica can be shown.
+        let attributable = ask_metrics
+            && chain.current.is_some()
+            && !members.iter().any(|m| m.starts_with("lease:"));
         match (confirming, attributable) {
             (true, true) => Duration::from_millis(10),
             (true, false) => self.poll.min(settle.div_f64(f64::from(needed) * 1.5)),

@@ -1,0 +1,437 @@
+//! Proofs that check their own inputs: no replica count, /metrics sample, status period, balancer
+//! or restart may make kmsctl call a key switch proven, or a re-encryption done, when it is not.
+//! Each test's scenario made a false proof before the proof was built from attributed writes.
+
+mod common;
+
+use common::*;
+use kmsctl::sim::SimOptions;
+use kmsctl::sim::replicas::Balancer;
+use serde_json::Value;
+use std::time::Duration;
+
+/// No Secret is under a key version that is disabled or gone.
+fn assert_readable(w: &World) {
+    let d = w.inspect();
+    let live: Vec<String> = d["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|vs| vs.as_array().unwrap().iter())
+        .filter(|v| v["enabled"] == true)
+        .map(|v| v["kid"].as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    for (label, n) in d["storage"]["byKey"].as_object().unwrap() {
+        if label == "identity" || n == 0 {
+            continue;
+        }
+        let kid = label.splitn(3, ':').nth(2).unwrap().to_ascii_lowercase();
+        assert!(
+            live.contains(&kid),
+            "{n} Secrets under {label}, which is disabled or gone"
+        );
+    }
+}
+
+fn steps<'a>(report: &'a Value, step: &str) -> Vec<&'a Value> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == step)
+        .map(|s| &s["output"])
+        .collect()
+}
+
+async fn json_run(w: &World, args: &[&str]) -> Value {
+    let out = w.run(args).await;
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Real kubectl against the twin (off the runtime, which keeps serving meanwhile).
+async fn kubectl(w: &World, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new("kubectl");
+    c.arg("--kubeconfig")
+        .arg(w.dir.path().join("kubeconfig"))
+        .args(args);
+    tokio::task::spawn_blocking(move || c.output().expect("kubectl runs"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_missing_identity_lease_is_found_on_metrics_and_retire_waits_for_every_replica() {
+    let w = world(SimOptions {
+        apiserver_replicas: 3,
+        kms_status_period_seconds: 4,
+        lro_seconds: 1,
+        ..small(150)
+    })
+    .await;
+    // Two of the three replicas' Leases are gone when kmsctl counts (they come back ~10 s later).
+    let leases = kubectl(
+        &w,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "lease",
+            "-l",
+            "apiserver.kubernetes.io/identity=kube-apiserver",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    let names: Vec<String> = String::from_utf8_lossy(&leases.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for n in &names[1..] {
+        let out = kubectl(&w, &["-n", "kube-system", "delete", n]).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let report = json_run(
+        &w,
+        &["rotate", "--twice", "--retire-old", "--yes", "-o", "json"],
+    )
+    .await;
+    for p in steps(&report, "prove-key-switch") {
+        assert_eq!(p["evidence"], "attributed", "{p}");
+        assert_eq!(
+            p["replicas"], 3,
+            "every replica, though two Leases were missing: {p}"
+        );
+    }
+    w.assert_all_current();
+    assert_readable(&w);
+}
+
+#[tokio::test]
+async fn a_failed_metrics_baseline_is_no_evidence() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 4,
+        lro_seconds: 1,
+        ..small(150)
+    })
+    .await;
+    let rules = serde_json::from_value(serde_json::json!([
+        { "method": "GET", "path": "/metrics", "status": 503, "count": 8 }
+    ]))
+    .unwrap();
+    w.twin.add_faults(rules);
+    let report = json_run(&w, &["rotate", "--yes", "-o", "json"]).await;
+    let p = steps(&report, "prove-key-switch")[0];
+    assert_eq!(p["evidence"], "attributed", "{p}");
+    let r = steps(&report, "reencrypt")[0];
+    assert_eq!(r["verification"]["rewritten"], 0, "{r}");
+    w.assert_all_current();
+    assert_readable(&w);
+}
+
+#[tokio::test]
+async fn a_status_period_shorter_than_the_replicas_shortens_no_proof() {
+    let w = world(SimOptions {
+        apiserver_replicas: 4,
+        kms_status_period_seconds: 12,
+        lro_seconds: 1,
+        ..small(40)
+    })
+    .await;
+    let report = json_run(
+        &w,
+        &[
+            "rotate",
+            "--yes",
+            "-o",
+            "json",
+            "--kms-status-period-seconds",
+            "1",
+            "--concurrency",
+            "1",
+        ],
+    )
+    .await;
+    let p = steps(&report, "prove-key-switch")[0];
+    assert_eq!(
+        (p["evidence"].as_str(), p["replicas"].as_u64()),
+        (Some("attributed"), Some(4)),
+        "{p}"
+    );
+    let r = steps(&report, "reencrypt")[0];
+    assert_eq!(r["verification"]["rewritten"], 0, "{r}");
+    w.assert_all_current();
+}
+
+#[tokio::test]
+async fn a_key_id_reported_to_status_before_it_is_written_with_is_no_switch() {
+    // Identity-first, as AKS is with KMS off: Status reports the new key 8 s before writes use it.
+    let w = world(SimOptions {
+        kms: false,
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 2,
+        write_lag_seconds: 8,
+        lro_seconds: 1,
+        ..small(120)
+    })
+    .await;
+    let key = w.key_versions()[0]["kid"].as_str().unwrap().to_string();
+    let report = json_run(&w, &["enable", "--key-id", &key, "--yes", "-o", "json"]).await;
+    let p = steps(&report, "prove-key-switch")[0];
+    assert_eq!(p["evidence"], "attributed", "{p}");
+    assert!(p["writesWithKey"]["kms"].is_string(), "a KMS v2 write: {p}");
+    w.assert_all_current();
+    let (under, total) = w.storage();
+    assert_eq!(under, total, "nothing left plaintext");
+}
+
+async fn without_metrics(balancer: Balancer) {
+    let w = world(SimOptions {
+        apiserver_replicas: 3,
+        balancer,
+        kms_status_period_seconds: 3,
+        metrics_readable: false,
+        lro_seconds: 1,
+        seed: 7,
+        ..small(60)
+    })
+    .await;
+    let report = json_run(&w, &["rotate", "--yes", "-o", "json"]).await;
+    let p = steps(&report, "prove-key-switch")[0];
+    assert_eq!(p["evidence"], "time", "{p}");
+    // Never shorter than upstream's 60 s period (1.5 x 60 + 2 s), whatever the twin's 3 s.
+    assert!(p["waitedSeconds"].as_f64().unwrap() >= 92.0, "{p}");
+    // Enough fresh-connection PUTs to meet a fourth replica nobody announced: (1 - 0.5/4)^k < 1e-6.
+    assert!(p["probes"].as_u64().unwrap() >= 104, "{p}");
+    w.assert_all_current();
+    assert_readable(&w);
+}
+
+#[tokio::test]
+async fn without_metrics_a_random_balancer_waits_the_upstream_period_over_enough_puts() {
+    without_metrics(Balancer::Random).await;
+}
+
+#[tokio::test]
+async fn without_metrics_a_sticky_balancer_waits_the_upstream_period_over_enough_puts() {
+    without_metrics(Balancer::Sticky).await;
+}
+
+#[tokio::test]
+async fn a_replica_that_restarts_mid_proof_is_proven_too() {
+    let w = world(SimOptions {
+        apiserver_replicas: 3,
+        kms_status_period_seconds: 6,
+        kms_propagation_seconds: 2,
+        lro_seconds: 1,
+        ..small(80)
+    })
+    .await;
+    let first = w.key_versions()[0]["kid"].clone();
+    let mut c = w.command(&["rotate", "--yes", "-o", "json"]);
+    let run = tokio::task::spawn_blocking(move || c.output().unwrap());
+    let mut restarted = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if w.kms()["keyId"] != first {
+            w.twin
+                .shared
+                .restart_replica(1, Duration::from_secs(5))
+                .unwrap();
+            restarted = true;
+            break;
+        }
+    }
+    assert!(restarted, "the cluster never changed its key");
+    let out = run.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = steps(&report, "prove-key-switch")[0];
+    assert!(
+        p["evidence"] == "attributed" || p["evidence"] == "time",
+        "{p}"
+    );
+    w.assert_all_current();
+    assert_readable(&w);
+}
+
+#[tokio::test]
+async fn standalone_reencrypt_refuses_while_a_switch_is_unproven() {
+    let w = world(SimOptions {
+        kms_propagation_seconds: 30,
+        lro_seconds: 1,
+        ..small(100)
+    })
+    .await;
+    let out = w
+        .run(&["rotate", "--yes", "--switch-timeout-seconds", "2"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let before = w.fingerprint();
+    let out = w.run(&["reencrypt"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("kmsctl resume --run"), "{}", text(&out));
+    assert_eq!(
+        w.fingerprint()["storage"],
+        before["storage"],
+        "nothing rewritten"
+    );
+    let out = w
+        .run(&["resume", "--yes", "--switch-timeout-seconds", "120"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+}
+
+/// Someone changes the key behind kmsctl's back (az aks update): the replicas switch at their
+/// own status calls.
+fn change_key_behind_kmsctls_back(w: &World) {
+    let mut world = w.twin.shared.world();
+    let v = kmsctl::sim::world::new_key_version("RSA", None);
+    let host = world.ids.vault_host();
+    let kid = format!("https://{host}/keys/kms-key/{}", v.version);
+    world.keys.get_mut("kms-key").unwrap().versions.push(v);
+    world.cluster["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"] = kid.into();
+    let label = world.label_for_cluster();
+    world.plugin_changed(label);
+}
+
+fn replicas_disagree(w: &World) -> bool {
+    let world = w.twin.shared.world();
+    let now = std::time::Instant::now();
+    world.replica_label(0, now) != world.replica_label(1, now)
+}
+
+#[tokio::test]
+async fn standalone_reencrypt_waits_while_replicas_disagree_and_says_what_it_saw() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 10,
+        ..small(200)
+    })
+    .await;
+    change_key_behind_kmsctls_back(&w);
+    // Started while one replica writes with the new key and the other with the old one.
+    let mut split = false;
+    for _ in 0..200 {
+        if replicas_disagree(&w) {
+            split = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(split, "the twin's replicas never disagreed");
+    let out = w.run(&["reencrypt", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = steps(&report, "reencrypt")[0];
+    assert_eq!(r["writeKey"]["checked"], true, "{r}");
+    assert_eq!(
+        r["writeKey"]["before"]["key"], r["writeKey"]["after"]["key"],
+        "{r}"
+    );
+    w.assert_all_current();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unchanged by the replica that served them"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn standalone_reencrypt_that_sees_the_key_change_under_it_says_so() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 6,
+        latency_ms: 5,
+        ..small(300)
+    })
+    .await;
+    change_key_behind_kmsctls_back(&w);
+    // Right after the change, both replicas still write with the old key: they agree, and the
+    // pass finds (almost) nothing to rewrite. Whatever it saw, it may not call the run a success
+    // while Secrets are under the key being left.
+    let out = w.run(&["reencrypt", "-o", "json"]).await;
+    if out.status.success() {
+        // Every replica was shown writing with one key, before and after: Secrets left as they
+        // were are reported as what they are, unchanged by the replica that served them (the
+        // replicas had not learnt the new key yet), never as "current".
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = steps(&report, "reencrypt")[0];
+        assert_eq!(r["writeKey"]["checked"], true, "{r}");
+        assert_eq!(
+            r["writeKey"]["before"]["key"], r["writeKey"]["after"]["key"],
+            "{r}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unchanged by the replica that served them"),
+            "{err}"
+        );
+        assert!(!err.contains("already current"), "{err}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("write key changed during the re-encryption"),
+            "{}",
+            text(&out)
+        );
+        // Once the switch is over, running it again finishes the job.
+        while replicas_disagree(&w) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let out = w.run(&["reencrypt"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        w.assert_all_current();
+    }
+}
+
+#[tokio::test]
+async fn a_canary_deleted_mid_proof_is_planted_again() {
+    let w = world(SimOptions {
+        kms_propagation_seconds: 6,
+        lro_seconds: 1,
+        ..small(100)
+    })
+    .await;
+    let first = w.key_versions()[0]["kid"].clone();
+    let mut c = w.command(&["rotate", "--yes", "-o", "json"]);
+    let run = tokio::task::spawn_blocking(move || c.output().unwrap());
+    let mut deleted = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if w.kms()["keyId"] != first {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            deleted = w
+                .twin
+                .shared
+                .secrets_write()
+                .delete("kube-system", "kmsctl-canary")
+                .is_ok();
+            break;
+        }
+    }
+    assert!(deleted, "the canary was there to delete");
+    let out = run.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+    assert_readable(&w);
+}
+
+#[tokio::test]
+async fn zero_periods_and_timeouts_are_refused() {
+    let w = world(small(20)).await;
+    for args in [
+        &["rotate", "--yes", "--kms-status-period-seconds", "0"][..],
+        &["rotate", "--yes", "--switch-timeout-seconds", "0"],
+        &["resume", "--yes", "--switch-timeout-seconds", "0"],
+        &["rotate", "--yes", "--kms-status-period-seconds", "-5"],
+    ] {
+        let out = w.run(args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+    assert_eq!(w.key_versions().len(), 1, "nothing rotated");
+}
