@@ -73,7 +73,7 @@ fn load(name: &str) -> anyhow::Result<Procedure> {
 
 fn resolved(procedure: &Procedure, c: &ChangeArgs, sets: &[String]) -> anyhow::Result<RunParams> {
     let mut p = params(c);
-    playbook_params::resolve(&mut p, &procedure.params, sets).map_err(Refusal)?;
+    playbook_params::resolve(&mut p, procedure, sets).map_err(Refusal)?;
     Ok(p)
 }
 
