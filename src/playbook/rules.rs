@@ -439,7 +439,10 @@ mod tests {
             steps.extend_from_slice(rest);
             steps
         };
-        let early = with_preflight([rotation(&[Reencrypt]), rotation(&[retire.clone()])]);
+        let early = with_preflight([
+            rotation(&[Reencrypt]),
+            rotation(std::slice::from_ref(&retire)),
+        ]);
         refused(
             Intent::Rotate,
             early,
