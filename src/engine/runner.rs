@@ -396,3 +396,27 @@ fn describe(step: &Step, output: &Value) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_preflight_step_is_journaled_done_by_the_preflight_before_confirmation() {
+        let output = serde_json::json!({ "keyId": "k" });
+        let reencrypt = crate::playbook::built_in("reencrypt").unwrap();
+        assert!(preflight_entries(&reencrypt, output.clone()).is_empty());
+        let rotate = crate::playbook::built_in("rotate").unwrap();
+        match preflight_entries(&rotate, output.clone()).as_slice() {
+            [
+                Entry::StepStarted { index: 0, .. },
+                Entry::StepFinished {
+                    index: 0,
+                    output: o,
+                    ..
+                },
+            ] => assert_eq!(*o, output),
+            other => panic!("{other:?}"),
+        }
+    }
+}
