@@ -309,6 +309,155 @@ async fn users_playbooks_run_and_typos_point_at_line_and_column() {
 }
 
 #[tokio::test]
+async fn run_reencrypt_rewrites_what_a_rotation_left_behind() {
+    let w = world(small(300)).await;
+    // Every write in one namespace refused: the rotation proves its switch, then its
+    // re-encryption cannot finish and leaves that namespace under the old key.
+    let fault = serde_json::json!({
+        "method": "PUT", "path": "/api/v1/namespaces/team-001/secrets/*", "status": 403
+    });
+    w.twin
+        .shared
+        .world()
+        .faults
+        .push(serde_json::from_value(fault).expect("a fault rule"));
+    let rotated = w.run(&["rotate", "--yes"]).await;
+    assert!(!rotated.status.success(), "{}", text(&rotated));
+    let (current, total) = w.storage();
+    assert!(
+        current < total,
+        "the rotation left Secrets behind: {current}/{total}"
+    );
+    w.twin.shared.world().faults.clear();
+
+    let out = w.run(&["run", "reencrypt", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.assert_all_current();
+    assert!(
+        text(&out).contains(&format!("{} rewritten", total - current)),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A user's playbook, refused when it is read: exit 2 with `file:line:column: message`, nothing
+/// changed.
+async fn refused_file(w: &World, name: &str, yaml: &str, at: &str, message: &str) {
+    let file = w.dir.path().join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let path = file.to_str().unwrap();
+    let expect = format!("{path}:{at}: {message}");
+    w.refused(&["run", path, "--yes"], &expect).await;
+    w.refused(&["plan", path, "--offline"], &expect).await;
+}
+
+const HEAD: &str = "name: t\ndescription: d\n";
+
+#[tokio::test]
+async fn playbooks_are_refused_for_what_they_leave_behind() {
+    let w = world(small(20)).await;
+    // Sequence 6 of the proofs script: KMS off, proven, nothing rewritten.
+    let no_rewrite = format!(
+        "{HEAD}intent: disable\nsteps:\n  - step: preflight\n  - step: plant-canary\n  - step: update-kms\n    enabled: false\n  - step: verify-kms\n  - step: prove-key-switch\n"
+    );
+    refused_file(
+        &w,
+        "no-rewrite.yaml",
+        &no_rewrite,
+        "7:5",
+        "step 3 (update-kms enabled=false) is not followed by a whole-cluster reencrypt before the end of the playbook",
+    )
+    .await;
+    // Two rotations, each proven, one re-encryption (Azure/kubernetes-kms#291).
+    let rotation = "  - step: plant-canary\n  - step: rotate-key\n  - step: update-kms\n    enabled: true\n  - step: verify-kms\n  - step: prove-key-switch\n";
+    let twice = format!(
+        "{HEAD}intent: rotate\nsteps:\n  - step: preflight\n{rotation}{rotation}  - step: reencrypt\n"
+    );
+    refused_file(
+        &w,
+        "twice.yaml",
+        &twice,
+        "13:5",
+        "step 8 (rotate-key) is a second key change with no whole-cluster reencrypt since step 3 (rotate-key)",
+    )
+    .await;
+    let no_verify = CUSTOM.replace("  - step: verify-kms\n", "");
+    refused_file(
+        &w,
+        "no-verify.yaml",
+        &no_verify,
+        "10:5",
+        "step 3 (update-kms enabled=false) is not followed by verify-kms before step 4 (prove-key-switch)",
+    )
+    .await;
+    // `when:` on a step that takes no field would be ignored, and the step run regardless.
+    let rotate = include_str!("../playbooks/rotate.yaml");
+    let when = rotate.replace(
+        "  - step: rotate-key\n",
+        "  - step: rotate-key\n    when: retireOld\n",
+    );
+    let line = when
+        .lines()
+        .position(|l| l.contains("when: retireOld"))
+        .unwrap()
+        + 1;
+    refused_file(
+        &w,
+        "when.yaml",
+        &when,
+        &format!("{line}:5"),
+        "unknown field `when` on step rotate-key: it takes none",
+    )
+    .await;
+    let typo = CUSTOM.replace(
+        "  - step: reencrypt\n",
+        "  - step: reencrypt\n    namespaces: [a]\n",
+    );
+    refused_file(
+        &w,
+        "typo.yaml",
+        &typo,
+        "15:5",
+        "unknown field `namespaces` on step reencrypt: it takes none",
+    )
+    .await;
+
+    // A parameter the playbook does not read is refused, naming those it does.
+    let key = w.kms()["keyId"].as_str().unwrap().to_string();
+    let set = format!("keyId={key}");
+    for args in [
+        vec!["run", "rotate", "--set", &set, "--yes"],
+        vec!["plan", "rotate", "--set", &set, "--offline"],
+    ] {
+        w.refused(
+            &args,
+            "--set keyId: the rotate playbook (intent rotate) does not use `keyId`; it uses: marginDays, switchTimeoutSeconds, kmsStatusPeriodSeconds",
+        )
+        .await;
+    }
+    w.refused(
+        &["run", "disable", "--set", "networkAccess=Private", "--yes"],
+        "does not use `networkAccess`",
+    )
+    .await;
+    // Where the intent takes it, it is honoured.
+    let plan = w.run(&["plan", "enable", "--set", &set, "--offline"]).await;
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(
+        text(&plan).contains(&format!("keyId={key}")),
+        "{}",
+        text(&plan)
+    );
+    // A plan lists only the parameters its playbook reads.
+    let plan = text(&w.run(&["plan", "rotate", "--offline"]).await);
+    assert!(plan.contains("  marginDays=7\n"), "{plan}");
+    assert!(
+        !plan.contains("retireOld=") && !plan.contains("keyId="),
+        "{plan}"
+    );
+}
+
+#[tokio::test]
 async fn plan_lists_each_built_in_and_its_preflight() {
     let w = world(public_kms(10)).await;
     for name in kmsctl::playbook::built_in_names() {

@@ -7,7 +7,7 @@ use crate::cli::{
     ChangeArgs, EnableArgs, NetworkAccess, ReencryptArgs, ReencryptCommand, RotateArgs,
 };
 use crate::engine::context::Context;
-use crate::engine::journal::{self, Entry, Journal, ReencryptParams, RunHeader, RunParams, Target};
+use crate::engine::journal::{self, Journal, ReencryptParams, RunHeader, RunParams, Target};
 use crate::engine::{preflight, proof};
 use crate::exit_codes;
 use crate::k8s::{lease::Lease, ledger};
@@ -324,19 +324,12 @@ async fn prepare(
     {
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
+    let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
     let header = header(ctx, target, run_id, procedure, p).await?;
     let mut j = Journal::create(&runs::state_dir(&c.target.state), header)?;
-    let now = chrono::Utc::now();
-    j.append(&Entry::StepStarted {
-        index: 0,
-        at: now,
-        data: serde_json::Value::Null,
-    })?;
-    j.append(&Entry::StepFinished {
-        index: 0,
-        at: now,
-        output: pre.output,
-    })?;
+    for entry in &seed {
+        j.append(entry)?;
+    }
     let record = journal::replay(&j.path)?;
     Ok(Prepared::Run(Box::new((j, record))))
 }

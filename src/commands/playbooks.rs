@@ -73,7 +73,7 @@ fn load(name: &str) -> anyhow::Result<Procedure> {
 
 fn resolved(procedure: &Procedure, c: &ChangeArgs, sets: &[String]) -> anyhow::Result<RunParams> {
     let mut p = params(c);
-    playbook_params::resolve(&mut p, &procedure.params, sets).map_err(Refusal)?;
+    playbook_params::resolve(&mut p, procedure, sets).map_err(Refusal)?;
     Ok(p)
 }
 
@@ -93,7 +93,7 @@ pub async fn plan(a: PlanArgs, format: Format) -> anyhow::Result<i32> {
             Format::Text | Format::Prometheus | Format::Html => out(&format!(
                 "{}{}",
                 render_plan(&procedure, |f| p.flag(f)),
-                render_params(&p)
+                render_params(&procedure, &p)
             )),
         }
         return Ok(exit_codes::OK);
@@ -103,12 +103,16 @@ pub async fn plan(a: PlanArgs, format: Format) -> anyhow::Result<i32> {
     start(procedure, &change, p, format).await
 }
 
-/// The parameters a plan resolved, as `--set` would write them.
-fn render_params(p: &RunParams) -> String {
+/// The parameters a plan resolved that its playbook reads, as `--set` would write them.
+fn render_params(procedure: &Procedure, p: &RunParams) -> String {
     let v = serde_json::to_value(p).unwrap_or(Value::Null);
+    let used = playbook_params::used(procedure);
+    if used.is_empty() {
+        return "parameters: none\n".into();
+    }
     let mut out = String::from("parameters:\n");
-    for (name, _) in playbook_params::KNOWN {
-        let field = match *name {
+    for name in used {
+        let field = match name {
             "switchTimeoutSeconds" => "barrierTimeoutSeconds",
             n => n,
         };

@@ -5,7 +5,7 @@ use super::context::Context;
 use super::journal::{Entry, Journal, Record, RunStatus};
 use super::state::RunState;
 use super::{RunObserver, StepError, steps};
-use crate::playbook::Step;
+use crate::playbook::{Procedure, Step};
 use crate::reencrypt::{Event, Observer, Summary};
 use serde::Serialize;
 use serde_json::Value;
@@ -62,6 +62,29 @@ fn append(journal: &Mutex<Journal>, entry: Entry) -> Result<(), StepError> {
         .unwrap_or_else(|e| e.into_inner())
         .append(&entry)
         .map_err(StepError::Failed)
+}
+
+/// The journal entries that record the preflight `start` ran before its confirmation prompt as
+/// the procedure's step 0, so it is not run twice. Only when step 0 is a preflight: a playbook
+/// that changes nothing may start with anything (the built-in `reencrypt` starts with its only
+/// step), and marking that step done with the preflight's output would skip it.
+pub fn preflight_entries(procedure: &Procedure, output: Value) -> Vec<Entry> {
+    if procedure.steps.first() != Some(&Step::Preflight) {
+        return Vec::new();
+    }
+    let at = chrono::Utc::now();
+    vec![
+        Entry::StepStarted {
+            index: 0,
+            at,
+            data: Value::Null,
+        },
+        Entry::StepFinished {
+            index: 0,
+            at,
+            output,
+        },
+    ]
 }
 
 /// Runs the steps left to do. `lease_lost` is checked before each step: a run that no longer
@@ -380,5 +403,29 @@ fn describe(step: &Step, output: &Value) -> String {
             output["disabled"].as_str().unwrap_or("nothing")
         ),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_preflight_step_is_journaled_done_by_the_preflight_before_confirmation() {
+        let output = serde_json::json!({ "keyId": "k" });
+        let reencrypt = crate::playbook::built_in("reencrypt").unwrap();
+        assert!(preflight_entries(&reencrypt, output.clone()).is_empty());
+        let rotate = crate::playbook::built_in("rotate").unwrap();
+        match preflight_entries(&rotate, output.clone()).as_slice() {
+            [
+                Entry::StepStarted { index: 0, .. },
+                Entry::StepFinished {
+                    index: 0,
+                    output: o,
+                    ..
+                },
+            ] => assert_eq!(*o, output),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod params;
 mod parse;
+pub mod rules;
 
 pub use parse::{PlaybookError, parse};
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,24 @@ impl Step {
         }
     }
 
+    /// The fields the step takes besides `step:`, as written in YAML. Any other key is refused
+    /// when the file is read.
+    pub fn fields(&self) -> &'static [&'static str] {
+        match self {
+            Step::UpdateKms { .. } => &["enabled"],
+            Step::VerifyKms { .. } => &["kmsVersion"],
+            Step::RetireOldest { .. } => &["when"],
+            Step::Preflight
+            | Step::PlantCanary
+            | Step::RotateKey
+            | Step::ProveKeySwitch
+            | Step::Reencrypt
+            | Step::CheckRotationWindow
+            | Step::SetVaultNetwork
+            | Step::UpgradeKubernetes => &[],
+        }
+    }
+
     /// The run parameter that must be true for this step to run, if any.
     pub fn condition(&self) -> Option<&str> {
         match self {
@@ -168,6 +187,39 @@ pub fn built_in(name: &str) -> Result<Procedure, PlaybookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_the_keys_each_step_writes() {
+        let every = [
+            Step::Preflight,
+            Step::PlantCanary,
+            Step::RotateKey,
+            Step::UpdateKms { enabled: true },
+            Step::VerifyKms {
+                kms_version: Some(KmsVersion::V2),
+            },
+            Step::ProveKeySwitch,
+            Step::Reencrypt,
+            Step::CheckRotationWindow,
+            Step::SetVaultNetwork,
+            Step::UpgradeKubernetes,
+            Step::RetireOldest {
+                when: Some("retireOld".into()),
+            },
+        ];
+        for s in every {
+            let v = serde_json::to_value(&s).unwrap();
+            let mut keys: Vec<&str> = v
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "step")
+                .collect();
+            keys.sort();
+            assert_eq!(keys, s.fields(), "{}", s.name());
+        }
+    }
 
     #[test]
     fn built_ins_parse_and_are_safe() {

@@ -1,6 +1,7 @@
 //! The parameters a playbook run takes: defaults in the playbook's `params:`, overridden by
 //! `--set NAME=VALUE`. Each is checked when it is set, so a typo changes nothing.
 
+use super::{Intent, Procedure, Step};
 use crate::engine::journal::RunParams;
 use serde_json::Value;
 
@@ -99,6 +100,57 @@ pub fn set(p: &mut RunParams, key: &str, raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The parameters a run of `p` reads, in `KNOWN`'s order: what its intent's preflight reads (the
+/// preflight runs before confirmation, whatever the steps) and what its steps read. Setting any
+/// other would be silently ignored.
+pub fn used(p: &Procedure) -> Vec<&'static str> {
+    let has = |f: fn(&Step) -> bool| p.steps.iter().any(f);
+    let lifecycle = p.intent != Intent::Reencrypt;
+    KNOWN
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| match *name {
+            "keyId" => p.intent == Intent::Enable,
+            // Other intents keep the cluster's mode (a migration enables KMS again as it was).
+            "networkAccess" | "vaultResourceId" => {
+                matches!(p.intent, Intent::Enable | Intent::VaultMode)
+            }
+            "targetVersion" => {
+                p.intent == Intent::MigrateV2 || has(|s| *s == Step::UpgradeKubernetes)
+            }
+            // Key expiry is checked by every preflight that reads the key.
+            "marginDays" => lifecycle || has(|s| *s == Step::CheckRotationWindow),
+            // The proof's barrier, also waited on by a lifecycle reencrypt whose verification
+            // pass still rewrote Secrets.
+            "switchTimeoutSeconds" | "kmsStatusPeriodSeconds" => {
+                has(|s| *s == Step::ProveKeySwitch) || (lifecycle && has(|s| *s == Step::Reencrypt))
+            }
+            flag => p.steps.iter().any(|s| s.condition() == Some(flag)),
+        })
+        .collect()
+}
+
+/// Refuses a parameter that `p` would not read, naming those it does.
+pub fn check_used(p: &Procedure, key: &str) -> Result<(), String> {
+    let used = used(p);
+    if used.contains(&key) || !KNOWN.iter().any(|(k, _)| *k == key) {
+        return Ok(());
+    }
+    Err(format!(
+        "the {} playbook (intent {}) does not use `{key}`; it uses: {}",
+        p.name,
+        serde_json::to_value(p.intent)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        if used.is_empty() {
+            "none".to_string()
+        } else {
+            used.join(", ")
+        }
+    ))
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -111,20 +163,19 @@ pub fn check_default(key: &str, value: &Value) -> Result<(), String> {
     set(&mut RunParams::default(), key, &text(value))
 }
 
-/// The playbook's defaults, then each `NAME=VALUE` from the command line.
-pub fn resolve(
-    p: &mut RunParams,
-    defaults: &std::collections::BTreeMap<String, Value>,
-    sets: &[String],
-) -> Result<(), String> {
-    for (k, v) in defaults {
+/// The playbook's defaults, then each `NAME=VALUE` from the command line; a name the playbook
+/// does not use is refused rather than ignored.
+pub fn resolve(p: &mut RunParams, procedure: &Procedure, sets: &[String]) -> Result<(), String> {
+    for (k, v) in &procedure.params {
         set(p, k, &text(v))?;
     }
     for s in sets {
         let (k, v) = s
             .split_once('=')
             .ok_or_else(|| format!("--set {s}: write NAME=VALUE"))?;
-        set(p, k.trim(), v.trim())?;
+        let k = k.trim();
+        check_used(procedure, k).map_err(|e| format!("--set {k}: {e}"))?;
+        set(p, k, v.trim())?;
     }
     Ok(())
 }
@@ -136,13 +187,11 @@ mod tests {
     #[test]
     fn set_checks_each_value() {
         let mut p = RunParams::default();
-        resolve(
-            &mut p,
-            &Default::default(),
-            &["networkAccess=private".into(), "targetVersion=1.28".into()],
-        )
-        .unwrap();
+        let vault_mode = crate::playbook::built_in("vault-mode").unwrap();
+        resolve(&mut p, &vault_mode, &["networkAccess=private".into()]).unwrap();
         assert_eq!(p.network_access.as_deref(), Some("Private"));
+        let migrate = crate::playbook::built_in("migrate-v2").unwrap();
+        resolve(&mut p, &migrate, &["targetVersion=1.28".into()]).unwrap();
         assert_eq!(p.target_version.as_deref(), Some("1.28"));
         assert!(set(&mut p, "networkAccess", "internal").is_err());
         assert!(set(&mut p, "keyId", "https://v.vault.azure.net/keys/k").is_err());
@@ -152,6 +201,67 @@ mod tests {
                 .unwrap_err()
                 .starts_with("unknown parameter `keyid`")
         );
-        assert!(resolve(&mut p, &Default::default(), &["retireOld".into()]).is_err());
+        assert!(resolve(&mut p, &migrate, &["retireOld".into()]).is_err());
+    }
+
+    fn uses(name: &str) -> Vec<&'static str> {
+        used(&crate::playbook::built_in(name).unwrap())
+    }
+
+    #[test]
+    fn each_built_in_uses_what_its_intent_and_steps_read() {
+        let proof = ["switchTimeoutSeconds", "kmsStatusPeriodSeconds"];
+        let with = |first: &[&'static str], last: &[&'static str]| -> Vec<&'static str> {
+            [first, &proof, last].concat()
+        };
+        assert_eq!(
+            uses("enable"),
+            with(
+                &["keyId", "networkAccess", "vaultResourceId", "marginDays"],
+                &[]
+            )
+        );
+        assert_eq!(uses("disable"), with(&["marginDays"], &[]));
+        assert_eq!(uses("rotate"), with(&["marginDays"], &[]));
+        assert_eq!(
+            uses("rotate-twice"),
+            with(&["retireOld", "marginDays"], &[])
+        );
+        assert_eq!(
+            uses("vault-mode"),
+            with(&["networkAccess", "vaultResourceId", "marginDays"], &[])
+        );
+        assert_eq!(
+            uses("migrate-v2"),
+            with(&["targetVersion", "marginDays"], &[])
+        );
+        // A standalone re-encryption reads none of them.
+        assert!(uses("reencrypt").is_empty());
+    }
+
+    #[test]
+    fn a_parameter_the_playbook_does_not_read_is_refused_by_name() {
+        let rotate = crate::playbook::built_in("rotate").unwrap();
+        let e = resolve(
+            &mut RunParams::default(),
+            &rotate,
+            &["keyId=https://v.vault.azure.net/keys/k/1".into()],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "--set keyId: the rotate playbook (intent rotate) does not use `keyId`; it uses: marginDays, switchTimeoutSeconds, kmsStatusPeriodSeconds"
+        );
+        let reencrypt = crate::playbook::built_in("reencrypt").unwrap();
+        let e = check_used(&reencrypt, "marginDays").unwrap_err();
+        assert!(e.ends_with("it uses: none"), "{e}");
+        // retireOld is read only where a step's `when:` names it.
+        assert!(check_used(&rotate, "retireOld").is_err());
+        let twice = crate::playbook::built_in("rotate-twice").unwrap();
+        assert_eq!(check_used(&twice, "retireOld"), Ok(()));
+        // An unknown name is left to `set`, which lists the known ones.
+        assert_eq!(check_used(&rotate, "marginDay"), Ok(()));
+        let e = resolve(&mut RunParams::default(), &rotate, &["marginDay=3".into()]).unwrap_err();
+        assert!(e.starts_with("unknown parameter `marginDay`"), "{e}");
     }
 }

@@ -1,5 +1,5 @@
-//! Reading a playbook: YAML into a `Procedure`, with every error placed at its file:line:column,
-//! then the orders that would be unsafe whatever the cluster refused.
+//! Reading a playbook: YAML into a `Procedure`, with every error placed at its file:line:column:
+//! syntax, unknown fields on any step, parameters, then the rules over the step list.
 
 use super::{Procedure, Step, params};
 use serde::Deserialize;
@@ -89,25 +89,48 @@ pub fn parse(file: &str, text: &str) -> Result<Procedure, PlaybookError> {
     let mut places = Vec::with_capacity(raw.steps.len());
     for s in raw.steps {
         let at = (s.referenced.line() as u32, s.referenced.column() as u32);
+        let keys: Vec<String> = s
+            .value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
         let step: Step = serde_json::from_value(s.value).map_err(|e| {
             let message = e.to_string();
             let message = message.split(" at line ").next().unwrap_or_default();
             let at = quoted(message).map_or(at, |t| locate(text, at, t));
             invalid(file, at, message)
         })?;
+        // serde's deny_unknown_fields does not reach the variants without fields of an
+        // internally tagged enum: `- step: rotate-key` with `when: retireOld` would parse,
+        // and run unconditionally.
+        let unknown = keys
+            .iter()
+            .filter(|k| *k != "step" && !step.fields().contains(&k.as_str()))
+            .map(|k| (locate(text, at, &format!("{k}:")), k))
+            .min();
+        if let Some((place, key)) = unknown {
+            let takes = match step.fields() {
+                [] => "it takes none".to_string(),
+                fields => format!("it takes `{}`", fields.join("`, `")),
+            };
+            return Err(invalid(
+                file,
+                place,
+                format!("unknown field `{key}` on step {}: {takes}", step.name()),
+            ));
+        }
         steps.push(step);
         places.push(at);
     }
+    let param_place = |key: &str| {
+        let token = format!("{key}:");
+        text.lines()
+            .enumerate()
+            .find_map(|(i, l)| l.find(&token).map(|c| (i as u32 + 1, c as u32 + 1)))
+            .unwrap_or((1, 1))
+    };
     for (key, value) in &raw.params {
-        params::check_default(key, value).map_err(|m| {
-            let token = format!("{key}:");
-            let at = text
-                .lines()
-                .enumerate()
-                .find_map(|(i, l)| l.find(&token).map(|c| (i as u32 + 1, c as u32 + 1)))
-                .unwrap_or((1, 1));
-            invalid(file, at, m)
-        })?;
+        params::check_default(key, value).map_err(|m| invalid(file, param_place(key), m))?;
     }
     let p = Procedure {
         name: raw.name,
@@ -116,79 +139,14 @@ pub fn parse(file: &str, text: &str) -> Result<Procedure, PlaybookError> {
         params: raw.params,
         steps,
     };
-    validate(&p).map_err(|(index, message)| {
-        let at = places.get(index).copied().unwrap_or((1, 1));
-        invalid(file, at, message)
+    for key in p.params.keys() {
+        params::check_used(&p, key).map_err(|m| invalid(file, param_place(key), m))?;
+    }
+    super::rules::check(&p).map_err(|v| {
+        let at = places.get(v.index).copied().unwrap_or((1, 1));
+        invalid(file, at, v.message)
     })?;
     Ok(p)
-}
-
-/// Orders that would be unsafe whatever the cluster: a change without preflight first, a key
-/// switch without a canary planted before it, or re-encryption before the switch is proven.
-/// Errors name the step (by index) they are about.
-fn validate(p: &Procedure) -> Result<(), (usize, String)> {
-    if p.steps.is_empty() {
-        return Err((0, "a playbook needs at least one step".into()));
-    }
-    if p.steps.iter().any(Step::changes) && p.steps.first() != Some(&Step::Preflight) {
-        return Err((
-            0,
-            "a procedure that changes anything must start with preflight".into(),
-        ));
-    }
-    let mut planted = false;
-    let mut switched = false;
-    for (i, s) in p.steps.iter().enumerate() {
-        match s {
-            Step::Preflight if i > 0 => {
-                return Err((i, "preflight may only be the first step".into()));
-            }
-            Step::PlantCanary => planted = true,
-            Step::UpdateKms { .. } if !planted => {
-                return Err((i, "update-kms needs a plant-canary step before it".into()));
-            }
-            Step::UpdateKms { .. } if switched => {
-                return Err((
-                    i,
-                    "a second update-kms needs prove-key-switch (and a plant-canary) after the first"
-                        .into(),
-                ));
-            }
-            Step::UpdateKms { .. } => switched = true,
-            Step::VerifyKms { .. } if !switched => {
-                return Err((
-                    i,
-                    "verify-kms checks what update-kms asked for: put it right after update-kms"
-                        .into(),
-                ));
-            }
-            Step::ProveKeySwitch => {
-                planted = false;
-                switched = false;
-            }
-            Step::Reencrypt | Step::SetVaultNetwork | Step::UpgradeKubernetes if switched => {
-                return Err((i, format!("{} must come after prove-key-switch", s.name())));
-            }
-            Step::RetireOldest { when: Some(w) } if !params::is_flag(w) => {
-                return Err((
-                    i,
-                    format!(
-                        "`when: {w}` names no yes/no parameter (known: {})",
-                        params::FLAGS.join(", ")
-                    ),
-                ));
-            }
-            _ => {}
-        }
-    }
-    if switched {
-        return Err((
-            p.steps.len() - 1,
-            "the playbook ends before the key switch is proven: add prove-key-switch and reencrypt"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -209,6 +167,42 @@ mod tests {
         let no_preflight =
             "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: rotate-key\n";
         assert!(err(no_preflight).starts_with("p.yaml:5:5: a procedure that changes"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_on_every_step() {
+        let when = "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: preflight\n  - step: plant-canary\n  - step: rotate-key\n    when: retireOld\n";
+        assert_eq!(
+            err(when),
+            "p.yaml:8:5: unknown field `when` on step rotate-key: it takes none"
+        );
+        let typo = "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: preflight\n  - {step: reencrypt, namespace: a}\n";
+        assert_eq!(
+            err(typo),
+            "p.yaml:6:23: unknown field `namespace` on step reencrypt: it takes none"
+        );
+        // Where a step takes fields, serde names them.
+        let retire = "name: x\ndescription: d\nintent: rotate\nsteps:\n  - step: preflight\n  - step: retire-oldest\n    if: retireOld\n";
+        let e = err(retire);
+        assert!(e.starts_with("p.yaml:7:5: unknown field `if`"), "{e}");
+    }
+
+    #[test]
+    fn rules_and_unused_parameters_point_at_their_line() {
+        // Sequence 6 of the proofs script: KMS off, proven, nothing rewritten.
+        let no_rewrite = "name: x\ndescription: d\nintent: disable\nsteps:\n  - step: preflight\n  - step: plant-canary\n  - step: update-kms\n    enabled: false\n  - step: verify-kms\n  - step: prove-key-switch\n";
+        assert!(
+            err(no_rewrite).starts_with(
+                "p.yaml:7:5: step 3 (update-kms enabled=false) is not followed by a whole-cluster reencrypt before the end"
+            ),
+            "{}",
+            err(no_rewrite)
+        );
+        let unused = "name: x\ndescription: d\nintent: disable\nparams:\n  marginDays: 3\n  keyId: https://v.vault.azure.net/keys/k/1\nsteps:\n  - step: reencrypt\n";
+        assert_eq!(
+            err(unused),
+            "p.yaml:6:3: the x playbook (intent disable) does not use `keyId`; it uses: marginDays, switchTimeoutSeconds, kmsStatusPeriodSeconds"
+        );
     }
 
     #[test]
