@@ -550,7 +550,7 @@ async fn the_key_switch_is_proven_before_reencrypting() {
         waited >= 2.0,
         "the barrier waited {waited}s for a 3 s propagation"
     );
-    assert_eq!(proof["evidence"], "metrics", "{proof}");
+    assert_eq!(proof["evidence"], "attributed", "{proof}");
     w.assert_all_current();
     // The 200 Secrets, and the canary unless the barrier's own PUT already moved it.
     let rewritten = report["reencrypt"][0]["totals"]["rewritten"]

@@ -122,33 +122,42 @@ pub async fn agree(
     let mut write = Write::Touch;
     let mut rv: Option<String> = None;
     let mut leases_at = start;
+    let mut touches = 0;
     loop {
-        let p = probe::probe(config, NAME, NAMESPACE, rv.as_deref(), write, ask_metrics).await?;
+        let size = if write == Write::Touch { 1 } else { WAVE };
+        let wave = wave(config, rv.as_deref(), write, ask_metrics, size).await?;
         let now = Instant::now();
-        ask_metrics &= p.metrics != Metrics::Forbidden;
-        match p.outcome {
-            Outcome::Missing => {
-                plant(client).await?;
-                rv = None;
-                write = Write::Touch;
-                continue;
-            }
-            Outcome::Retry => tokio::time::sleep(Duration::from_millis(300)).await,
-            _ => rv = p.rv.clone(),
-        }
-        if p.touched || p.outcome == Outcome::NoOp {
-            write = Write::Unchanged;
-        }
-        if let Some(r) = &p.replica {
+        ask_metrics &= wave.iter().all(|p| p.metrics != Metrics::Forbidden);
+        for r in wave.iter().filter_map(|p| p.replica.as_ref()) {
             set.answered(r, now);
         }
-        chain.observe(&p, now);
+        if chain.observe_wave(&wave, now).missing {
+            plant(client).await?;
+            rv = None;
+            write = Write::Touch;
+            continue;
+        }
+        if wave.iter().all(|p| p.outcome == Outcome::Retry) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        } else {
+            rv = Chain::version_after(&wave, rv);
+            write = Write::Unchanged;
+        }
+        let disagreed = wave
+            .iter()
+            .any(|p| p.outcome == Outcome::Written && !p.touched);
         if now.duration_since(leases_at) >= Duration::from_secs(5) {
             set.leases_read(replicas::live_leases(client).await?);
             leases_at = now;
         }
         let members = set.members(now);
         let attributed = ask_metrics && chain.attributed(&members, false);
+        touches += usize::from(wave.iter().any(|p| p.touched));
+        if attributed && chain.current.is_none() && touches < MAX_TOUCHES {
+            // Agreement, but on a key no attributed write has shown: a touch shows it.
+            write = Write::Touch;
+            continue;
+        }
         let known = members.len().max(set.most_leases).max(1);
         if attributed || chain.probes >= evidence::probes_needed(known) {
             let key = chain.current.clone().filter(|_| attributed);
@@ -173,11 +182,34 @@ pub async fn agree(
         if start.elapsed() >= timeout {
             return Err(BarrierError::NotCurrent);
         }
-        if p.outcome == Outcome::Written && !p.touched {
+        if disagreed {
             // Replicas disagree (a switch under way): give them time.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+}
+
+/// Touches that may try to show a key before kmsctl stops trying (a replica that exports no
+/// write counters never shows one, and each touch restarts the quiet time).
+const MAX_TOUCHES: usize = 3;
+
+/// Probes sent at once while kmsctl only needs to meet replicas (each on its own connection).
+const WAVE: usize = 8;
+
+/// `size` probes at once, all expecting the canary at version `rv`.
+async fn wave(
+    config: &kube::Config,
+    rv: Option<&str>,
+    write: Write,
+    ask_metrics: bool,
+    size: usize,
+) -> Result<Vec<probe::Probe>, KubeError> {
+    futures::future::join_all(
+        (0..size.max(1)).map(|_| probe::probe(config, NAME, NAMESPACE, rv, write, ask_metrics)),
+    )
+    .await
+    .into_iter()
+    .collect()
 }
 
 /// The canary as planted: its resourceVersion and a hash of what it holds (data, labels,
@@ -301,6 +333,7 @@ impl Barrier<'_> {
         }
         let mut ask_metrics = true;
         let mut leases_at: Option<Instant> = None;
+        let mut touches = 0;
         loop {
             if self.lease_lost.load(Ordering::SeqCst) {
                 return Err(BarrierError::LeaseLost);
@@ -314,41 +347,46 @@ impl Barrier<'_> {
                 }
                 leases_at = Some(Instant::now());
             }
-            let p = probe::probe(
-                self.config,
-                NAME,
-                NAMESPACE,
-                rv.as_deref(),
-                write,
-                ask_metrics,
-            )
-            .await?;
+            // Many at once only while a switch is being confirmed; one per poll while waiting
+            // for it (each probe is a PUT on the API server).
+            let size = if write == Write::Unchanged && self.confirming(&chain, ask_metrics) {
+                WAVE
+            } else {
+                1
+            };
+            let wave = wave(self.config, rv.as_deref(), write, ask_metrics, size).await?;
             let now = Instant::now();
-            ask_metrics &= p.metrics != Metrics::Forbidden;
-            match p.outcome {
-                Outcome::Missing => {
-                    tracing::warn!(
-                        "the canary {NAMESPACE}/{NAME} was deleted; planting it again and starting the proof over from it"
-                    );
-                    plant(self.client).await?;
-                    chain.void(now);
-                    rv = None;
-                    write = Write::Touch;
-                    continue;
-                }
-                Outcome::ChangedByOthers => tracing::warn!(
-                    "the canary {NAMESPACE}/{NAME} was changed by another writer: what was seen so far no longer counts; waiting again"
-                ),
-                _ => {}
-            }
-            if p.outcome != Outcome::Retry {
-                rv = p.rv.clone();
-                write = Write::Unchanged;
-            }
-            if let Some(r) = &p.replica {
+            ask_metrics &= wave.iter().all(|p| p.metrics != Metrics::Forbidden);
+            for r in wave.iter().filter_map(|p| p.replica.as_ref()) {
                 set.answered(r, now);
             }
-            chain.observe(&p, now);
+            let seen = chain.observe_wave(&wave, now);
+            if seen.missing {
+                tracing::warn!(
+                    "the canary {NAMESPACE}/{NAME} was deleted; planting it again and starting the proof over from it"
+                );
+                plant(self.client).await?;
+                chain.void(now);
+                rv = None;
+                write = Write::Touch;
+                continue;
+            }
+            if seen.voided {
+                tracing::warn!(
+                    "the canary {NAMESPACE}/{NAME} was changed by another writer: what was seen so far no longer counts; waiting again"
+                );
+            }
+            if !wave.iter().all(|p| p.outcome == Outcome::Retry) {
+                rv = Chain::version_after(&wave, rv);
+                touches += usize::from(wave.iter().any(|p| p.touched));
+                write = if chain.needs_touch(ask_metrics) && touches < MAX_TOUCHES {
+                    // The canary flipped, but the write was not attributed (its /metrics read
+                    // failed): a touch shows which key the replicas now write with.
+                    Write::Touch
+                } else {
+                    Write::Unchanged
+                };
+            }
             let members = set.members(now);
             let note = set.disagreement(now);
             if ask_metrics && chain.attributed(&members, self.need_flip) {
@@ -431,6 +469,12 @@ impl Barrier<'_> {
             }
             tokio::time::sleep(self.pace(&chain, ask_metrics, &members, settle, needed)).await;
         }
+    }
+
+    /// A write with another key was seen (or none is needed) and its key attributed: what is
+    /// left is meeting every replica.
+    fn confirming(&self, chain: &Chain, ask_metrics: bool) -> bool {
+        (chain.flips > 0 || !self.need_flip) && ask_metrics && chain.current.is_some()
     }
 
     /// Between probes: quick while a switch is being confirmed (every replica to be met), often

@@ -95,6 +95,15 @@ impl ReplicaSet {
     }
 }
 
+/// What a wave showed besides evidence.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WaveSeen {
+    /// A probe found the canary deleted.
+    pub missing: bool,
+    /// Another writer changed the canary: what was seen before no longer counts.
+    pub voided: bool,
+}
+
 /// What the probes of one proof showed so far.
 #[derive(Debug)]
 pub struct Chain {
@@ -159,6 +168,45 @@ impl Chain {
         }
     }
 
+    /// Adds a wave of probes sent at once, all expecting the canary at one version. Those that
+    /// left it as it was did so before any write of the wave (a later one would have seen the
+    /// new version), so they count first; at most one can write (the server's version check);
+    /// a probe that saw the version that write made saw kmsctl's own write, not another writer's.
+    pub fn observe_wave(&mut self, wave: &[Probe], now: Instant) -> WaveSeen {
+        for p in wave.iter().filter(|p| p.outcome == Outcome::NoOp) {
+            self.observe(p, now);
+        }
+        let written: Vec<&Probe> = wave
+            .iter()
+            .filter(|p| p.outcome == Outcome::Written)
+            .collect();
+        for p in &written {
+            self.observe(p, now);
+        }
+        let by_others = wave.iter().any(|p| {
+            p.outcome == Outcome::ChangedByOthers
+                && !written.iter().any(|w| w.rv.is_some() && w.rv == p.rv)
+        });
+        let voided = by_others || written.len() > 1;
+        if voided {
+            self.void(now);
+        }
+        WaveSeen {
+            missing: wave.iter().any(|p| p.outcome == Outcome::Missing),
+            voided,
+        }
+    }
+
+    /// The canary's version after a wave, as far as kmsctl knows it.
+    pub fn version_after(wave: &[Probe], before: Option<String>) -> Option<String> {
+        let by_outcome = |o: Outcome| wave.iter().find(|p| p.outcome == o && p.rv.is_some());
+        by_outcome(Outcome::Written)
+            .or_else(|| by_outcome(Outcome::ChangedByOthers))
+            .or_else(|| by_outcome(Outcome::NoOp))
+            .map(|p| p.rv.clone())
+            .unwrap_or(before)
+    }
+
     /// Someone else wrote the canary: nothing seen so far counts.
     pub fn void(&mut self, now: Instant) {
         self.flips = 0;
@@ -166,6 +214,13 @@ impl Chain {
         self.agree.clear();
         self.probes = 0;
         self.last_write = now;
+    }
+
+    /// A flip was seen but its key not attributed, where /metrics answers: only a touch (a write
+    /// whose counters show the key) can make the evidence attributed now, since replicas that
+    /// agree never write again.
+    pub fn needs_touch(&self, ask_metrics: bool) -> bool {
+        ask_metrics && self.flips > 0 && self.current.is_none()
     }
 
     /// Every replica agrees on the canary's current key, attributed, over enough probes. With
@@ -332,6 +387,43 @@ mod tests {
         c.observe(&probe(Outcome::ChangedByOthers, None, None), now);
         assert_eq!((c.flips, c.probes), (0, 0));
         assert!(!c.attributed(&set(&["a"]), true));
+    }
+
+    fn with_rv(mut p: Probe, rv: &str) -> Probe {
+        p.rv = Some(rv.into());
+        p
+    }
+
+    #[test]
+    fn a_wave_counts_its_agreement_before_its_one_write() {
+        let now = Instant::now();
+        let mut c = Chain::new(Some(WriteKey::Kms("old".into())), now);
+        let wave = [
+            with_rv(probe(Outcome::NoOp, Some("a"), None), "1"),
+            with_rv(probe(Outcome::Written, Some("b"), Some("new")), "2"),
+            // Saw b's write: kmsctl's own, not another writer's.
+            with_rv(probe(Outcome::ChangedByOthers, None, None), "2"),
+        ];
+        assert_eq!(
+            c.observe_wave(&wave, now),
+            WaveSeen {
+                missing: false,
+                voided: false
+            }
+        );
+        assert_eq!(
+            (c.flips, c.agree.clone()),
+            (1, set(&["b"])),
+            "a agreed with the old state"
+        );
+        assert_eq!(
+            Chain::version_after(&wave, Some("1".into())).as_deref(),
+            Some("2")
+        );
+        // Another writer's version voids the lot.
+        let wave = [with_rv(probe(Outcome::ChangedByOthers, None, None), "9")];
+        assert!(c.observe_wave(&wave, now).voided);
+        assert_eq!((c.flips, c.probes), (0, 0));
     }
 
     #[test]

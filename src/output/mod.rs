@@ -47,7 +47,7 @@ pub fn render_reencrypt(summary: &crate::reencrypt::Summary) -> String {
         ));
     }
     out.push_str(&format!(
-        "total: {} rewritten (new resourceVersion), {} already under the current key, {} deleted meanwhile, {} failed in {:.1}s ({:.0}/s; {} requests, {:.1}% answered 429, {} conflicts retried)\n",
+        "total: {} rewritten (new resourceVersion), {} unchanged by the replica that served them, {} deleted meanwhile, {} failed in {:.1}s ({:.0}/s; {} requests, {:.1}% answered 429, {} conflicts retried)\n",
         t.rewritten,
         t.unchanged,
         t.deleted,
