@@ -84,8 +84,9 @@ fn restart(shared: &Shared, req: &Req) -> Resp {
 /// One document with the cluster and vault as ARM returns them, the keys' versions, and where
 /// every stored Secret's encryption stands.
 pub fn inspect(shared: &Shared) -> Value {
-    let (cluster, vault, keys, write_key, rejected) = {
-        let w = shared.world();
+    let (cluster, vault, keys, write_key, rejected, view) = {
+        let mut w = shared.world();
+        w.tick(std::time::Instant::now());
         let keys: serde_json::Map<String, Value> = w
             .keys
             .iter()
@@ -111,14 +112,24 @@ pub fn inspect(shared: &Shared) -> Value {
                 .write_limiter
                 .rejected
                 .load(std::sync::atomic::Ordering::Relaxed),
+            w.kms_view(0),
         )
     };
     let store = shared.secrets_read();
+    let by_key = store.by_key();
+    // Secrets the plugin cannot decrypt now (a GET of one answers 500), per key they are under.
+    let unreadable: serde_json::Map<String, Value> = by_key
+        .iter()
+        .filter(|(label, _)| view.decrypt_error(label).is_some())
+        .map(|(label, n)| (label.clone(), json!(n)))
+        .collect();
+    let unreadable_total: u64 = unreadable.values().filter_map(Value::as_u64).sum();
     json!({
         "cluster": cluster,
         "vault": vault,
         "keys": keys,
-        "storage": { "total": store.total(), "byKey": store.by_key(), "writeKey": write_key[0], "writeKeyByReplica": write_key },
+        "storage": { "total": store.total(), "byKey": by_key, "writeKey": write_key[0], "writeKeyByReplica": write_key,
+                     "unreadable": { "total": unreadable_total, "byKey": unreadable } },
         "apiServer": { "rejectedWrites": rejected }
     })
 }

@@ -374,17 +374,30 @@ impl World {
         self.started_unix + t.saturating_duration_since(self.started).as_secs_f64()
     }
 
+    /// The stored name of key `name` (Key Vault key names are case-insensitive).
+    pub fn key_name(&self, name: &str) -> Option<String> {
+        self.keys
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+
+    /// Version `version` of key `name`, both compared case-insensitively as Key Vault does.
+    pub fn key_version(&self, name: &str, version: &str) -> Option<&KeyVersion> {
+        let name = self.key_name(name)?;
+        self.keys[&name]
+            .versions
+            .iter()
+            .find(|v| v.version.eq_ignore_ascii_case(version))
+    }
+
     /// Looks up the key version a storage label names, as the KMS plugin would.
     pub fn key_problem(&self, label: &str, for_encrypt: bool) -> Option<KeyProblem> {
         let kid = label.splitn(3, ':').nth(2)?;
         let Some((name, version)) = parse_kid(kid, &self.ids.vault_host()) else {
             return Some(KeyProblem::Missing);
         };
-        let Some(v) = self
-            .keys
-            .get(&name)
-            .and_then(|k| k.versions.iter().find(|v| v.version == version))
-        else {
+        let Some(v) = self.key_version(&name, &version) else {
             return Some(KeyProblem::Missing);
         };
         if !v.enabled {
@@ -435,7 +448,7 @@ pub fn parse_kid(kid: &str, vault_host: &str) -> Option<(String, String)> {
     let rest = kid.strip_prefix("https://")?;
     let mut parts = rest.split('/');
     let host = parts.next()?;
-    if !host.eq_ignore_ascii_case(vault_host) || parts.next()? != "keys" {
+    if !host.eq_ignore_ascii_case(vault_host) || !parts.next()?.eq_ignore_ascii_case("keys") {
         return None;
     }
     let name = parts.next()?.to_string();
@@ -477,8 +490,12 @@ pub struct KmsView {
     pub write: Arc<str>,
     /// Why writes fail, with the message the API server would return.
     pub write_error: Option<String>,
-    /// Labels whose key version can no longer decrypt.
-    pub unreadable: Vec<String>,
+    /// Why decrypting a KMS label fails: the vault cannot be reached (checked first, as the
+    /// plugin's call fails before Key Vault looks at the key).
+    unreachable: Option<String>,
+    /// Every key version the vault holds: (lowercase name, lowercase version) -> enabled.
+    versions: HashMap<(String, String), bool>,
+    vault_host: String,
 }
 
 impl World {
@@ -504,27 +521,52 @@ impl World {
                 .then(|| super::private_link::unreachable(self))
                 .flatten()
         });
-        let mut unreadable = Vec::new();
-        for (name, k) in &self.keys {
-            for v in k.versions.iter().filter(|v| !v.enabled) {
-                let kid = super::resources::kid(&self.ids, name, &v.version);
-                unreadable.push(format!("kms:v1:{kid}"));
-                unreadable.push(format!("kms:v2:{kid}"));
-            }
-        }
+        let versions = self
+            .keys
+            .iter()
+            .flat_map(|(name, k)| {
+                k.versions.iter().map(move |v| {
+                    (
+                        (name.to_ascii_lowercase(), v.version.to_ascii_lowercase()),
+                        v.enabled,
+                    )
+                })
+            })
+            .collect();
         KmsView {
             write,
             write_error,
-            unreadable,
+            unreachable: super::private_link::unreachable_for_decrypt(self),
+            versions,
+            vault_host: self.ids.vault_host(),
         }
     }
 }
 
 impl KmsView {
+    /// Why the plugin cannot decrypt what is stored under `label` (the API server's message),
+    /// if it cannot: the vault is out of reach, or the key version is missing or disabled.
     pub fn decrypt_error(&self, label: &str) -> Option<String> {
-        self.unreadable
-            .iter()
-            .any(|l| l == label)
-            .then(|| "Internal error occurred: failed to decrypt data: KeyDisabled: Operation decrypt is not allowed on a disabled key".to_string())
+        let kid = label
+            .strip_prefix("kms:v2:")
+            .or_else(|| label.strip_prefix("kms:v1:"))?;
+        let problem = self.unreachable.clone().or_else(|| {
+            let found = parse_kid(kid, &self.vault_host).and_then(|(name, version)| {
+                self.versions
+                    .get(&(name.to_ascii_lowercase(), version.to_ascii_lowercase()))
+            });
+            match found {
+                Some(true) => None,
+                Some(false) => Some(
+                    "KeyDisabled: Operation decrypt is not allowed on a disabled key".to_string(),
+                ),
+                None => Some(format!(
+                    "KeyNotFound: the key version of {kid} was not found in the key vault"
+                )),
+            }
+        })?;
+        Some(format!(
+            "Internal error occurred: failed to decrypt data: {problem}"
+        ))
     }
 }
