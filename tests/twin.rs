@@ -1164,8 +1164,15 @@ async fn secrets_under_a_disabled_missing_or_unreachable_key_fail_to_decrypt() {
         "a list decodes every item"
     );
     w.first_key_version(|v| v.enabled = true);
-    // The vault closed to the plugin (public access disabled, no private endpoint).
+    // The vault closed to the plugin (public access disabled, no private endpoint): a replica
+    // holding the key's data key still decrypts (KMS v2 caches it); one that restarted cannot.
     w.twin.shared.world().vault["properties"]["publicNetworkAccess"] = json!("Disabled");
+    assert_eq!(get_error(&c, "s").await, "readable");
+    w.twin
+        .shared
+        .restart_replica(0, std::time::Duration::ZERO)
+        .unwrap();
+    let c = connection(&kube_config(&w).await);
     let e = get_error(&c, "s").await;
     assert!(
         e.starts_with(

@@ -279,7 +279,7 @@ impl World {
         let members = w.opts.fleet.clone();
         super::fleet::seed(&mut w, &members);
         let label = w.label_for_cluster();
-        w.timeline.changes.push((w.started, label));
+        w.timeline.changes.push((w.started, label.clone()));
         let n = w.opts.apiserver_replicas.max(1);
         let period = Duration::from_secs(w.opts.kms_status_period_seconds);
         let started = w.started;
@@ -293,6 +293,12 @@ impl World {
                 )
             })
             .collect();
+        // The replicas wrote the seeded Secrets: they hold that key's data key.
+        if label.starts_with("kms:") {
+            for r in &mut w.replicas {
+                r.dek_cache.insert(label.clone());
+            }
+        }
         // A twin that starts in private mode starts with the endpoint AKS would have made.
         if let Err(e) = super::private_link::reconcile(&mut w) {
             tracing::warn!("the twin's private endpoint was not created: {e}");
@@ -496,6 +502,8 @@ pub struct KmsView {
     /// Every key version the vault holds: (lowercase name, lowercase version) -> enabled.
     versions: HashMap<(String, String), bool>,
     vault_host: String,
+    /// Labels the replica decrypts without the plugin (data keys it holds since it started).
+    pub cached: std::collections::BTreeSet<Arc<str>>,
 }
 
 impl World {
@@ -539,6 +547,11 @@ impl World {
             unreachable: super::private_link::unreachable_for_decrypt(self),
             versions,
             vault_host: self.ids.vault_host(),
+            cached: self
+                .replicas
+                .get(replica)
+                .map(|r| r.dek_cache.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -550,7 +563,13 @@ impl KmsView {
         let kid = label
             .strip_prefix("kms:v2:")
             .or_else(|| label.strip_prefix("kms:v1:"))?;
-        let problem = self.unreachable.clone().or_else(|| {
+        // Key Vault's refusals of a disabled or missing version are kept strict (as the twin
+        // always modelled them); a vault out of reach matters only without the data key cached.
+        let unreachable = self
+            .unreachable
+            .clone()
+            .filter(|_| !self.cached.iter().any(|c| &**c == label));
+        let problem = unreachable.or_else(|| {
             let found = parse_kid(kid, &self.vault_host).and_then(|(name, version)| {
                 self.versions
                     .get(&(name.to_ascii_lowercase(), version.to_ascii_lowercase()))
