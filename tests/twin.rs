@@ -977,3 +977,274 @@ async fn writes_without_kms_v2_produce_no_counters() {
         "{m}"
     );
 }
+
+/// A connection that reached the replica whose apiserver_id_hash is `want`.
+async fn connection_to(cfg: &kube::Config, want: &str) -> kube::Client {
+    for _ in 0..12 {
+        let c = connection(cfg);
+        if apiserver_of(&metrics_of(&c).await) == want {
+            return c;
+        }
+    }
+    panic!("no connection reached {want}");
+}
+
+fn renew_times(leases: &[kube::api::DynamicObject]) -> std::collections::BTreeMap<String, String> {
+    leases
+        .iter()
+        .map(|l| {
+            (
+                l.metadata.name.clone().unwrap(),
+                l.data["spec"]["renewTime"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restarted_replica_is_absent_then_back_as_a_new_apiserver_with_the_current_key() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        // Long enough that the replica that stays up does not learn the new key in this test.
+        kms_status_period_seconds: 120,
+        ..small(2)
+    })
+    .await;
+    let cfg = kube_config(&w).await;
+    let before: Vec<String> = w
+        .twin
+        .shared
+        .world()
+        .replicas
+        .iter()
+        .map(|r| r.id_hash())
+        .collect();
+    let old = w
+        .twin
+        .shared
+        .world()
+        .replica_label(0, std::time::Instant::now())
+        .to_string();
+    let new = new_key_label(&w);
+    w.twin
+        .shared
+        .world()
+        .plugin_changed(std::sync::Arc::from(new.as_str()));
+    let on_0 = connection_to(&cfg, &before[0]).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(on_0.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &secret("before", "a"))
+        .await
+        .unwrap();
+    assert_eq!(stored_key(&w, "default", "before"), old);
+    let leases_before = renew_times(&identity_leases(&on_0).await);
+    // The command line's restart, against the files the twin wrote.
+    let out = w
+        .run(&[
+            "sim",
+            "restart-replica",
+            "--dir",
+            w.dir.path().to_str().unwrap(),
+            "--replica",
+            "0",
+            "--down-seconds",
+            "2",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", common::text(&out));
+    // Its open connection answers 503; new connections all reach the other replica.
+    let err = on_0
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("503") || err.to_string().contains("not running"),
+        "{err}"
+    );
+    for h in replicas_reached(&cfg, 6).await {
+        assert_eq!(
+            h, before[1],
+            "no new connection reaches a replica that is down"
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let c = connection(&cfg);
+    let during = renew_times(&identity_leases(&c).await);
+    let down_lease = &w.twin.shared.world().replicas[0].id.clone();
+    assert_eq!(
+        during[down_lease], leases_before[down_lease],
+        "a replica that is down renews nothing"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Back: a new apiserver ID, hash and Lease; fresh counters; the current key from the start.
+    let names: Vec<String> = identity_leases(&c)
+        .await
+        .iter()
+        .map(|l| l.metadata.name.clone().unwrap())
+        .collect();
+    let after: Vec<String> = w
+        .twin
+        .shared
+        .world()
+        .replicas
+        .iter()
+        .map(|r| r.id_hash())
+        .collect();
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[1], before[1]);
+    let new_id = w.twin.shared.world().replicas[0].id.clone();
+    assert!(names.contains(&new_id), "{names:?}");
+    assert_eq!(
+        names.len(),
+        3,
+        "the old Lease stays until it expires: {names:?}"
+    );
+    let back = connection_to(&cfg, &after[0]).await;
+    let m = metrics_of(&back).await;
+    assert!(
+        !m.contains("apiserver_envelope_encryption_key_id_hash_total{"),
+        "counters reset: {m}"
+    );
+    let status = kmsctl::k8s::replicas::parse_status_metric(&m);
+    assert_eq!(
+        status[&after[0]].0,
+        hash(new.strip_prefix("kms:v2:").unwrap()),
+        "{m}"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(back, "default");
+    secrets
+        .create(&PostParams::default(), &secret("after", "a"))
+        .await
+        .unwrap();
+    assert_eq!(stored_key(&w, "default", "after"), new);
+    let other = connection_to(&cfg, &after[1]).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(other, "default");
+    secrets
+        .create(&PostParams::default(), &secret("other", "a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_key(&w, "default", "other"),
+        old,
+        "the other replica has not switched"
+    );
+}
+
+async fn get_error(c: &kube::Client, name: &str) -> String {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    match secrets.get(name).await {
+        Ok(_) => "readable".into(),
+        Err(kube::Error::Api(s)) => format!("{} {}", s.code, s.message),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn secrets_under_a_disabled_missing_or_unreachable_key_fail_to_decrypt() {
+    let w = world(small(4)).await;
+    let c = connection(&kube_config(&w).await);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    secrets
+        .create(&PostParams::default(), &secret("s", "a"))
+        .await
+        .unwrap();
+    assert_eq!(get_error(&c, "s").await, "readable");
+    let unreadable = |w: &common::World| w.inspect()["storage"]["unreadable"].clone();
+    assert_eq!(unreadable(&w)["total"], 0);
+    // Disabled version.
+    w.first_key_version(|v| v.enabled = false);
+    let e = get_error(&c, "s").await;
+    assert!(
+        e.starts_with("500 Internal error occurred: failed to decrypt data: KeyDisabled"),
+        "{e}"
+    );
+    assert_eq!(unreadable(&w)["total"], 5, "{}", unreadable(&w));
+    assert!(
+        secrets.list(&ListParams::default()).await.is_err(),
+        "a list decodes every item"
+    );
+    w.first_key_version(|v| v.enabled = true);
+    // The vault closed to the plugin (public access disabled, no private endpoint): a replica
+    // holding the key's data key still decrypts (KMS v2 caches it); one that restarted cannot.
+    w.twin.shared.world().vault["properties"]["publicNetworkAccess"] = json!("Disabled");
+    assert_eq!(get_error(&c, "s").await, "readable");
+    w.twin
+        .shared
+        .restart_replica(0, std::time::Duration::ZERO)
+        .unwrap();
+    let c = connection(&kube_config(&w).await);
+    let e = get_error(&c, "s").await;
+    assert!(
+        e.starts_with(
+            "500 Internal error occurred: failed to decrypt data: Forbidden: ForbiddenByConnection"
+        ),
+        "{e}"
+    );
+    let by_key = unreadable(&w)["byKey"].clone();
+    let label = w.twin.shared.world().label_for_cluster().to_string();
+    assert_eq!(by_key[&label], 5, "{by_key}");
+    // ... also with KMS off: Secrets still under the key need the vault.
+    {
+        let mut world = w.twin.shared.world();
+        world.vault["properties"]["publicNetworkAccess"] = json!("Enabled");
+        world.vault["properties"]["networkAcls"]["defaultAction"] = json!("Deny");
+        world.cluster["properties"]["securityProfile"]["azureKeyVaultKms"]["enabled"] =
+            json!(false);
+    }
+    assert!(
+        get_error(&c, "s")
+            .await
+            .contains("failed to decrypt data: Forbidden")
+    );
+    w.twin.shared.world().vault["properties"]["networkAcls"]["defaultAction"] = json!("Allow");
+    assert_eq!(get_error(&c, "s").await, "readable");
+    // A version the vault does not have.
+    let mut ghost = label.clone();
+    ghost.replace_range(ghost.len() - 4.., "beef");
+    w.twin.shared.secrets_write().insert_seeded(
+        "default",
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "ghost", "namespace": "default" } }),
+        std::sync::Arc::from(ghost.as_str()),
+    );
+    let e = get_error(&c, "ghost").await;
+    assert!(
+        e.starts_with("500 Internal error occurred: failed to decrypt data: KeyNotFound"),
+        "{e}"
+    );
+    assert_eq!(unreadable(&w)["byKey"][&ghost], 1);
+}
+
+#[tokio::test]
+async fn key_names_and_vault_hosts_are_case_insensitive() {
+    let w = world(small(3)).await;
+    let c = clients(&w).await;
+    let upper_kid = format!(
+        "https://{}/keys/{}/{}",
+        c.key.vault_host().to_ascii_uppercase(),
+        c.key.name.to_ascii_uppercase(),
+        c.key.version.to_ascii_uppercase()
+    );
+    let upper = KeyId::parse(&upper_kid).unwrap();
+    // Key Vault's routes: the same key under an upper-case name and version.
+    let got = c.kv.version(&upper).await.unwrap();
+    assert!(got.enabled);
+    assert!(got.id.version.eq_ignore_ascii_case(&c.key.version));
+    // A Secret stored under the key spelled in another case is readable, and is not under a
+    // disabled version until the real one is disabled.
+    let label = format!("kms:v2:{upper_kid}");
+    w.twin.shared.secrets_write().insert_seeded(
+        "default",
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "shouty", "namespace": "default" } }),
+        std::sync::Arc::from(label.as_str()),
+    );
+    let kc = connection(&kube_config(&w).await);
+    assert_eq!(get_error(&kc, "shouty").await, "readable");
+    assert_eq!(w.inspect()["storage"]["unreadable"]["total"], 0);
+    w.first_key_version(|v| v.enabled = false);
+    assert!(get_error(&kc, "shouty").await.contains("KeyDisabled"));
+    w.first_key_version(|v| v.enabled = true);
+    // AKS accepts the key id in any case (the key exists).
+    let mut body = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
+    body["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"] = json!(upper_kid);
+    put(&c, &body).await.unwrap();
+}

@@ -84,8 +84,10 @@ fn restart(shared: &Shared, req: &Req) -> Resp {
 /// One document with the cluster and vault as ARM returns them, the keys' versions, and where
 /// every stored Secret's encryption stands.
 pub fn inspect(shared: &Shared) -> Value {
-    let (cluster, vault, keys, write_key, rejected) = {
-        let w = shared.world();
+    let (cluster, vault, keys, write_key, rejected, view, replicas) = {
+        let mut w = shared.world();
+        let now = std::time::Instant::now();
+        w.tick(now);
         let keys: serde_json::Map<String, Value> = w
             .keys
             .iter()
@@ -98,7 +100,6 @@ pub fn inspect(shared: &Shared) -> Value {
                 (name.clone(), Value::Array(versions))
             })
             .collect();
-        let now = std::time::Instant::now();
         let write_key: Vec<String> = (0..w.replicas.len())
             .map(|r| w.replica_label(r, now).to_string())
             .collect();
@@ -111,14 +112,31 @@ pub fn inspect(shared: &Shared) -> Value {
                 .write_limiter
                 .rejected
                 .load(std::sync::atomic::Ordering::Relaxed),
+            w.kms_view(0),
+            w.replicas
+                .iter()
+                .map(|r| json!({ "id": r.id, "idHash": r.id_hash(), "up": r.up(now) }))
+                .collect::<Vec<Value>>(),
         )
     };
+    // Secrets the plugin cannot decrypt now, per key they are under: a GET of one answers 500
+    // (on a replica without the data key in memory, for a vault out of reach).
+    let mut view = view;
+    view.cached.clear();
     let store = shared.secrets_read();
+    let by_key = store.by_key();
+    let unreadable: serde_json::Map<String, Value> = by_key
+        .iter()
+        .filter(|(label, _)| view.decrypt_error(label).is_some())
+        .map(|(label, n)| (label.clone(), json!(n)))
+        .collect();
+    let unreadable_total: u64 = unreadable.values().filter_map(Value::as_u64).sum();
     json!({
         "cluster": cluster,
         "vault": vault,
         "keys": keys,
-        "storage": { "total": store.total(), "byKey": store.by_key(), "writeKey": write_key[0], "writeKeyByReplica": write_key },
-        "apiServer": { "rejectedWrites": rejected }
+        "storage": { "total": store.total(), "byKey": by_key, "writeKey": write_key[0], "writeKeyByReplica": write_key,
+                     "unreadable": { "total": unreadable_total, "byKey": unreadable } },
+        "apiServer": { "rejectedWrites": rejected, "replicas": replicas }
     })
 }

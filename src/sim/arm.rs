@@ -299,11 +299,7 @@ fn put_cluster(shared: &Shared, w: &mut World, req: &Req, fail: bool) -> Resp {
             ),
         );
     }
-    let key_exists = |name: &str, version: &str| {
-        w.keys
-            .get(name)
-            .is_some_and(|k| k.versions.iter().any(|v| v.version == version))
-    };
+    let key_exists = |name: &str, version: &str| w.key_version(name, version).is_some();
     let access = |principal: &str| identity_has_crypto_access(w, principal);
     let vault_host = w.ids.vault_host();
     let vault_id = w.ids.vault_id();

@@ -65,7 +65,12 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
         }
         Some(_) => {}
     }
-    let segs = req.segments();
+    // Key names are case-insensitive in Key Vault: a route names the stored key in any case.
+    let mut segs = req.segments();
+    let canonical = segs.get(1).and_then(|n| w.key_name(n));
+    if let Some(n) = canonical.as_deref() {
+        segs[1] = n;
+    }
     match (&req.method, segs.as_slice()) {
         (&Method::GET, ["keys"]) => list_keys(&w),
         (&Method::GET, ["keys", name]) => get(&w, name, None),
@@ -92,7 +97,10 @@ fn find<'a>(w: &'a World, name: &str, version: Option<&str>) -> Option<&'a KeyVe
     let k = w.keys.get(name)?;
     match version.filter(|v| !v.is_empty()) {
         None => k.versions.last(),
-        Some(v) => k.versions.iter().find(|kv| kv.version == v),
+        Some(v) => k
+            .versions
+            .iter()
+            .find(|kv| kv.version.eq_ignore_ascii_case(v)),
     }
 }
 

@@ -748,7 +748,7 @@ fn metrics(shared: &Shared, req: &Req) -> Resp {
         };
         // Not returned to this incarnation: before it started (a restarted replica), or
         // replaced before its next status call.
-        if (returned_at < *from && i > 0) || returned_at < replica.booted {
+        if w.timeline.at(returned_at) != *label || returned_at < replica.booted {
             continue;
         }
         seen.retain(|(l, _)| l != label);

@@ -109,25 +109,24 @@ pub fn reconcile(w: &mut World) -> Result<(), String> {
     Ok(())
 }
 
-/// Why the KMS plugin cannot reach the vault now, if it cannot.
-pub fn unreachable(w: &World) -> Option<String> {
-    if kms(w)["enabled"].as_bool() != Some(true) {
-        return None;
-    }
+fn approved_connection(w: &World) -> bool {
+    w.vault["properties"]["privateEndpointConnections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c["properties"]["privateLinkServiceConnectionState"]["status"].as_str()
+                == Some("Approved")
+        })
+}
+
+fn private_unreachable() -> String {
+    "failed to reach key vault through its private endpoint: no approved private endpoint connection".to_string()
+}
+
+/// Why the plugin's traffic over the public network is refused, if it is.
+fn public_blocked(w: &World) -> Option<String> {
     let p = &w.vault["properties"];
-    if private_mode(w) {
-        let approved = p["privateEndpointConnections"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| {
-                c["properties"]["privateLinkServiceConnectionState"]["status"].as_str()
-                    == Some("Approved")
-            });
-        return (!approved).then(|| {
-            "failed to reach key vault through its private endpoint: no approved private endpoint connection".to_string()
-        });
-    }
     let public = p["publicNetworkAccess"].as_str().unwrap_or("Enabled");
     let default_action = p["networkAcls"]["defaultAction"]
         .as_str()
@@ -138,4 +137,25 @@ pub fn unreachable(w: &World) -> Option<String> {
             w.ids.vault_host()
         )
     })
+}
+
+/// Why the KMS plugin cannot reach the vault now, if it cannot.
+pub fn unreachable(w: &World) -> Option<String> {
+    if kms(w)["enabled"].as_bool() != Some(true) {
+        return None;
+    }
+    if private_mode(w) {
+        return (!approved_connection(w)).then(private_unreachable);
+    }
+    public_blocked(w)
+}
+
+/// Why the plugin cannot reach the vault to decrypt what is stored under a KMS key, if it
+/// cannot. With KMS disabled the API server still decrypts through its plugin: over the private
+/// endpoint AKS left in place, if there is one, else over the public network.
+pub fn unreachable_for_decrypt(w: &World) -> Option<String> {
+    if private_mode(w) || (kms(w)["enabled"].as_bool() != Some(true) && approved_connection(w)) {
+        return (!approved_connection(w)).then(private_unreachable);
+    }
+    public_blocked(w)
 }

@@ -62,6 +62,10 @@ pub struct Replica {
     pub counters: BTreeMap<(Transformation, Arc<str>), (u64, f64)>,
     /// When its identity Lease was found deleted (it recreates it some seconds later).
     pub lease_gone_since: Option<Instant>,
+    /// Storage labels whose data key this incarnation holds in memory (it encrypted or
+    /// decrypted with them): KMS v2 decrypts those without calling the plugin, so a vault out
+    /// of reach stops its reads only of keys it has not used since it started.
+    pub dek_cache: std::collections::BTreeSet<Arc<str>>,
 }
 
 /// `sha256:` + lowercase hex of SHA-256, as kube-apiserver labels key ids and apiserver IDs.
@@ -111,6 +115,7 @@ impl Replica {
             generation: 0,
             counters: BTreeMap::new(),
             lease_gone_since: None,
+            dek_cache: Default::default(),
         }
     }
 
@@ -230,18 +235,25 @@ impl World {
         replica.down_until = Some(Instant::now() + down);
         replica.generation += 1;
         replica.counters.clear();
+        replica.dek_cache.clear();
         Ok(())
     }
 
     /// Counts `n` uses of the key a storage label names by replica `r` (KMS v2 only, as
     /// kube-apiserver's envelope metrics).
     pub fn count_use(&mut self, r: usize, t: Transformation, label: &str, n: u64) {
-        let Some(kid) = label.strip_prefix("kms:v2:") else {
-            return;
-        };
         if n == 0 {
             return;
         }
+        if label.starts_with("kms:")
+            && let Some(replica) = self.replicas.get_mut(r)
+            && !replica.dek_cache.contains(label)
+        {
+            replica.dek_cache.insert(Arc::from(label));
+        }
+        let Some(kid) = label.strip_prefix("kms:v2:") else {
+            return;
+        };
         let at = super::world::now_unix_f64();
         if let Some(replica) = self.replicas.get_mut(r) {
             let entry = replica

@@ -279,7 +279,7 @@ impl World {
         let members = w.opts.fleet.clone();
         super::fleet::seed(&mut w, &members);
         let label = w.label_for_cluster();
-        w.timeline.changes.push((w.started, label));
+        w.timeline.changes.push((w.started, label.clone()));
         let n = w.opts.apiserver_replicas.max(1);
         let period = Duration::from_secs(w.opts.kms_status_period_seconds);
         let started = w.started;
@@ -293,6 +293,12 @@ impl World {
                 )
             })
             .collect();
+        // The replicas wrote the seeded Secrets: they hold that key's data key.
+        if label.starts_with("kms:") {
+            for r in &mut w.replicas {
+                r.dek_cache.insert(label.clone());
+            }
+        }
         // A twin that starts in private mode starts with the endpoint AKS would have made.
         if let Err(e) = super::private_link::reconcile(&mut w) {
             tracing::warn!("the twin's private endpoint was not created: {e}");
@@ -374,17 +380,30 @@ impl World {
         self.started_unix + t.saturating_duration_since(self.started).as_secs_f64()
     }
 
+    /// The stored name of key `name` (Key Vault key names are case-insensitive).
+    pub fn key_name(&self, name: &str) -> Option<String> {
+        self.keys
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+
+    /// Version `version` of key `name`, both compared case-insensitively as Key Vault does.
+    pub fn key_version(&self, name: &str, version: &str) -> Option<&KeyVersion> {
+        let name = self.key_name(name)?;
+        self.keys[&name]
+            .versions
+            .iter()
+            .find(|v| v.version.eq_ignore_ascii_case(version))
+    }
+
     /// Looks up the key version a storage label names, as the KMS plugin would.
     pub fn key_problem(&self, label: &str, for_encrypt: bool) -> Option<KeyProblem> {
         let kid = label.splitn(3, ':').nth(2)?;
         let Some((name, version)) = parse_kid(kid, &self.ids.vault_host()) else {
             return Some(KeyProblem::Missing);
         };
-        let Some(v) = self
-            .keys
-            .get(&name)
-            .and_then(|k| k.versions.iter().find(|v| v.version == version))
-        else {
+        let Some(v) = self.key_version(&name, &version) else {
             return Some(KeyProblem::Missing);
         };
         if !v.enabled {
@@ -435,7 +454,7 @@ pub fn parse_kid(kid: &str, vault_host: &str) -> Option<(String, String)> {
     let rest = kid.strip_prefix("https://")?;
     let mut parts = rest.split('/');
     let host = parts.next()?;
-    if !host.eq_ignore_ascii_case(vault_host) || parts.next()? != "keys" {
+    if !host.eq_ignore_ascii_case(vault_host) || !parts.next()?.eq_ignore_ascii_case("keys") {
         return None;
     }
     let name = parts.next()?.to_string();
@@ -477,8 +496,14 @@ pub struct KmsView {
     pub write: Arc<str>,
     /// Why writes fail, with the message the API server would return.
     pub write_error: Option<String>,
-    /// Labels whose key version can no longer decrypt.
-    pub unreadable: Vec<String>,
+    /// Why decrypting a KMS label fails: the vault cannot be reached (checked first, as the
+    /// plugin's call fails before Key Vault looks at the key).
+    unreachable: Option<String>,
+    /// Every key version the vault holds: (lowercase name, lowercase version) -> enabled.
+    versions: HashMap<(String, String), bool>,
+    vault_host: String,
+    /// Labels the replica decrypts without the plugin (data keys it holds since it started).
+    pub cached: std::collections::BTreeSet<Arc<str>>,
 }
 
 impl World {
@@ -504,27 +529,63 @@ impl World {
                 .then(|| super::private_link::unreachable(self))
                 .flatten()
         });
-        let mut unreadable = Vec::new();
-        for (name, k) in &self.keys {
-            for v in k.versions.iter().filter(|v| !v.enabled) {
-                let kid = super::resources::kid(&self.ids, name, &v.version);
-                unreadable.push(format!("kms:v1:{kid}"));
-                unreadable.push(format!("kms:v2:{kid}"));
-            }
-        }
+        let versions = self
+            .keys
+            .iter()
+            .flat_map(|(name, k)| {
+                k.versions.iter().map(move |v| {
+                    (
+                        (name.to_ascii_lowercase(), v.version.to_ascii_lowercase()),
+                        v.enabled,
+                    )
+                })
+            })
+            .collect();
         KmsView {
             write,
             write_error,
-            unreadable,
+            unreachable: super::private_link::unreachable_for_decrypt(self),
+            versions,
+            vault_host: self.ids.vault_host(),
+            cached: self
+                .replicas
+                .get(replica)
+                .map(|r| r.dek_cache.clone())
+                .unwrap_or_default(),
         }
     }
 }
 
 impl KmsView {
+    /// Why the plugin cannot decrypt what is stored under `label` (the API server's message),
+    /// if it cannot: the vault is out of reach, or the key version is missing or disabled.
     pub fn decrypt_error(&self, label: &str) -> Option<String> {
-        self.unreadable
-            .iter()
-            .any(|l| l == label)
-            .then(|| "Internal error occurred: failed to decrypt data: KeyDisabled: Operation decrypt is not allowed on a disabled key".to_string())
+        let kid = label
+            .strip_prefix("kms:v2:")
+            .or_else(|| label.strip_prefix("kms:v1:"))?;
+        // Key Vault's refusals of a disabled or missing version are kept strict (as the twin
+        // always modelled them); a vault out of reach matters only without the data key cached.
+        let unreachable = self
+            .unreachable
+            .clone()
+            .filter(|_| !self.cached.iter().any(|c| &**c == label));
+        let problem = unreachable.or_else(|| {
+            let found = parse_kid(kid, &self.vault_host).and_then(|(name, version)| {
+                self.versions
+                    .get(&(name.to_ascii_lowercase(), version.to_ascii_lowercase()))
+            });
+            match found {
+                Some(true) => None,
+                Some(false) => Some(
+                    "KeyDisabled: Operation decrypt is not allowed on a disabled key".to_string(),
+                ),
+                None => Some(format!(
+                    "KeyNotFound: the key version of {kid} was not found in the key vault"
+                )),
+            }
+        })?;
+        Some(format!(
+            "Internal error occurred: failed to decrypt data: {problem}"
+        ))
     }
 }
