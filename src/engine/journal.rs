@@ -205,6 +205,68 @@ impl Record {
             Some((RunStatus::Interrupted, _)) | None => "interrupted",
         }
     }
+    /// What this run has changed so far, one phrase per finished change, as its journal shows
+    /// it: a key version created or disabled, the cluster's KMS key, the vault's network access,
+    /// the Kubernetes version. Empty: nothing was changed (a refusal then is exit 2).
+    pub fn changes(&self) -> Vec<String> {
+        use crate::playbook::Step;
+        let mut state = super::state::RunState::default();
+        let mut out = Vec::new();
+        for (step, rec) in self.header.procedure.steps.iter().zip(&self.steps) {
+            let Some(o) = &rec.finished else { continue };
+            state.apply(step, o);
+            let text = |k: &str| o[k].as_str().unwrap_or("?").to_string();
+            match step {
+                Step::RotateKey => out.push(format!("new key version {}", text("keyId"))),
+                Step::UpdateKms { .. }
+                    if state.key_switch_expected() || o["report"]["changed"] == true =>
+                {
+                    let d = &o["desired"];
+                    out.push(match d["keyId"].as_str() {
+                        Some(k) if d["enabled"] == true => format!("KMS key now {k}"),
+                        _ => "KMS now off".into(),
+                    });
+                }
+                Step::SetVaultNetwork if o["changed"] == true => out.push(format!(
+                    "vault public network access now {}",
+                    text("publicNetworkAccess")
+                )),
+                Step::UpgradeKubernetes if o["hops"].as_array().is_some_and(|h| !h.is_empty()) => {
+                    out.push(format!("Kubernetes {} -> {}", text("from"), text("to")))
+                }
+                Step::RetireOldest { .. } if o["disabled"].is_string() => {
+                    out.push(format!("key version {} disabled", text("disabled")))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The last update-kms this run started (its index) when no prove-key-switch finished after
+    /// it: the run may have left the key ledger with a switch nobody has proven yet.
+    pub fn switch_maybe_unproven(&self) -> Option<usize> {
+        use crate::playbook::Step;
+        let mut open = None;
+        for (i, (step, rec)) in self
+            .header
+            .procedure
+            .steps
+            .iter()
+            .zip(&self.steps)
+            .enumerate()
+        {
+            match step {
+                Step::UpdateKms { .. } if rec.started.is_some() || rec.finished.is_some() => {
+                    open = Some(i)
+                }
+                Step::ProveKeySwitch if rec.finished.is_some() => open = None,
+                _ => {}
+            }
+        }
+        open
+    }
+
     /// The first step not yet done.
     pub fn next_step(&self) -> Option<usize> {
         self.steps
