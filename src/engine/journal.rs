@@ -586,4 +586,60 @@ mod tests {
         );
         assert_eq!(list_all(dir.path()).0.len(), 1);
     }
+
+    /// The built-in rotate (preflight, plant-canary, rotate-key, update-kms, verify-kms,
+    /// prove-key-switch, reencrypt), replayed from step outputs.
+    fn rotate_record(finished: &[Value], started: usize) -> Record {
+        let h = header();
+        let mut steps = vec![StepRecord::default(); h.procedure.steps.len()];
+        for (s, o) in steps.iter_mut().zip(finished) {
+            s.started = Some(Value::Null);
+            s.finished = Some(o.clone());
+        }
+        for s in steps.iter_mut().take(started) {
+            s.started.get_or_insert(Value::Null);
+        }
+        Record {
+            path: PathBuf::new(),
+            header: h,
+            steps,
+            finished: None,
+        }
+    }
+
+    #[test]
+    fn a_run_says_what_it_changed() {
+        use serde_json::json;
+        let k1 = "https://v.vault.azure.net/keys/k/1";
+        let k2 = "https://v.vault.azure.net/keys/k/2";
+        let plant = json!({ "kmsAtPlant": { "enabled": true, "keyId": k1 } });
+        let update =
+            json!({ "desired": { "enabled": true, "keyId": k2 }, "report": { "changed": false } });
+        let r = rotate_record(&[json!({}), plant.clone()], 2);
+        assert!(
+            r.changes().is_empty(),
+            "preflight and canary change nothing"
+        );
+        let r = rotate_record(&[json!({}), plant.clone(), json!({ "keyId": k2 })], 3);
+        assert_eq!(r.changes(), [format!("new key version {k2}")]);
+        // A resumed update-kms finds the cluster already changed (changed: false): still a change.
+        let r = rotate_record(&[json!({}), plant, json!({ "keyId": k2 }), update], 4);
+        assert_eq!(
+            r.changes(),
+            [format!("new key version {k2}"), format!("KMS key now {k2}")]
+        );
+    }
+
+    #[test]
+    fn a_started_update_without_a_proof_after_it_may_have_left_a_switch() {
+        use serde_json::json;
+        let plant = json!({ "kmsAtPlant": { "enabled": true } });
+        let r = rotate_record(&[json!({}), plant.clone(), json!({})], 3);
+        assert_eq!(r.switch_maybe_unproven(), None);
+        let r = rotate_record(&[json!({}), plant.clone(), json!({})], 4);
+        assert_eq!(r.switch_maybe_unproven(), Some(3), "update-kms started");
+        let done: Vec<Value> = (0..6).map(|_| json!({})).collect();
+        let r = rotate_record(&done, 6);
+        assert_eq!(r.switch_maybe_unproven(), None, "proven after it");
+    }
 }

@@ -89,3 +89,27 @@ pub trait RunObserver: Send + Sync {
     fn step_skipped(&self, index: usize, name: &str, reason: &str);
     fn reencrypt(&self) -> &dyn crate::reencrypt::Observer;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_after_a_change_is_resumable_and_says_what_changed() {
+        let refusal =
+            || StepError::Refused("not disabling k1: it is needed. Nothing was changed.".into());
+        let e = refusal().after_changes(&[]);
+        assert_eq!(
+            e.exit_code(),
+            exit_codes::REFUSED,
+            "nothing changed: exit 2"
+        );
+        let e = refusal().after_changes(&["KMS key now k2".into()]);
+        assert_eq!(e.exit_code(), exit_codes::FAILED);
+        let t = e.to_string();
+        assert!(!t.contains("Nothing was changed"), "{t}");
+        assert!(t.contains("This step changed nothing. This run had already changed: KMS key now k2; once that is resolved, run `kmsctl resume`"), "{t}");
+        let other = StepError::Verification("x".into()).after_changes(&["y".into()]);
+        assert_eq!(other.exit_code(), exit_codes::VERIFICATION_FAILED);
+    }
+}
