@@ -354,7 +354,7 @@ pub struct ResumeArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Wait this long for the key switch instead of what the run was started with.
+    /// Wait this long for the key switch (default: what the run was started with, at least 600 s).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub switch_timeout_seconds: Option<u64>,
     #[command(flatten)]

@@ -55,7 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Completions { shell } => docs::completions(shell),
         Command::Man(a) => docs::man(a),
         Command::Resume(a) => runs::resume(a, format).await,
-        Command::Runs(a) => runs::runs(a, format),
+        Command::Runs(a) => runs::runs(a, format).await,
         Command::Demo(a) => demo::run(a).await,
     }
 }

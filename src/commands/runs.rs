@@ -51,7 +51,7 @@ pub async fn execute(
         s = signalled() => { eprintln!(); tracing::warn!("{s} received"); None }
     };
     display.finish();
-    let Some((report, result)) = outcome else {
+    let Some((mut report, result)) = outcome else {
         // The engine's future (and with it the journal's lock) is gone: append the end by path.
         if let Ok((mut j, _)) = Journal::open(&path) {
             let _ = j.append(&Entry::Finished {
@@ -68,6 +68,7 @@ pub async fn execute(
         return Ok(INTERRUPTED);
     };
     lease.release().await;
+    let result = result.map_err(|e| honest_refusal(e, &path, &mut report));
     match format {
         Format::Json => print_json(&report),
         Format::Text | Format::Prometheus | Format::Html => out(&render_report(&report)),
@@ -81,6 +82,40 @@ pub async fn execute(
             e.exit_code()
         }
     })
+}
+
+/// A step's refusal says what the step did; whether the run had changed the cluster before it
+/// is in the journal. With changes, the refusal becomes resumable (exit 1) and says what changed,
+/// in the report and as the journal's last word on the run.
+fn honest_refusal(
+    e: crate::engine::StepError,
+    path: &std::path::Path,
+    report: &mut runner::RunReport,
+) -> crate::engine::StepError {
+    if !matches!(e, crate::engine::StepError::Refused(_)) {
+        return e;
+    }
+    let changes = journal::replay(path)
+        .map(|r| r.changes())
+        .unwrap_or_default();
+    let e = e.after_changes(&changes);
+    if changes.is_empty() {
+        return e;
+    }
+    report.error = Some(e.to_string());
+    match Journal::open(path) {
+        Ok((mut j, _)) => {
+            if let Err(err) = j.append(&Entry::Finished {
+                at: chrono::Utc::now(),
+                status: RunStatus::Failed,
+                message: Some(e.to_string()),
+            }) {
+                tracing::warn!(error = %err, "could not journal what the run had changed");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "could not journal what the run had changed"),
+    }
+    e
 }
 
 fn same(a: Option<&str>, b: Option<&str>) -> bool {
@@ -245,9 +280,14 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
     }
     // The journal's lock first: a process executing this run right now holds it.
     let (j, mut record) = Journal::open(&chosen.path).map_err(|e| Refusal(format!("{e:#}")))?;
-    if let Some(t) = a.switch_timeout_seconds {
-        record.header.params.barrier_timeout_seconds = t;
-    }
+    // A run resumed because its proof timed out would time out again at once with the same
+    // short timeout: without the flag, resume waits at least the default.
+    let params = &mut record.header.params;
+    params.barrier_timeout_seconds = a.switch_timeout_seconds.unwrap_or(
+        params
+            .barrier_timeout_seconds
+            .max(journal::RunParams::default().barrier_timeout_seconds),
+    );
     let lease = Lease::acquire(ctx.kube.clone(), &h.run_id)
         .await
         .map_err(|e| Refusal(e.to_string()))?;
@@ -284,7 +324,45 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
     execute(&ctx, j, record, lease, format).await
 }
 
-pub fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
+/// Why `run` must not be abandoned: it changed the KMS write key and the key ledger shows that
+/// switch unproven. Abandoned, nobody would prove it, and every later change refuses until
+/// someone does (a dead end); `resume` is the way to finish it.
+async fn unproven_switch_of(r: &Record) -> Option<String> {
+    let step = r.switch_maybe_unproven()?;
+    let id = &r.header.run_id;
+    let finish = format!(
+        "Nothing was changed. Finish it with `kmsctl resume --run {id}`: it proves the switch, then re-encrypts every Secret"
+    );
+    let (kubeconfig, context) = match &r.header.cluster {
+        Some(c) => (c.kubeconfig.clone(), c.context.clone()),
+        None => (
+            r.header.target.kubeconfig.clone(),
+            r.header.target.context.clone(),
+        ),
+    };
+    let read = async {
+        let c = crate::k8s::client::connect(kubeconfig.as_deref(), context.as_deref()).await?;
+        anyhow::Ok(crate::k8s::ledger::load(&c.client).await?.0)
+    };
+    match read.await {
+        Ok(l) => {
+            let s = l
+                .switch
+                .filter(|s| &s.run_id == id && s.proven_at.is_none())?;
+            Some(format!(
+                "run {id} changed the KMS write key to {} at {}, and the API servers have not been shown to follow it yet. Abandoned, nobody would prove that switch, and every later enable, disable or rotate would refuse until someone did. {finish}",
+                s.to.as_deref().unwrap_or("none (KMS off)"),
+                s.requested_at.to_rfc3339()
+            ))
+        }
+        Err(e) => Some(format!(
+            "run {id} started update-kms (step {}) and no proof of the key switch followed; the key ledger, which says whether that switch is still unproven, could not be read ({e:#}). {finish}, or try again once the cluster can be reached",
+            step + 1
+        )),
+    }
+}
+
+pub async fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
     let dir = state_dir(&a.state);
     if let Some(id) = &a.abandon {
         let (runs, _) = journal::list_all(&dir);
@@ -295,6 +373,9 @@ pub fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
         if !unfinished(&r) {
             return Err(Refusal(format!("run {id} already {}", r.state())).into());
         }
+        if let Some(why) = unproven_switch_of(&r).await {
+            return Err(Refusal(why).into());
+        }
         let (mut j, _) = Journal::open(&r.path).map_err(|e| Refusal(format!("{e:#}")))?;
         j.append(&Entry::Finished {
             at: chrono::Utc::now(),
@@ -302,7 +383,7 @@ pub fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
             message: Some("abandoned with `kmsctl runs --abandon`".into()),
         })?;
         eprintln!(
-            "run {id} abandoned: `kmsctl resume` will no longer pick it. Any key switch it left unproven still blocks new changes until proven."
+            "run {id} abandoned: `kmsctl resume` will no longer pick it. It left no key switch unproven."
         );
         return Ok(exit_codes::OK);
     }

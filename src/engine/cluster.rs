@@ -32,6 +32,10 @@ pub enum UpdateError {
         "the cluster kept changing under kmsctl (412 PreconditionFailed {0} times): someone else is updating it; try again later"
     )]
     KeptChanging(u32),
+    /// A fresh read of the cluster showed the change should not be made any more (someone else
+    /// changed what it is about since the run looked): nothing was PUT.
+    #[error("{0}")]
+    Refused(String),
     #[error(
         "the cluster stayed busy with other operations for {0} minutes; nothing was changed by kmsctl. Check `az aks show --query provisioningState` and run `kmsctl resume` once it is Succeeded"
     )]
@@ -110,6 +114,19 @@ pub async fn update(
     arm: &ArmClient,
     path: &str,
     change: &dyn ClusterChange,
+    on_status: impl FnMut(&str),
+) -> Result<UpdateReport, UpdateError> {
+    update_checked(arm, path, change, &|_| None, on_status).await
+}
+
+/// `update`, with `recheck` asked about every read of the cluster it would change (the first,
+/// and each re-read after a 412 or a 409): a 412 means someone else changed the cluster, and
+/// what they changed may be what this change is about. `recheck` returns why not to go on.
+pub async fn update_checked(
+    arm: &ArmClient,
+    path: &str,
+    change: &dyn ClusterChange,
+    recheck: &(dyn Fn(&Value) -> Option<String> + Sync),
     mut on_status: impl FnMut(&str),
 ) -> Result<UpdateReport, UpdateError> {
     let mut report = UpdateReport::default();
@@ -123,6 +140,9 @@ pub async fn update(
             .to_string();
         if state == "Succeeded" && change.matches(&current.body) {
             return Ok(report);
+        }
+        if let Some(why) = recheck(&current.body) {
+            return Err(UpdateError::Refused(why));
         }
         let mut body = current.body.clone();
         change.apply_to(&mut body);

@@ -205,6 +205,68 @@ impl Record {
             Some((RunStatus::Interrupted, _)) | None => "interrupted",
         }
     }
+    /// What this run has changed so far, one phrase per finished change, as its journal shows
+    /// it: a key version created or disabled, the cluster's KMS key, the vault's network access,
+    /// the Kubernetes version. Empty: nothing was changed (a refusal then is exit 2).
+    pub fn changes(&self) -> Vec<String> {
+        use crate::playbook::Step;
+        let mut state = super::state::RunState::default();
+        let mut out = Vec::new();
+        for (step, rec) in self.header.procedure.steps.iter().zip(&self.steps) {
+            let Some(o) = &rec.finished else { continue };
+            state.apply(step, o);
+            let text = |k: &str| o[k].as_str().unwrap_or("?").to_string();
+            match step {
+                Step::RotateKey => out.push(format!("new key version {}", text("keyId"))),
+                Step::UpdateKms { .. }
+                    if state.key_switch_expected() || o["report"]["changed"] == true =>
+                {
+                    let d = &o["desired"];
+                    out.push(match d["keyId"].as_str() {
+                        Some(k) if d["enabled"] == true => format!("KMS key now {k}"),
+                        _ => "KMS now off".into(),
+                    });
+                }
+                Step::SetVaultNetwork if o["changed"] == true => out.push(format!(
+                    "vault public network access now {}",
+                    text("publicNetworkAccess")
+                )),
+                Step::UpgradeKubernetes if o["hops"].as_array().is_some_and(|h| !h.is_empty()) => {
+                    out.push(format!("Kubernetes {} -> {}", text("from"), text("to")))
+                }
+                Step::RetireOldest { .. } if o["disabled"].is_string() => {
+                    out.push(format!("key version {} disabled", text("disabled")))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The last update-kms this run started (its index) when no prove-key-switch finished after
+    /// it: the run may have left the key ledger with a switch nobody has proven yet.
+    pub fn switch_maybe_unproven(&self) -> Option<usize> {
+        use crate::playbook::Step;
+        let mut open = None;
+        for (i, (step, rec)) in self
+            .header
+            .procedure
+            .steps
+            .iter()
+            .zip(&self.steps)
+            .enumerate()
+        {
+            match step {
+                Step::UpdateKms { .. } if rec.started.is_some() || rec.finished.is_some() => {
+                    open = Some(i)
+                }
+                Step::ProveKeySwitch if rec.finished.is_some() => open = None,
+                _ => {}
+            }
+        }
+        open
+    }
+
     /// The first step not yet done.
     pub fn next_step(&self) -> Option<usize> {
         self.steps
@@ -523,5 +585,61 @@ mod tests {
             0o600
         );
         assert_eq!(list_all(dir.path()).0.len(), 1);
+    }
+
+    /// The built-in rotate (preflight, plant-canary, rotate-key, update-kms, verify-kms,
+    /// prove-key-switch, reencrypt), replayed from step outputs.
+    fn rotate_record(finished: &[Value], started: usize) -> Record {
+        let h = header();
+        let mut steps = vec![StepRecord::default(); h.procedure.steps.len()];
+        for (s, o) in steps.iter_mut().zip(finished) {
+            s.started = Some(Value::Null);
+            s.finished = Some(o.clone());
+        }
+        for s in steps.iter_mut().take(started) {
+            s.started.get_or_insert(Value::Null);
+        }
+        Record {
+            path: PathBuf::new(),
+            header: h,
+            steps,
+            finished: None,
+        }
+    }
+
+    #[test]
+    fn a_run_says_what_it_changed() {
+        use serde_json::json;
+        let k1 = "https://v.vault.azure.net/keys/k/1";
+        let k2 = "https://v.vault.azure.net/keys/k/2";
+        let plant = json!({ "kmsAtPlant": { "enabled": true, "keyId": k1 } });
+        let update =
+            json!({ "desired": { "enabled": true, "keyId": k2 }, "report": { "changed": false } });
+        let r = rotate_record(&[json!({}), plant.clone()], 2);
+        assert!(
+            r.changes().is_empty(),
+            "preflight and canary change nothing"
+        );
+        let r = rotate_record(&[json!({}), plant.clone(), json!({ "keyId": k2 })], 3);
+        assert_eq!(r.changes(), [format!("new key version {k2}")]);
+        // A resumed update-kms finds the cluster already changed (changed: false): still a change.
+        let r = rotate_record(&[json!({}), plant, json!({ "keyId": k2 }), update], 4);
+        assert_eq!(
+            r.changes(),
+            [format!("new key version {k2}"), format!("KMS key now {k2}")]
+        );
+    }
+
+    #[test]
+    fn a_started_update_without_a_proof_after_it_may_have_left_a_switch() {
+        use serde_json::json;
+        let plant = json!({ "kmsAtPlant": { "enabled": true } });
+        let r = rotate_record(&[json!({}), plant.clone(), json!({})], 3);
+        assert_eq!(r.switch_maybe_unproven(), None);
+        let r = rotate_record(&[json!({}), plant.clone(), json!({})], 4);
+        assert_eq!(r.switch_maybe_unproven(), Some(3), "update-kms started");
+        let done: Vec<Value> = (0..6).map(|_| json!({})).collect();
+        let r = rotate_record(&done, 6);
+        assert_eq!(r.switch_maybe_unproven(), None, "proven after it");
     }
 }

@@ -175,26 +175,29 @@ pub async fn reencrypt_verified(
             let mut out = serde_json::to_value(&summary).unwrap_or_default();
             out["verification"] =
                 json!({ "rounds": round, "unchanged": check.totals.unchanged, "rewritten": 0 });
-            // Only a proven switch to the key this pass ran under says that nothing is left
-            // under older versions.
-            let under = state
-                .desired
-                .as_ref()
-                .and_then(|d| d.enabled.then(|| d.key_id.clone()).flatten());
-            let now = chrono::Utc::now();
-            let after = ledger::update(&ctx.kube, |l| {
-                if l.switch_proven_to(under.as_deref()) {
-                    l.reencrypted(now);
-                }
+            // The key this pass ran under: the run's own change (None: KMS off). Without one
+            // the ledger's current entry stands in, and its switch must still be proven.
+            let under = match &state.desired {
+                Some(d) => d.enabled.then(|| d.key_id.clone()).flatten(),
+                None => ledger::load(&ctx.kube)
+                    .await?
+                    .0
+                    .current()
+                    .map(|e| e.key_id.clone()),
+            };
+            let marked = std::sync::atomic::AtomicBool::new(false);
+            ledger::update(&ctx.kube, |l| {
+                let m = l.reencrypted(under.as_deref(), chrono::Utc::now());
+                marked.store(m, std::sync::atomic::Ordering::SeqCst);
             })
             .await?;
-            let marked = after.switch_proven_to(under.as_deref());
-            if !marked {
+            if !marked.load(std::sync::atomic::Ordering::SeqCst) {
                 tracing::warn!(
-                    "the key ledger does not show a proven switch to the key this pass ran under: older versions stay must-stay-alive"
+                    "the switch to the write key is not proven: older key versions stay marked as possibly in use"
                 );
             }
-            out["ledgerMarkedAway"] = json!(marked);
+            out["olderVersionsReencryptedAway"] =
+                json!(marked.load(std::sync::atomic::Ordering::SeqCst));
             return Ok((out, summary));
         }
         tracing::warn!(

@@ -85,19 +85,23 @@ pub async fn update_kms(
 ) -> Result<Value, StepError> {
     let az = ctx.azure()?;
     let desired = state.desired(enabled);
-    let now_kms: DesiredKms = serde_json::from_value(kms_config(&cluster(az).await?))
-        .map_err(|e| StepError::Failed(e.into()))?;
     // Someone else changed the key since the canary was made current: what the barrier would
-    // see could come from their change, not this one.
-    if let Some(at_plant) = &state.kms_at_plant
-        && !now_kms.same_write_key(at_plant)
-        && !now_kms.same_write_key(&desired)
-    {
-        return Err(StepError::Refused(format!(
+    // see could come from their change, not this one. Asked again of every re-read after a 412.
+    let shown = |k: &DesiredKms| match (k.enabled, k.key_id.as_deref()) {
+        (true, Some(id)) => id.to_string(),
+        _ => "off".to_string(),
+    };
+    let changed_by_others = |resource: &Value| -> Option<String> {
+        let now_kms: DesiredKms = serde_json::from_value(kms_config(resource)).ok()?;
+        let at_plant = state.kms_at_plant.as_ref()?;
+        (!now_kms.same_write_key(at_plant) && !now_kms.same_write_key(&desired)).then(|| format!(
             "the cluster's KMS key changed since this run started (now {}, was {}), and not by this run; nothing was changed. Check who changed it, then start again",
-            now_kms.key_id.as_deref().unwrap_or("off"),
-            at_plant.key_id.as_deref().unwrap_or("off")
-        )));
+            shown(&now_kms),
+            shown(at_plant)
+        ))
+    };
+    if let Some(why) = changed_by_others(&cluster(az).await?) {
+        return Err(StepError::Refused(why));
     }
     let to = desired.enabled.then(|| desired.key_id.clone()).flatten();
     let (l, _) = ledger::load(&ctx.kube).await?;
@@ -105,6 +109,7 @@ pub async fn update_kms(
     // The switch is recorded as unproven before the cluster changes: until a barrier proves
     // it, no other run may start a change or re-encrypt.
     let now = chrono::Utc::now();
+    let before = l.switch.clone();
     ledger::update(&ctx.kube, |l| {
         let already = l
             .switch
@@ -121,14 +126,33 @@ pub async fn update_kms(
         }
     })
     .await?;
-    let report = cluster::update(&az.arm, &az.cluster_path, &desired, on_status)
-        .await
-        .map_err(|e| match e {
-            UpdateError::OperationFailed { .. } => StepError::Failed(anyhow::anyhow!(
-                "{e}. Nothing was re-encrypted; fix the cause and run `kmsctl resume`"
-            )),
-            other => StepError::Failed(other.into()),
-        })?;
+    let updated = cluster::update_checked(
+        &az.arm,
+        &az.cluster_path,
+        &desired,
+        &changed_by_others,
+        on_status,
+    )
+    .await;
+    if let Err(UpdateError::Refused(why)) = updated {
+        // Nothing was PUT: the switch recorded above did not happen, and must not block others.
+        ledger::update(&ctx.kube, |l| {
+            if l.switch
+                .as_ref()
+                .is_some_and(|s| s.run_id == run_id && s.requested_at == now)
+            {
+                l.switch = before.clone();
+            }
+        })
+        .await?;
+        return Err(StepError::Refused(why));
+    }
+    let report = updated.map_err(|e| match e {
+        UpdateError::OperationFailed { .. } => StepError::Failed(anyhow::anyhow!(
+            "{e}. Nothing was re-encrypted; fix the cause and run `kmsctl resume`"
+        )),
+        other => StepError::Failed(other.into()),
+    })?;
     Ok(json!({ "desired": desired, "report": report }))
 }
 

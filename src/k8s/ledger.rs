@@ -57,32 +57,96 @@ pub struct Ledger {
     pub switch: Option<Switch>,
 }
 
+/// A key id as Key Vault compares it: the scheme, the vault host, the key name and the version
+/// (hex) are all case-insensitive, and a trailing slash names the same key. Every comparison of
+/// key ids in the ledger goes through this, so `https://V.vault.azure.net/keys/K/ABC` and
+/// `https://v.vault.azure.net/keys/k/abc` are one entry, not two of which one is never retired.
+pub fn normalised_key_id(key_id: &str) -> String {
+    key_id.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Whether two key ids name the same key version (see `normalised_key_id`).
+pub fn same_key_id(a: &str, b: &str) -> bool {
+    normalised_key_id(a) == normalised_key_id(b)
+}
+
+/// The same for optional write keys (None: KMS off, which only equals KMS off).
+fn same_write_key(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same_key_id(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 impl Ledger {
-    /// `key_id` is now the write key (None: KMS off). Idempotent.
+    /// One entry per key version: a ledger written by an older kmsctl may hold two for one
+    /// version (spelled differently, or disabled and enabled again). The later one is what
+    /// happened last, so it is kept, in its place.
+    fn merge_duplicates(&mut self) {
+        let mut seen = std::collections::HashSet::new();
+        let mut kept: Vec<LedgerEntry> = Vec::with_capacity(self.entries.len());
+        for e in self.entries.drain(..).rev() {
+            if seen.insert(normalised_key_id(&e.key_id)) {
+                kept.push(e);
+            }
+        }
+        kept.reverse();
+        self.entries = kept;
+    }
+
+    /// The entry of `key_id`, however its id is spelled.
+    pub fn entry(&self, key_id: &str) -> Option<&LedgerEntry> {
+        self.entries.iter().find(|e| same_key_id(&e.key_id, key_id))
+    }
+
+    /// `key_id` is now the write key (None: KMS off). Idempotent. A version that was in service
+    /// before (disable then enable, or a rotation back) gets its entry reopened and moved last,
+    /// since entries stay in the order they went into service: Secrets are written with it
+    /// again, so what the entry said about it being out of service or re-encrypted away no
+    /// longer holds.
     pub fn put_in_service(&mut self, key_id: Option<&str>, at: chrono::DateTime<chrono::Utc>) {
-        for e in self
-            .entries
-            .iter_mut()
-            .filter(|e| e.out_of_service_since.is_none() && Some(e.key_id.as_str()) != key_id)
-        {
+        for e in self.entries.iter_mut().filter(|e| {
+            e.out_of_service_since.is_none() && !same_write_key(Some(&e.key_id), key_id)
+        }) {
             e.out_of_service_since = Some(at);
         }
-        if let Some(k) = key_id
-            && !self
-                .entries
-                .iter()
-                .any(|e| e.key_id == k && e.out_of_service_since.is_none())
-        {
-            self.entries.push(LedgerEntry {
+        let Some(k) = key_id else {
+            return;
+        };
+        match self.entries.iter().position(|e| same_key_id(&e.key_id, k)) {
+            Some(i) if self.entries[i].out_of_service_since.is_none() => {}
+            Some(i) => {
+                let mut e = self.entries.remove(i);
+                e.in_service_since = at;
+                e.out_of_service_since = None;
+                e.reencrypted_away_at = None;
+                e.retired_at = None;
+                self.entries.push(e);
+            }
+            None => self.entries.push(LedgerEntry {
                 key_id: k.to_string(),
                 in_service_since: at,
                 ..Default::default()
-            });
+            }),
         }
     }
 
-    /// A full re-encryption finished: nothing is under an out-of-service version any more.
-    pub fn reencrypted(&mut self, at: chrono::DateTime<chrono::Utc>) {
+    /// A whole-cluster re-encryption and its verification pass ran while `under` was the write
+    /// key (None: KMS off). Only when the API servers were shown to write with `under` (the
+    /// switch to it is proven, or kmsctl never recorded a switch and the ledger's current entry
+    /// is `under`) does that show nothing is left under an out-of-service version: a pass
+    /// through replicas that still wrote with the old key rewrites nothing and proves nothing.
+    /// Returns whether the older versions were marked re-encrypted away.
+    pub fn reencrypted(&mut self, under: Option<&str>, at: chrono::DateTime<chrono::Utc>) -> bool {
+        let current = self.current().map(|e| e.key_id.as_str());
+        let proven = match &self.switch {
+            Some(_) => self.switch_proven_to(under),
+            None => true,
+        };
+        if !proven || !same_write_key(current, under) {
+            return false;
+        }
         for e in self
             .entries
             .iter_mut()
@@ -90,10 +154,15 @@ impl Ledger {
         {
             e.reencrypted_away_at = Some(at);
         }
+        true
     }
 
     pub fn retired(&mut self, key_id: &str, at: chrono::DateTime<chrono::Utc>) {
-        for e in self.entries.iter_mut().filter(|e| e.key_id == key_id) {
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| same_key_id(&e.key_id, key_id))
+        {
             e.retired_at.get_or_insert(at);
         }
     }
@@ -107,10 +176,9 @@ impl Ledger {
 
     /// Whether the API servers were shown to write with `to` (None: KMS off).
     pub fn switch_proven_to(&self, to: Option<&str>) -> bool {
-        self.switch.as_ref().is_some_and(|s| {
-            s.proven_at.is_some()
-                && s.to.as_deref().map(str::to_ascii_lowercase) == to.map(str::to_ascii_lowercase)
-        })
+        self.switch
+            .as_ref()
+            .is_some_and(|s| s.proven_at.is_some() && same_write_key(s.to.as_deref(), to))
     }
 
     pub fn current(&self) -> Option<&LedgerEntry> {
@@ -132,12 +200,12 @@ impl Ledger {
             .iter()
             .rev()
             .find(|e| e.out_of_service_since.is_some())
-            .map(|e| e.key_id.clone());
+            .map(|e| e.key_id.as_str());
         live.into_iter()
             .filter(|e| {
                 e.out_of_service_since.is_none()
                     || e.reencrypted_away_at.is_none()
-                    || Some(&e.key_id) == previous.as_ref()
+                    || previous.is_some_and(|p| same_key_id(&e.key_id, p))
             })
             .collect()
     }
@@ -154,11 +222,12 @@ pub async fn load(client: &kube::Client) -> Result<(Ledger, Option<String>), Kub
         None => Ok((Ledger::default(), None)),
         Some(cm) => {
             let text = cm.data["data"][FIELD].as_str().unwrap_or("{}");
-            let ledger = serde_json::from_str(text).map_err(|e| {
+            let mut ledger: Ledger = serde_json::from_str(text).map_err(|e| {
                 KubeError::Other(format!(
                     "the key ledger {NAMESPACE}/{NAME} is not valid: {e}"
                 ))
             })?;
+            ledger.merge_duplicates();
             Ok((ledger, cm.metadata.resource_version))
         }
     }
@@ -255,7 +324,7 @@ mod tests {
         l.put_in_service(Some("k1"), t);
         l.put_in_service(None, t);
         assert_eq!(alive(&l), ["k1"]);
-        l.reencrypted(t);
+        assert!(l.reencrypted(None, t));
         assert_eq!(alive(&l), ["k1"], "still the previous key");
     }
 
@@ -265,12 +334,155 @@ mod tests {
         let mut l = Ledger::default();
         l.put_in_service(Some("k1"), t);
         l.put_in_service(Some("k2"), t);
-        l.reencrypted(t);
+        assert!(l.reencrypted(Some("k2"), t));
         assert_eq!(alive(&l), ["k1", "k2"]);
         l.put_in_service(Some("k3"), t);
-        l.reencrypted(t);
+        assert!(l.reencrypted(Some("k3"), t));
         assert_eq!(alive(&l), ["k2", "k3"]);
         l.put_in_service(Some("k3"), t);
         assert_eq!(l.entries.len(), 3, "idempotent");
+    }
+
+    const V1: &str = "https://vault1.vault.azure.net/keys/kms-key/0a1b";
+    const V2: &str = "https://vault1.vault.azure.net/keys/kms-key/2c3d";
+
+    fn switch(to: Option<&str>, proven: bool) -> Option<Switch> {
+        let t = chrono::Utc::now();
+        Some(Switch {
+            to: to.map(str::to_string),
+            run_id: "r1".into(),
+            requested_at: t,
+            proven_at: proven.then_some(t),
+            evidence: None,
+        })
+    }
+
+    #[test]
+    fn key_ids_compare_as_key_vault_does() {
+        assert!(same_key_id(
+            "https://VAULT1.Vault.Azure.NET/keys/KMS-Key/0A1B/",
+            V1
+        ));
+        assert!(!same_key_id(V1, V2));
+        let t = chrono::Utc::now();
+        let mut l = Ledger::default();
+        l.put_in_service(Some(V1), t);
+        l.put_in_service(Some(&V1.to_ascii_uppercase()), t);
+        assert_eq!(l.entries.len(), 1, "an upper-case host is the same version");
+        assert!(l.entry(&V1.to_ascii_uppercase()).is_some());
+        l.put_in_service(Some(V2), t);
+        assert!(l.reencrypted(Some(&V2.to_ascii_uppercase()), t));
+        l.retired(&V1.replace("vault1", "VAULT1"), t);
+        assert!(l.entries[0].retired_at.is_some(), "retired however spelled");
+        assert_eq!(alive(&l), [V2]);
+    }
+
+    #[test]
+    fn disable_then_enable_of_one_version_reopens_its_entry() {
+        let t = chrono::Utc::now();
+        let later = t + chrono::Duration::minutes(5);
+        let mut l = Ledger::default();
+        l.put_in_service(Some(V1), t);
+        l.put_in_service(None, t);
+        assert!(l.reencrypted(None, t));
+        l.put_in_service(Some(V1), later);
+        assert_eq!(l.entries.len(), 1, "one entry per version");
+        let e = &l.entries[0];
+        assert_eq!(e.out_of_service_since, None);
+        assert_eq!(
+            e.reencrypted_away_at, None,
+            "Secrets are written with it again"
+        );
+        assert_eq!(e.in_service_since, later);
+        assert_eq!(alive(&l), [V1], "listed once");
+        assert_eq!(l.current().map(|e| e.key_id.as_str()), Some(V1));
+    }
+
+    #[test]
+    fn a_reopened_version_goes_last_so_the_previous_one_is_the_last_out() {
+        let t = chrono::Utc::now();
+        let mut l = Ledger::default();
+        for k in ["k1", "k2", "k3", "k2"] {
+            l.put_in_service(Some(k), t);
+            assert!(l.reencrypted(Some(k), t));
+        }
+        assert_eq!(alive(&l), ["k3", "k2"], "k3 is the previous version now");
+        l.put_in_service(Some("k1"), t);
+        assert!(l.reencrypted(Some("k1"), t));
+        assert_eq!(alive(&l), ["k2", "k1"]);
+    }
+
+    #[test]
+    fn an_old_ledger_with_two_entries_for_one_version_lists_it_once() {
+        let t = chrono::Utc::now();
+        let old = |k: &str, out: bool| LedgerEntry {
+            key_id: k.into(),
+            in_service_since: t,
+            out_of_service_since: out.then_some(t),
+            ..Default::default()
+        };
+        let mut l = Ledger {
+            entries: vec![
+                old(V1, true),
+                old(V2, true),
+                old(&V1.to_ascii_uppercase(), false),
+            ],
+            switch: None,
+        };
+        l.merge_duplicates();
+        assert_eq!(l.entries.len(), 2);
+        assert_eq!(alive(&l), [V2, V1.to_ascii_uppercase().as_str()]);
+    }
+
+    #[test]
+    fn only_a_proven_switch_to_the_pass_key_marks_older_versions_away() {
+        let t = chrono::Utc::now();
+        let fresh = || {
+            let mut l = Ledger::default();
+            l.put_in_service(Some(V1), t);
+            l.put_in_service(Some(V2), t);
+            l
+        };
+        let away = |l: &Ledger| l.entry(V1).unwrap().reencrypted_away_at.is_some();
+
+        let mut l = fresh();
+        l.switch = switch(Some(V2), false);
+        assert!(!l.reencrypted(Some(V2), t), "the switch is not proven");
+        assert!(!away(&l));
+
+        let mut l = fresh();
+        l.switch = switch(Some(V1), true);
+        assert!(!l.reencrypted(Some(V2), t), "proven, but to another key");
+        assert!(!away(&l));
+
+        let mut l = fresh();
+        l.switch = switch(Some(V2), true);
+        assert!(
+            !l.reencrypted(None, t),
+            "a pass with KMS off is not one under V2"
+        );
+        assert!(!l.reencrypted(Some(V1), t), "nor one under V1");
+        assert!(!away(&l));
+        assert!(l.reencrypted(Some(&V2.to_ascii_uppercase()), t));
+        assert!(away(&l));
+
+        let mut l = fresh();
+        assert!(
+            !l.reencrypted(Some(V1), t),
+            "no switch record: V1 is not current"
+        );
+        assert!(
+            l.reencrypted(Some(V2), t),
+            "no switch record: V2 is current"
+        );
+        assert!(away(&l));
+
+        let mut l = fresh();
+        l.put_in_service(None, t);
+        l.switch = switch(None, false);
+        assert!(!l.reencrypted(None, t), "KMS off, not yet proven");
+        l.switch = switch(None, true);
+        assert!(l.reencrypted(None, t));
+        assert!(l.entries.iter().all(|e| e.reencrypted_away_at.is_some()));
     }
 }
