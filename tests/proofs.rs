@@ -419,6 +419,10 @@ async fn a_canary_deleted_mid_proof_is_planted_again() {
     assert!(out.status.success(), "{}", text(&out));
     w.assert_all_current();
     assert_readable(&w);
+    // The run recovered by itself: a resume finds nothing to do, and says so without failing.
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nothing to resume"), "{}", text(&out));
 }
 
 #[tokio::test]

@@ -216,15 +216,33 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             if !named {
                 return Err(Refusal("name the cluster whose run to continue: --subscription (or AZURE_SUBSCRIPTION_ID), -g (or KMSCTL_RESOURCE_GROUP), -n (or KMSCTL_CLUSTER), or pass --run ID".into()).into());
             }
-            runs.into_iter()
+            let newest = runs.iter().find(|r| for_cluster(r, &env, None));
+            match runs
+                .iter()
                 .find(|r| unfinished(r) && for_cluster(r, &env, None))
-                .ok_or_else(|| {
-                    Refusal(format!(
+            {
+                Some(r) => r.clone(),
+                // The run finished on its own (it recovered, say, from a deleted canary): there
+                // is nothing to continue, and nothing is wrong.
+                None if newest.is_some_and(|r| r.state() == "succeeded") => {
+                    let r = newest.expect("checked");
+                    eprintln!(
+                        "nothing to resume: the newest run of cluster {}, {} ({}), succeeded",
+                        names(&env),
+                        r.header.run_id,
+                        r.header.procedure.name
+                    );
+                    return Ok(0);
+                }
+                None => {
+                    return Err(Refusal(format!(
                         "no unfinished run of cluster {} in {}",
                         names(&env),
                         dir.display()
                     ))
-                })?
+                    .into());
+                }
+            }
         }
     };
     if !unfinished(&chosen) {
