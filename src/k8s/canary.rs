@@ -372,6 +372,7 @@ impl Barrier<'_> {
                 continue;
             }
             if seen.voided {
+                tracing::debug!(wave = ?wave.iter().map(|p| (&p.outcome, &p.rv, &p.replica)).collect::<Vec<_>>(), expected = ?rv, "voided");
                 tracing::warn!(
                     "the canary {NAMESPACE}/{NAME} was changed by another writer: what was seen so far no longer counts; waiting again"
                 );

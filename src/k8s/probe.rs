@@ -199,6 +199,11 @@ pub async fn probe(
                 .await
                 .ok()
                 .and_then(|c| c.metadata.resource_version);
+            // A conflict on a canary nobody changed (the version is still the one PUT against)
+            // shows nothing: try again.
+            if rv.is_none() || rv == seen {
+                return Ok(Probe::retry(metrics));
+            }
             return Ok(Probe {
                 outcome: Outcome::ChangedByOthers,
                 rv,
