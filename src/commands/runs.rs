@@ -368,7 +368,7 @@ async fn unproven_switch_of(r: &Record) -> Option<String> {
                 .switch
                 .filter(|s| &s.run_id == id && s.proven_at.is_none())?;
             Some(format!(
-                "run {id} changed the KMS write key to {} at {}, and the API servers have not been shown to follow it yet. Abandoned, nobody would prove that switch, and every later enable, disable or rotate would refuse until someone did. {finish}",
+                "run {id} changed (or was changing) the KMS write key to {} at {}, and the API servers have not been shown to follow it yet. Abandoned, nobody would prove that switch, and every later enable, disable or rotate would refuse until someone did. {finish}",
                 s.to.as_deref().unwrap_or("none (KMS off)"),
                 s.requested_at.to_rfc3339()
             ))

@@ -191,13 +191,13 @@ pub async fn reencrypt_verified(
                 marked.store(m, std::sync::atomic::Ordering::SeqCst);
             })
             .await?;
-            if !marked.load(std::sync::atomic::Ordering::SeqCst) {
+            let marked = marked.load(std::sync::atomic::Ordering::SeqCst);
+            if !marked {
                 tracing::warn!(
                     "the switch to the write key is not proven: older key versions stay marked as possibly in use"
                 );
             }
-            out["olderVersionsReencryptedAway"] =
-                json!(marked.load(std::sync::atomic::Ordering::SeqCst));
+            out["olderVersionsReencryptedAway"] = json!(marked);
             return Ok((out, summary));
         }
         tracing::warn!(

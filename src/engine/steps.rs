@@ -92,8 +92,15 @@ pub async fn update_kms(
         _ => "off".to_string(),
     };
     let changed_by_others = |resource: &Value| -> Option<String> {
-        let now_kms: DesiredKms = serde_json::from_value(kms_config(resource)).ok()?;
         let at_plant = state.kms_at_plant.as_ref()?;
+        let now_kms: DesiredKms = match serde_json::from_value(kms_config(resource)) {
+            Ok(k) => k,
+            Err(e) => {
+                return Some(format!(
+                    "the cluster's KMS configuration could not be read ({e}); nothing was changed"
+                ));
+            }
+        };
         (!now_kms.same_write_key(at_plant) && !now_kms.same_write_key(&desired)).then(|| format!(
             "the cluster's KMS key changed since this run started (now {}, was {}), and not by this run; nothing was changed. Check who changed it, then start again",
             shown(&now_kms),
