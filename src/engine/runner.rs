@@ -366,7 +366,13 @@ fn describe(step: &Step, output: &Value) -> String {
                 Some(k) => format!("every API server replica writes with {k}"),
                 None => "the switch is proven".to_string(),
             },
-            output["evidence"].as_str().unwrap_or("?"),
+            match output["evidence"].as_str() {
+                Some("attributed") => "each replica's own writes",
+                Some("time") => "the canary's quiet time",
+                Some("settled") => "the replicas' agreement",
+                Some("ledger") => "the key ledger",
+                _ => "?",
+            },
             output["waitedSeconds"].as_f64().unwrap_or(0.0),
             output["detail"].as_str().unwrap_or_default()
         ),
