@@ -112,8 +112,7 @@ fn step_seconds(journal: &Path) -> Vec<(String, f64)> {
         let index = e["index"].as_u64().unwrap_or(0);
         let started = entries
             .iter()
-            .filter(|s| s["type"] == "step-started" && s["index"].as_u64() == Some(index))
-            .last();
+            .rfind(|s| s["type"] == "step-started" && s["index"].as_u64() == Some(index));
         if let (Some(s), Some(f)) = (started.and_then(at), at(e)) {
             let name = names.get(index as usize).cloned().unwrap_or_default();
             out.push((name, (f - s).num_milliseconds() as f64 / 1000.0));

@@ -80,8 +80,15 @@ pub struct ReplicaMetrics {
     pub has_write_counters: bool,
 }
 
-/// `name{a="1",b="2"} value` -> (name, labels, value); None for comments and other shapes.
-fn sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+/// One sample of the text exposition: its name, labels and value.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(&'a str, &'a str)>,
+    value: f64,
+}
+
+/// `name{a="1",b="2"} value`; None for comments and other shapes.
+fn sample(line: &str) -> Option<Sample<'_>> {
     let (name, rest) = line.split_once('{')?;
     let (labels, value) = rest.rsplit_once('}')?;
     let value = value.split_whitespace().next()?.parse::<f64>().ok()?;
@@ -92,20 +99,31 @@ fn sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
             Some((k.trim(), v.trim().trim_matches('"')))
         })
         .collect();
-    Some((name.trim(), labels, value))
+    Some(Sample {
+        name: name.trim(),
+        labels,
+        value,
+    })
 }
 
 /// Reads one replica's /metrics text: who it is, and what it wrote with.
 pub fn parse_replica(text: &str) -> ReplicaMetrics {
-    let mut out = ReplicaMetrics::default();
-    out.has_write_counters = text
-        .lines()
-        .any(|l| l.starts_with(WRITE_COUNTER) || l == format!("# TYPE {WRITE_COUNTER} counter"));
+    let mut out = ReplicaMetrics {
+        has_write_counters: text.lines().any(|l| {
+            l.starts_with(WRITE_COUNTER) || l == format!("# TYPE {WRITE_COUNTER} counter")
+        }),
+        ..Default::default()
+    };
     for line in text
         .lines()
         .filter(|l| l.starts_with("apiserver_envelope_encryption_"))
     {
-        let Some((name, labels, value)) = sample(line) else {
+        let Some(Sample {
+            name,
+            labels,
+            value,
+        }) = sample(line)
+        else {
             continue;
         };
         let label = |n: &str| labels.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
