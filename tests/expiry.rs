@@ -183,6 +183,17 @@ async fn prometheus_output_and_textfile_parse_as_metrics() {
         .find(|(n, _, _)| n == "kmsctl_check_status")
         .unwrap();
     assert_eq!(status.2, 1.0);
+    // The only version is both in use and the newest: two series, one role each.
+    let roles: Vec<String> = s
+        .iter()
+        .filter(|(n, _, _)| n == "kmsctl_key_expiry_timestamp_seconds")
+        .flat_map(|(_, l, _)| {
+            l.iter()
+                .filter(|(k, _)| k == "role")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(roles, ["in-use", "newest"], "{stdout}");
     assert!(
         std::fs::read_dir(w.dir.path()).unwrap().all(|e| !e
             .unwrap()
@@ -220,6 +231,15 @@ async fn all_clusters_in_two_subscriptions_one_row_each_and_the_worst_exit_code(
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
+    // Each line is a document shaped as the single-cluster one: {"clusters": [report]}.
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|doc| {
+            let clusters = doc["clusters"].as_array().expect("a clusters array");
+            assert_eq!(clusters.len(), 1, "one cluster per line: {doc}");
+            clusters[0].clone()
+        })
+        .collect();
     let by_name = |n: &str| {
         rows.iter()
             .find(|r| r["cluster"] == n)
@@ -235,6 +255,21 @@ async fn all_clusters_in_two_subscriptions_one_row_each_and_the_worst_exit_code(
         "platform-managed-rotation"
     );
     assert_eq!(by_name("aks-fleet-4")["status"], "OK");
+    // The single-cluster document has the same keys, at every level the fleet line has.
+    let single = w.run(&["check-expiry", "-o", "json"]).await;
+    let single: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(keys(&single), ["clusters"]);
+    assert_eq!(keys(&single["clusters"][0]), keys(by_name("aks-twin")));
+    // Platform-managed rotation: its own remedy, never kmsctl's versioned-key rotation.
+    let platform = by_name("aks-fleet-3").to_string();
+    assert!(!platform.contains("rotate --twice"), "{platform}");
     let subscriptions: std::collections::BTreeSet<&str> = rows
         .iter()
         .map(|r| r["id"].as_str().unwrap().split('/').nth(2).unwrap())
@@ -472,4 +507,152 @@ async fn fix_rotate_runs_the_rotate_playbook() {
     // The version before stays needed by KMS until the next rotation: still a WARNING.
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("must-stay-alive"), "{}", text(&out));
+}
+
+/// The twin's key ledger, as kmsctl wrote it.
+fn ledger(w: &World) -> serde_json::Value {
+    let wld = w.twin.shared.world();
+    wld.objects
+        .list("configmaps", Some("kube-system"), None)
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "kmsctl-key-ledger")
+        .and_then(|c| serde_json::from_str(c["data"]["ledger.json"].as_str()?).ok())
+        .expect("a key ledger")
+}
+
+#[tokio::test]
+async fn kms_off_with_versions_the_ledger_still_needs_is_judged_on_them() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(3 * DAY as u64)),
+        kms_status_period_seconds: 1,
+        ..small(60)
+    })
+    .await;
+    let kid = w.kms()["keyId"].as_str().unwrap().to_string();
+    // A disable that cannot rewrite every Secret: KMS is off, the Secrets left are still under
+    // the key version, which the ledger keeps as must-stay-alive.
+    // Only the applications' namespaces (team-000...): the canary in kube-system is written.
+    w.twin.add_faults(
+        (0..5)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "method": "PUT",
+                    "path": format!("/api/v1/namespaces/team-{i:03}/secrets/*"),
+                    "status": 403,
+                    "probability": 0.5
+                }))
+                .unwrap()
+            })
+            .collect(),
+    );
+    let out = w.run(&["disable", "--yes", "--margin-days", "1"]).await;
+    // 4: some Secrets could not be re-encrypted (resumable).
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    w.twin.shared.world().faults.clear();
+    assert_eq!(w.kms()["enabled"], false, "KMS is off: {}", text(&out));
+    assert!(ledger(&w).to_string().contains(&kid), "{}", ledger(&w));
+
+    let (code, out) = check(&w, &[]).await;
+    assert_eq!(code, 2, "CRITICAL, not OK (off): {out}");
+    assert!(
+        out.contains("must-stay-alive") && out.contains(&kid),
+        "{out}"
+    );
+    let out = w
+        .run(&["check-expiry", "--warn", "30d", "--critical", "2d"])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "WARNING inside the warning window only: {}",
+        text(&out)
+    );
+
+    // A textfile that cannot be written: UNKNOWN, naming it, whatever the clusters' status.
+    let file = w.dir.path().join("no-such-dir").join("kmsctl.prom");
+    let (code, out) = check(&w, &["--textfile", file.to_str().unwrap()]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(file.to_str().unwrap()), "{out}");
+
+    // --fix extend acts on the version that made it CRITICAL, and says what it changed.
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=90d", "--yes", "-o", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let x = &doc["clusters"][0]["extended"][0];
+    assert_eq!(x["keyId"], kid.as_str(), "{doc}");
+    assert!(x["from"].is_string() && x["to"].is_string(), "{doc}");
+    let exp = w.key_versions()[0]["exp"].as_i64().unwrap();
+    assert!((exp - (now() + 90 * DAY)).abs() < 120, "{exp}");
+}
+
+#[tokio::test]
+async fn kms_off_with_nothing_in_the_ledger_is_ok_off() {
+    let w = world(SimOptions {
+        kms: false,
+        key_expires_in: Some(Duration::from_secs(3 * DAY as u64)),
+        ..small(10)
+    })
+    .await;
+    let (code, out) = check(&w, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK") && out.contains("(off)"), "{out}");
+}
+
+#[tokio::test]
+async fn durations_need_a_unit_and_the_error_names_the_flag() {
+    let w = world(small(10)).await;
+    for (args, flag) in [
+        (&["check-expiry", "--warn", "30"][..], "--warn"),
+        (&["check-expiry", "--critical", "7"][..], "--critical"),
+        (
+            &["check-expiry", "--fix", "extend=90", "--yes"][..],
+            "--fix",
+        ),
+    ] {
+        let before = w.fingerprint();
+        let out = w.run(args).await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(flag) && t.contains("unit"), "{args:?}: {t}");
+        let other = if flag == "--warn" {
+            "--critical"
+        } else {
+            "--warn"
+        };
+        assert!(!t.contains(other), "{args:?} blames {other}: {t}");
+        assert_eq!(w.fingerprint(), before);
+    }
+}
+
+#[tokio::test]
+async fn fix_extend_acts_on_the_must_stay_alive_version_and_adds_no_expiry() {
+    let w = world(SimOptions {
+        kms_status_period_seconds: 1,
+        ..small(30)
+    })
+    .await;
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // The previous version expires in 3 days; the one in use has no expiry.
+    w.first_key_version(|v| v.exp = Some(now() + 3 * DAY));
+    assert_eq!(check(&w, &[]).await.0, 2);
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=90d", "--yes"])
+        .await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let versions = w.key_versions();
+    let previous = versions[0]["exp"].as_i64().unwrap();
+    assert!((previous - (now() + 90 * DAY)).abs() < 120, "{versions:?}");
+    assert!(
+        versions[1]["exp"].is_null(),
+        "no expiry added: {versions:?}"
+    );
+    let kid = versions[0]["kid"].as_str().unwrap();
+    assert!(
+        t.contains(&format!("extended {kid}")) && t.contains(" -> "),
+        "{t}"
+    );
 }

@@ -47,7 +47,7 @@ pub struct Windows {
     pub critical: Duration,
 }
 
-/// Parses `30d`, `12h`, `90m`, `45s` (a bare number is seconds).
+/// Parses `30d`, `12h`, `90m`, `45s` (a bare number is seconds: the twin's own flags).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -62,6 +62,19 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("'{s}' has an unknown unit: use s, m, h or d")),
     };
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// A check window or an extension (`30d`, `12h`): the unit is required, since `--warn 30` read
+/// as 30 seconds silently turns a monthly warning into none.
+pub fn parse_span(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "'{t}' has no unit: write {t}d (days), {t}h, {t}m or {t}s"
+        ));
+    }
+    let d = parse_duration(t)?;
+    Ok(Duration::seconds(d.as_secs() as i64))
 }
 
 /// One key version and what it is to the cluster.
@@ -121,6 +134,59 @@ pub fn judge(v: &KeyVersionInfo, now: DateTime<Utc>, w: Windows) -> (Status, Str
         )
     } else {
         (Status::Ok, format!("expires on {exp}, in {days:.0} days"))
+    }
+}
+
+/// What `--fix extend` does with one version the check reported.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExtendPlan {
+    /// Set its expiry to the new date.
+    Extend,
+    /// Leave it: why (it is not what makes the check fail, or an expiry would not help).
+    Skip(String),
+    /// It makes the check fail and an extension cannot fix it: refuse, nothing changed.
+    Refuse(String),
+}
+
+/// The rule of `--fix extend`: only the versions the cluster needs that make the check WARNING
+/// or CRITICAL, enabled and valid already, with an expiry earlier than `new`. A version without
+/// an expiry keeps none (an expiry that nobody asked for is one more thing that can expire).
+pub fn plan_extension(v: &VersionReport, now: DateTime<Utc>, new: DateTime<Utc>) -> ExtendPlan {
+    let skip = |why: &str| ExtendPlan::Skip(why.to_string());
+    if !v.needed {
+        return skip("not used by the cluster");
+    }
+    if v.status == Status::Unknown {
+        return ExtendPlan::Refuse(format!(
+            "{} could not be read ({}): kmsctl extends only what it has read",
+            v.key_id, v.note
+        ));
+    }
+    if !matches!(v.status, Status::Warning | Status::Critical) {
+        return match v.expires_on {
+            None => skip("no expiry date: kmsctl does not add one"),
+            Some(_) => skip("not what makes the check fail"),
+        };
+    }
+    if v.enabled == Some(false) {
+        return ExtendPlan::Refuse(format!(
+            "{} is disabled; kmsctl never extends a disabled version. Enable it first if it must serve (az keyvault key set-attributes --enabled true), or rotate",
+            v.key_id
+        ));
+    }
+    if let Some(nbf) = v.not_before.filter(|n| *n > now) {
+        return ExtendPlan::Refuse(format!(
+            "{} is not valid before {nbf}: a later expiry does not make it usable",
+            v.key_id
+        ));
+    }
+    match v.expires_on {
+        None => skip("no expiry date: kmsctl does not add one"),
+        Some(e) if e >= new => ExtendPlan::Refuse(format!(
+            "{} already expires on {e}, not before {new}: the extension would shorten it",
+            v.key_id
+        )),
+        Some(_) => ExtendPlan::Extend,
     }
 }
 

@@ -26,6 +26,20 @@ pub struct ClusterReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation: Option<String>,
     pub notes: Vec<String>,
+    /// What `--fix extend` changed before this check ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extended: Vec<Extension>,
+}
+
+/// One expiry `--fix extend` set.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Extension {
+    pub key_id: String,
+    pub roles: Vec<&'static str>,
+    /// The expiry before (None: it had none, which kmsctl never changes on its own).
+    pub from: Option<DateTime<Utc>>,
+    pub to: DateTime<Utc>,
 }
 
 impl ClusterReport {
@@ -38,6 +52,7 @@ impl ClusterReport {
             versions: Vec::new(),
             rotation: None,
             notes: Vec::new(),
+            extended: Vec::new(),
         }
     }
 
@@ -122,9 +137,7 @@ pub async fn check_cluster(
         .as_str()
         .is_some_and(|e| e.eq_ignore_ascii_case("Enabled"));
     if !platform && kms["enabled"].as_bool() != Some(true) {
-        let mut r = ClusterReport::new(&id, "off", Status::Ok);
-        r.notes.push("KMS is off: no key to watch".into());
-        return r;
+        return check_off(az, &id, ledger, windows, now).await;
     }
     let experience = if platform {
         "platform-managed-rotation"
@@ -175,31 +188,23 @@ pub async fn check_cluster(
             v.as_ref().map_err(Clone::clone),
         );
     }
+    // A ledger that cannot be read hides the versions Secrets may still need: UNKNOWN, unless
+    // something known is CRITICAL already.
+    let mut unread = false;
     match ledger {
-        Some(Ok(l)) => {
-            for e in l.must_stay_alive() {
-                let Ok(id) = KeyId::parse(&e.key_id) else {
-                    continue;
-                };
-                let v = match az.key_vault(&id) {
-                    Ok(kv) => kv.version(&id).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                judged.add(&e.key_id, "must-stay-alive", true, v.as_ref().map_err(Clone::clone));
-            }
+        Some(Ok(l)) => judge_ledger(az, &l, &mut judged).await,
+        Some(Err(e)) => {
+            unread = true;
+            report.notes.push(format!(
+                "the key ledger could not be read ({e}): a previous version KMS may still need was not checked"
+            ));
         }
-        Some(Err(e)) => report.notes.push(format!(
-            "the key ledger could not be read ({e}): a previous version KMS may still need was not checked"
-        )),
         None => {}
     }
     if let Some(n) = &newest {
         judged.add(&n.id.to_string(), "newest", false, Ok(n));
     }
-    report.status = versions
-        .iter()
-        .filter(|v| v.needed)
-        .fold(Status::Ok, |s, v| s.worst(v.status));
+    report.status = needed_status(&versions, unread);
     report.versions = versions;
     report.rotation = Some(match kv.rotation_trigger(&key.name).await {
         Ok(Some((after_create, before_expiry))) => {
@@ -216,21 +221,95 @@ pub async fn check_cluster(
                 format!("the key's rotation policy rotates it {when}, but this cluster keeps its versioned keyId: run `kmsctl rotate --twice` to move it (the in-use version still expires)")
             }
         }
+        Ok(None) if platform => "no rotation policy: AKS's platform-managed rotation follows the key's newest version, so give the key a rotation policy (az keyvault key rotation-policy update) or rotate it in Key Vault (az keyvault key rotate) before the newest version expires; `kmsctl rotate` is for versioned key ids".into(),
         Ok(None) => "no rotation policy: rotate with `kmsctl rotate --twice` before the version in use expires".into(),
         Err(e) => format!("the rotation policy could not be read: {e}"),
     });
     report
 }
 
-fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
-    let d = |s: &str| {
-        expiry::parse_duration(s)
-            .map_err(Refusal)
-            .map(|d| chrono::Duration::seconds(d.as_secs() as i64))
+/// The status the versions the cluster needs give (UNKNOWN when one of them was not read).
+fn needed_status(versions: &[VersionReport], unread: bool) -> Status {
+    let start = if unread { Status::Unknown } else { Status::Ok };
+    versions
+        .iter()
+        .filter(|v| v.needed)
+        .fold(start, |s, v| s.worst(v.status))
+}
+
+/// Judges every version the key ledger says must stay alive.
+async fn judge_ledger(az: &Azure, l: &Ledger, judged: &mut Judged<'_>) {
+    for e in l.must_stay_alive() {
+        let v = match KeyId::parse(&e.key_id) {
+            Ok(id) => match az.key_vault(&id) {
+                Ok(kv) => kv.version(&id).await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            },
+            Err(e) => Err(format!(
+                "the ledger's key id is not a versioned key id: {e}"
+            )),
+        };
+        judged.add(
+            &e.key_id,
+            "must-stay-alive",
+            true,
+            v.as_ref().map_err(Clone::clone),
+        );
+    }
+}
+
+/// KMS off: Secrets written before the switch stay encrypted until a `disable` rewrote them
+/// all, so the versions the ledger still lists are judged as on a cluster with KMS on. Only
+/// with nothing in the ledger is there no key to watch.
+async fn check_off(
+    az: &Azure,
+    id: &str,
+    ledger: Option<Result<Ledger, String>>,
+    windows: Windows,
+    now: DateTime<Utc>,
+) -> ClusterReport {
+    let mut r = ClusterReport::new(id, "off", Status::Ok);
+    let l = match ledger {
+        None => {
+            r.notes.push("KMS is off: no key to watch (the key ledger was not read here: `kmsctl check-expiry -n NAME` checks the versions Secrets may still need)".into());
+            return r;
+        }
+        Some(Err(e)) => {
+            r.status = Status::Unknown;
+            r.notes.push(format!(
+                "KMS is off, but the key ledger could not be read ({e}): whether Secrets still need a key version is unknown"
+            ));
+            return r;
+        }
+        Some(Ok(l)) => l,
     };
+    if l.must_stay_alive().is_empty() {
+        r.notes
+            .push("KMS is off and the key ledger lists no version Secrets may still need: no key to watch".into());
+        return r;
+    }
+    let mut versions = Vec::new();
+    let mut judged = Judged {
+        now,
+        windows,
+        reports: &mut versions,
+    };
+    judge_ledger(az, &l, &mut judged).await;
+    r.status = needed_status(&versions, false);
+    r.notes.push(format!(
+        "KMS is off, but the key ledger lists {} version(s) Secrets may still be encrypted with (a `disable` that did not rewrite every Secret?): keep them enabled and unexpired, and finish it with `kmsctl resume`",
+        versions.len()
+    ));
+    r.versions = versions;
+    r
+}
+
+fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
+    let d =
+        |flag: &str, s: &str| expiry::parse_span(s).map_err(|e| Refusal(format!("{flag}: {e}")));
     let w = Windows {
-        warn: d(&a.warn)?,
-        critical: d(&a.critical)?,
+        warn: d("--warn", &a.warn)?,
+        critical: d("--critical", &a.critical)?,
     };
     if w.critical > w.warn {
         return Err(Refusal(format!(
@@ -242,6 +321,16 @@ fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
     Ok(w)
 }
 
+/// A failure to read what the check needs is UNKNOWN (exit 3), as monitoring expects; a
+/// refusal (the arguments, the credential's configuration) stays exit 2.
+fn unknown(e: anyhow::Error) -> anyhow::Result<i32> {
+    if e.downcast_ref::<Refusal>().is_some() {
+        return Err(e);
+    }
+    eprintln!("UNKNOWN: {e:#}");
+    Ok(Status::Unknown.code())
+}
+
 pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     let windows = windows(&a)?;
     if a.cronjob {
@@ -249,19 +338,26 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
         return Ok(crate::exit_codes::OK);
     }
     if a.all {
-        let az = setup::azure_any(a.target.auth, &a.target.aks_api_version)?;
-        let reports = super::fleet::run(&az, windows).await;
-        super::fleet::print(&reports, format, windows, a.textfile.as_deref())?;
-        return Ok(super::fleet::worst(&reports).code());
+        let az = match setup::azure_any(a.target.auth, &a.target.aks_api_version) {
+            Ok(az) => az,
+            Err(e) => return unknown(e),
+        };
+        let mut reports = super::fleet::run(&az, windows).await;
+        return super::fleet::print(&mut reports, format, windows, a.textfile.as_deref());
     }
     if format == Format::Html {
         return Err(Refusal("-o html is for --all (one page for the fleet)".into()).into());
     }
     let target = setup::target(&a.target);
-    let az = setup::azure(&target, a.target.auth, &a.target.aks_api_version)?;
+    let az = match setup::azure(&target, a.target.auth, &a.target.aks_api_version) {
+        Ok(az) => az,
+        Err(e) => return unknown(e),
+    };
+    let mut extended = Vec::new();
     match &a.fix {
         Some(super::expiry_fix::Fix::Extend(by)) => {
-            super::expiry_fix::extend(&az, *by, a.yes).await?
+            let before = check_one(&az, &target, windows).await;
+            extended = super::expiry_fix::extend(&az, &before, *by, a.yes).await?;
         }
         Some(super::expiry_fix::Fix::Rotate) => {
             let code = super::expiry_fix::rotate(&a, format).await?;
@@ -272,7 +368,18 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
         None => {}
     }
     // After a fix, the check runs again: its exit code says what the fix achieved.
-    let report = match az.arm.get(&az.cluster_path, &az.arm.api.aks).await {
+    let mut report = check_one(&az, &target, windows).await;
+    report.extended = extended;
+    Ok(emit(&mut [report], format, a.textfile.as_deref()))
+}
+
+/// The cluster the target names, with the versions its key ledger lists.
+async fn check_one(
+    az: &Azure,
+    target: &crate::engine::journal::Target,
+    windows: Windows,
+) -> ClusterReport {
+    match az.arm.get(&az.cluster_path, &az.arm.api.aks).await {
         Err(e) => ClusterReport::unknown(
             &az.cluster_path,
             format!("the cluster could not be read: {e}"),
@@ -292,31 +399,46 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(format!("{e:#}")),
             };
-            check_cluster(&az, &c.body, Some(ledger), windows).await
+            check_cluster(az, &c.body, Some(ledger), windows).await
         }
-    };
-    let reports = vec![report];
-    emit(&reports, format, a.textfile.as_deref())?;
-    Ok(reports
-        .iter()
-        .fold(Status::Ok, |s, r| s.worst(r.status))
-        .code())
+    }
 }
 
-/// Prints the reports, and writes the Prometheus form into `textfile` (atomically: a
-/// node_exporter scrape never sees half a file).
+/// Prints the reports and writes the Prometheus form into `textfile` (atomically: a
+/// node_exporter scrape never sees half a file); returns the exit code.
 pub fn emit(
-    reports: &[ClusterReport],
+    reports: &mut [ClusterReport],
     format: Format,
     textfile: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    write_textfile(reports, textfile)?;
+) -> i32 {
+    let code = textfile_code(reports, textfile);
     match format {
         Format::Json => print_json(&serde_json::json!({ "clusters": reports })),
         Format::Prometheus => out(&prometheus(reports)),
         _ => out(&text(reports)),
     }
-    Ok(())
+    code
+}
+
+/// The exit code of the reports, after writing the textfile: one that cannot be written
+/// leaves the scraper with stale metrics, which is UNKNOWN whatever the clusters' status (each
+/// report keeps its own status, with a note naming the file).
+pub fn textfile_code(reports: &mut [ClusterReport], textfile: Option<&std::path::Path>) -> i32 {
+    let worst = reports
+        .iter()
+        .fold(Status::Ok, |s, r| s.worst(r.status))
+        .code();
+    match write_textfile(reports, textfile) {
+        Ok(()) => worst,
+        Err(e) => {
+            let why = format!("{e:#}");
+            eprintln!("UNKNOWN: {why}");
+            for r in reports.iter_mut() {
+                r.notes.push(why.clone());
+            }
+            Status::Unknown.code()
+        }
+    }
 }
 
 /// The Prometheus form into `textfile`, written beside it and renamed into place.
@@ -324,17 +446,26 @@ pub fn write_textfile(
     reports: &[ClusterReport],
     textfile: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    let Some(path) = textfile else {
+        return Ok(());
+    };
     let metrics = prometheus(reports);
-    if let Some(path) = textfile {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, &metrics)?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow::anyhow!("cannot move {} into place in {:?}: {e}", tmp.display(), dir)
-        })?;
-    }
-    Ok(())
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, &metrics).map_err(|e| {
+        anyhow::anyhow!(
+            "the --textfile {} could not be written ({} : {e})",
+            path.display(),
+            tmp.display()
+        )
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!(
+            "the --textfile {} could not be moved into place from {}: {e}",
+            path.display(),
+            tmp.display()
+        )
+    })
 }
 
 fn text(reports: &[ClusterReport]) -> String {
@@ -362,6 +493,15 @@ fn text(reports: &[ClusterReport]) -> String {
         }
         if let Some(rot) = &r.rotation {
             s.push_str(&format!("  rotation: {rot}\n"));
+        }
+        for x in &r.extended {
+            s.push_str(&format!(
+                "  extended {} ({}): {} -> {}\n",
+                x.key_id,
+                x.roles.join(","),
+                x.from.map_or("no expiry".to_string(), |f| f.to_string()),
+                x.to
+            ));
         }
         for n in &r.notes {
             s.push_str(&format!("  note: {n}\n"));
@@ -394,7 +534,13 @@ pub fn prometheus(reports: &[ClusterReport]) -> String {
             escape(&r.id),
             r.status.code()
         ));
-        for v in &r.versions {
+        // One series per role: a version both in use and newest is two series, so a query
+        // on `role="in-use"` finds it whatever else it is.
+        for (v, role) in r
+            .versions
+            .iter()
+            .flat_map(|v| v.roles.iter().map(move |role| (v, role)))
+        {
             let Some(k) = key_of(&v.key_id) else { continue };
             let labels = format!(
                 "cluster=\"{}\",vault=\"{}\",key=\"{}\",version=\"{}\",role=\"{}\"",
@@ -402,7 +548,7 @@ pub fn prometheus(reports: &[ClusterReport]) -> String {
                 escape(k.vault_host()),
                 escape(&k.name),
                 escape(&k.version),
-                v.roles.join(",")
+                escape(role)
             );
             if let Some(e) = v.expires_on {
                 expiry.push_str(&format!(

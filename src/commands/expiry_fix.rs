@@ -1,10 +1,12 @@
-//! `kmsctl check-expiry --fix`: the two remedies of shared/domain.md §4, applied to the version
-//! the cluster uses. `extend=90d` sets a later expiry on it (never on a disabled one, never
-//! earlier than it is); `rotate` runs the rotate playbook.
+//! `kmsctl check-expiry --fix`: the two remedies of shared/domain.md §4. `extend=90d` sets a
+//! later expiry on the versions that make the check fail, the key ledger's included (never on a
+//! disabled one, never earlier than it is, never on one without an expiry); `rotate` runs the
+//! rotate playbook.
 
 use super::Refusal;
+use super::expiry::{ClusterReport, Extension};
 use crate::azure::keys::KeyId;
-use crate::checks::expiry::parse_duration;
+use crate::checks::expiry::{ExtendPlan, parse_span, plan_extension};
 use crate::cli::{ExpiryArgs, RotateArgs};
 use crate::engine::context::Azure;
 use crate::output::Format;
@@ -18,10 +20,7 @@ pub enum Fix {
 
 pub fn parse(s: &str) -> Result<Fix, String> {
     match s.split_once('=') {
-        Some(("extend", d)) => {
-            let d = parse_duration(d)?;
-            Ok(Fix::Extend(chrono::Duration::seconds(d.as_secs() as i64)))
-        }
+        Some(("extend", d)) => Ok(Fix::Extend(parse_span(d)?)),
         None if s == "rotate" => Ok(Fix::Rotate),
         _ => Err(format!(
             "'{s}': use extend=<duration> (e.g. extend=90d) or rotate"
@@ -29,43 +28,97 @@ pub fn parse(s: &str) -> Result<Fix, String> {
     }
 }
 
-/// Sets the in-use version's expiry to now + `by`, after confirmation.
-pub async fn extend(az: &Azure, by: chrono::Duration, yes: bool) -> anyhow::Result<()> {
-    let c = az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body;
-    let kms = &c["properties"]["securityProfile"]["azureKeyVaultKms"];
-    let id = kms["keyId"]
-        .as_str()
-        .filter(|_| kms["enabled"].as_bool() == Some(true))
-        .and_then(|k| KeyId::parse(k).ok())
-        .ok_or_else(|| {
-            Refusal(
-                "KMS is off or its key id is not versioned: there is no version in use to extend"
-                    .into(),
+/// Sets a new expiry, now + `by`, on each version that makes `report` WARNING or CRITICAL (the
+/// one in use and the ones the key ledger says must stay alive), after confirmation; returns
+/// what it changed. Refuses, changing nothing, when one of those cannot be helped by a later
+/// expiry (disabled, not yet valid, unread) or would get an earlier one.
+pub async fn extend(
+    az: &Azure,
+    report: &ClusterReport,
+    by: chrono::Duration,
+    yes: bool,
+) -> anyhow::Result<Vec<Extension>> {
+    let now = chrono::Utc::now();
+    let new = now + by;
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    for v in &report.versions {
+        match plan_extension(v, now, new) {
+            ExtendPlan::Extend => targets.push(v),
+            ExtendPlan::Skip(why) if v.needed => skipped.push(format!("{}: {why}", v.key_id)),
+            ExtendPlan::Skip(_) => {}
+            ExtendPlan::Refuse(why) => return Err(Refusal(why).into()),
+        }
+    }
+    for s in &skipped {
+        eprintln!("left as it is: {s}");
+    }
+    if targets.is_empty() {
+        let why = if report.versions.is_empty() {
+            format!(
+                "the check found no version to extend ({})",
+                report.notes.join("; ")
             )
-        })?;
-    let kv = az.key_vault(&id)?;
-    let v = kv.version(&id).await?;
-    if !v.enabled {
-        return Err(Refusal(format!(
-            "{id} is disabled; kmsctl never extends a disabled version. Enable it first if it must serve (az keyvault key set-attributes --enabled true), or rotate"
-        ))
-        .into());
+        } else {
+            format!(
+                "no version the cluster needs is inside the warning or critical window (the check is {})",
+                report.status.label()
+            )
+        };
+        return Err(Refusal(format!("nothing to extend: {why}")).into());
     }
-    let new = chrono::Utc::now() + by;
-    if v.expires_on.is_some_and(|e| e >= new) {
-        return Err(Refusal(format!(
-            "{id} already expires on {}, not before {new}: nothing to extend",
-            v.expires_on.unwrap_or_default()
-        ))
-        .into());
-    }
-    let question = format!(
-        "Set the expiry of {id} (in use by the cluster) from {} to {new}?",
-        v.expires_on.map_or("none".to_string(), |e| e.to_string())
-    );
+    let list: Vec<String> = targets
+        .iter()
+        .map(|v| {
+            format!(
+                "  {} ({}): {} -> {new}",
+                v.key_id,
+                v.roles.join(","),
+                v.expires_on.map_or("none".to_string(), |e| e.to_string())
+            )
+        })
+        .collect();
+    let question = format!("Set these expiries?\n{}\n", list.join("\n"));
     if !yes && !super::lifecycle::confirm(&question).await? {
         return Err(Refusal("not confirmed: nothing was changed".into()).into());
     }
+    let mut done = Vec::new();
+    for v in targets {
+        if let Err(e) = set_one(az, &v.key_id, new).await {
+            for x in &done {
+                print_done(x);
+            }
+            return Err(e);
+        }
+        let x = Extension {
+            key_id: v.key_id.clone(),
+            roles: v.roles.clone(),
+            from: v.expires_on,
+            to: new,
+        };
+        print_done(&x);
+        done.push(x);
+    }
+    Ok(done)
+}
+
+fn print_done(x: &Extension) {
+    eprintln!(
+        "extended {}: {} -> {}",
+        x.key_id,
+        x.from.map_or("no expiry".to_string(), |f| f.to_string()),
+        x.to
+    );
+}
+
+/// Sets one version's expiry and reads it back.
+async fn set_one(
+    az: &Azure,
+    key_id: &str,
+    new: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let id = KeyId::parse(key_id).map_err(anyhow::Error::msg)?;
+    let kv = az.key_vault(&id)?;
     kv.set_expiry(&id, new).await?;
     let after = kv.version(&id).await?;
     if after.expires_on.map(|e| e.timestamp()) != Some(new.timestamp()) {
@@ -74,7 +127,6 @@ pub async fn extend(az: &Azure, by: chrono::Duration, yes: bool) -> anyhow::Resu
             after.expires_on
         );
     }
-    eprintln!("{id} now expires on {new}");
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! with one Azure Resource Graph query across its subscriptions (paged), checked in parallel
 //! with a bound; one row each, and the worst status as the exit code.
 
-use super::expiry::{ClusterReport, check_cluster, write_textfile};
+use super::expiry::{ClusterReport, check_cluster, textfile_code};
 use crate::azure::RemoteError;
 use crate::azure::arm::ArmClient;
 use crate::checks::expiry::{Status, Windows};
@@ -119,18 +119,24 @@ pub fn worst(reports: &[ClusterReport]) -> Status {
     reports.iter().fold(Status::Ok, |s, r| s.worst(r.status))
 }
 
-/// Prints the fleet's reports in `format` (JSON: one object per line) and writes the textfile.
+/// Prints the fleet's reports in `format` and writes the textfile; returns the exit code (the
+/// worst status, or UNKNOWN when the textfile could not be written). JSON is JSON lines: one
+/// document per cluster, each shaped as the single-cluster `check-expiry -o json` one
+/// (`{"clusters": [report]}`), so one parser reads both.
 pub fn print(
-    reports: &[ClusterReport],
+    reports: &mut [ClusterReport],
     format: Format,
     windows: Windows,
     textfile: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    write_textfile(reports, textfile)?;
+) -> anyhow::Result<i32> {
+    let code = textfile_code(reports, textfile);
     match format {
         Format::Json => {
-            for r in reports {
-                out(&format!("{}\n", serde_json::to_string(r)?));
+            for r in reports.iter() {
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string(&json!({ "clusters": [r] }))?
+                ));
             }
         }
         Format::Html => out(&crate::output::timeline::page(
@@ -141,5 +147,5 @@ pub fn print(
         Format::Text => out(&table(reports)),
         Format::Prometheus => out(&super::expiry::prometheus(reports)),
     }
-    Ok(())
+    Ok(code)
 }
