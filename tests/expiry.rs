@@ -656,3 +656,40 @@ async fn fix_extend_acts_on_the_must_stay_alive_version_and_adds_no_expiry() {
         "{t}"
     );
 }
+
+#[tokio::test]
+async fn a_platform_managed_cluster_is_not_told_to_run_rotate_twice() {
+    let w = fleet().await;
+    let out = w.run(&["check-expiry", "--all", "-o", "json"]).await;
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"aks-fleet-3\""))
+        .unwrap_or_else(|| panic!("no aks-fleet-3 in {stdout}"));
+    assert!(line.contains("platform-managed-rotation"), "{line}");
+    assert!(!line.contains("rotate --twice"), "{line}");
+    assert!(line.contains("az keyvault key rotate"), "{line}");
+}
+
+#[tokio::test]
+async fn a_textfile_that_cannot_be_written_is_unknown_and_named() {
+    let w = world(small(10)).await;
+    let file = w.dir.path().join("no-such-dir").join("kmsctl.prom");
+    let (code, out) = check(&w, &["--textfile", file.to_str().unwrap()]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(file.to_str().unwrap()), "{out}");
+    let out = w
+        .run(&[
+            "check-expiry",
+            "--all",
+            "--textfile",
+            file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains(file.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+}

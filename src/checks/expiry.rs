@@ -301,4 +301,69 @@ mod tests {
         assert_eq!(parse_duration("30d").unwrap().as_secs(), 30 * 86_400);
         assert!(parse_duration("30x").is_err());
     }
+
+    #[test]
+    fn spans_need_a_unit() {
+        assert_eq!(parse_span("30d"), Ok(Duration::days(30)));
+        assert_eq!(parse_span("12h"), Ok(Duration::hours(12)));
+        assert_eq!(parse_span("90m"), Ok(Duration::minutes(90)));
+        let e = parse_span("30").unwrap_err();
+        assert!(e.contains("no unit") && e.contains("30d"), "{e}");
+        assert!(parse_span("30x").is_err());
+        assert!(parse_span("").is_err());
+    }
+
+    fn report(status: Status, exp_days: Option<i64>, enabled: bool, needed: bool) -> VersionReport {
+        VersionReport {
+            key_id: "https://v.vault.azure.net/keys/k/1".into(),
+            roles: vec!["must-stay-alive"],
+            needed,
+            enabled: Some(enabled),
+            not_before: None,
+            expires_on: exp_days.map(|d| Utc::now() + Duration::days(d)),
+            status,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_extension_acts_only_on_what_makes_the_check_fail() {
+        let now = Utc::now();
+        let new = now + Duration::days(90);
+        let plan = |v: VersionReport| plan_extension(&v, now, new);
+        assert_eq!(
+            plan(report(Status::Critical, Some(3), true, true)),
+            ExtendPlan::Extend
+        );
+        assert_eq!(
+            plan(report(Status::Warning, Some(20), true, true)),
+            ExtendPlan::Extend
+        );
+        // OK ones, the ones without an expiry and the ones the cluster does not use are left.
+        assert!(matches!(
+            plan(report(Status::Ok, Some(60), true, true)),
+            ExtendPlan::Skip(_)
+        ));
+        assert!(
+            matches!(plan(report(Status::Ok, None, true, true)), ExtendPlan::Skip(w) if w.contains("no expiry"))
+        );
+        assert!(matches!(
+            plan(report(Status::Critical, Some(3), true, false)),
+            ExtendPlan::Skip(_)
+        ));
+        // What a later expiry cannot fix, or would shorten, is refused.
+        assert!(
+            matches!(plan(report(Status::Critical, Some(60), false, true)), ExtendPlan::Refuse(w) if w.contains("disabled"))
+        );
+        assert!(
+            matches!(plan(report(Status::Critical, Some(120), true, true)), ExtendPlan::Refuse(w) if w.contains("shorten"))
+        );
+        assert!(matches!(
+            plan(report(Status::Unknown, None, true, true)),
+            ExtendPlan::Refuse(_)
+        ));
+        let mut nbf = report(Status::Critical, Some(60), true, true);
+        nbf.not_before = Some(now + Duration::days(2));
+        assert!(matches!(plan(nbf), ExtendPlan::Refuse(_)));
+    }
 }

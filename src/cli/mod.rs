@@ -237,7 +237,8 @@ pub struct PlanArgs {
 pub struct ExpiryArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// WARNING when a version the cluster needs expires within this (e.g. 30d, 12h).
+    /// WARNING when a version the cluster needs expires within this (a unit is required: 30d,
+    /// 12h, 90m, 45s).
     #[arg(long, default_value = "30d")]
     pub warn: String,
     /// CRITICAL when it expires within this.
@@ -247,8 +248,10 @@ pub struct ExpiryArgs {
     /// subscriptions), checked in parallel; -o html draws the fleet's timeline.
     #[arg(long)]
     pub all: bool,
-    /// Remedy the version in use: `extend=90d` (a new expiry, 90 days from now; never on a
-    /// disabled version) or `rotate` (the rotate playbook). Asks first unless --yes.
+    /// Remedy what makes the check fail: `extend=90d` (a new expiry, 90 days from now, on each
+    /// version the cluster needs that is inside a window, the key ledger's included; never on a
+    /// disabled version, never on one without an expiry) or `rotate` (the rotate playbook).
+    /// Asks first unless --yes.
     #[arg(long, value_parser = crate::commands::expiry_fix::parse, conflicts_with_all = ["all", "cronjob"])]
     pub fix: Option<crate::commands::expiry_fix::Fix>,
     /// Do not ask for confirmation (--fix).
