@@ -453,7 +453,7 @@ pub fn write_textfile(
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, &metrics).map_err(|e| {
         anyhow::anyhow!(
-            "the --textfile {} could not be written ({} : {e})",
+            "the --textfile {} could not be written (writing {}: {e})",
             path.display(),
             tmp.display()
         )
