@@ -10,29 +10,6 @@ use kmsctl::sim::replicas::Balancer;
 use serde_json::Value;
 use std::time::Duration;
 
-/// No Secret is under a key version that is disabled or gone.
-fn assert_readable(w: &World) {
-    let d = w.inspect();
-    let live: Vec<String> = d["keys"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|vs| vs.as_array().unwrap().iter())
-        .filter(|v| v["enabled"] == true)
-        .map(|v| v["kid"].as_str().unwrap().to_ascii_lowercase())
-        .collect();
-    for (label, n) in d["storage"]["byKey"].as_object().unwrap() {
-        if label == "identity" || n == 0 {
-            continue;
-        }
-        let kid = label.splitn(3, ':').nth(2).unwrap().to_ascii_lowercase();
-        assert!(
-            live.contains(&kid),
-            "{n} Secrets under {label}, which is disabled or gone"
-        );
-    }
-}
-
 fn steps<'a>(report: &'a Value, step: &str) -> Vec<&'a Value> {
     report["steps"]
         .as_array()
@@ -47,6 +24,25 @@ async fn json_run(w: &World, args: &[&str]) -> Value {
     let out = w.run(args).await;
     assert!(out.status.success(), "{args:?}: {}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Starts `rotate --yes -o json`, waits until the cluster reports a new key (the switch is under
+/// way), then does `meanwhile` to the twin; returns the run's output.
+async fn rotate_and_meanwhile(w: &World, meanwhile: impl FnOnce(&World)) -> std::process::Output {
+    let first = w.key_versions()[0]["kid"].clone();
+    let mut c = w.command(&["rotate", "--yes", "-o", "json"]);
+    let run = tokio::task::spawn_blocking(move || c.output().unwrap());
+    let mut changed = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if w.kms()["keyId"] != first {
+            changed = true;
+            break;
+        }
+    }
+    assert!(changed, "the cluster never changed its key");
+    meanwhile(w);
+    run.await.unwrap()
 }
 
 /// Real kubectl against the twin (off the runtime, which keeps serving meanwhile).
@@ -106,7 +102,7 @@ async fn a_missing_identity_lease_is_found_on_metrics_and_retire_waits_for_every
         );
     }
     w.assert_all_current();
-    assert_readable(&w);
+    w.assert_readable();
 }
 
 #[tokio::test]
@@ -129,7 +125,7 @@ async fn a_failed_metrics_baseline_is_no_evidence() {
     let r = steps(&report, "reencrypt")[0];
     assert_eq!(r["verification"]["rewritten"], 0, "{r}");
     w.assert_all_current();
-    assert_readable(&w);
+    w.assert_readable();
 }
 
 #[tokio::test]
@@ -207,7 +203,7 @@ async fn without_metrics(balancer: Balancer) {
     // Enough fresh-connection PUTs to meet a fourth replica nobody announced: (1 - 0.5/4)^k < 1e-6.
     assert!(p["probes"].as_u64().unwrap() >= 104, "{p}");
     w.assert_all_current();
-    assert_readable(&w);
+    w.assert_readable();
 }
 
 #[tokio::test]
@@ -230,23 +226,13 @@ async fn a_replica_that_restarts_mid_proof_is_proven_too() {
         ..small(80)
     })
     .await;
-    let first = w.key_versions()[0]["kid"].clone();
-    let mut c = w.command(&["rotate", "--yes", "-o", "json"]);
-    let run = tokio::task::spawn_blocking(move || c.output().unwrap());
-    let mut restarted = false;
-    for _ in 0..300 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if w.kms()["keyId"] != first {
-            w.twin
-                .shared
-                .restart_replica(1, Duration::from_secs(5))
-                .unwrap();
-            restarted = true;
-            break;
-        }
-    }
-    assert!(restarted, "the cluster never changed its key");
-    let out = run.await.unwrap();
+    let out = rotate_and_meanwhile(&w, |w| {
+        w.twin
+            .shared
+            .restart_replica(1, Duration::from_secs(5))
+            .unwrap()
+    })
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = steps(&report, "prove-key-switch")[0];
@@ -255,7 +241,7 @@ async fn a_replica_that_restarts_mid_proof_is_proven_too() {
         "{p}"
     );
     w.assert_all_current();
-    assert_readable(&w);
+    w.assert_readable();
 }
 
 #[tokio::test]
@@ -397,28 +383,20 @@ async fn a_canary_deleted_mid_proof_is_planted_again() {
         ..small(100)
     })
     .await;
-    let first = w.key_versions()[0]["kid"].clone();
-    let mut c = w.command(&["rotate", "--yes", "-o", "json"]);
-    let run = tokio::task::spawn_blocking(move || c.output().unwrap());
     let mut deleted = false;
-    for _ in 0..300 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if w.kms()["keyId"] != first {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            deleted = w
-                .twin
-                .shared
-                .secrets_write()
-                .delete("kube-system", "kmsctl-canary")
-                .is_ok();
-            break;
-        }
-    }
+    let out = rotate_and_meanwhile(&w, |w| {
+        deleted = w
+            .twin
+            .shared
+            .secrets_write()
+            .delete("kube-system", "kmsctl-canary")
+            .is_ok();
+    })
+    .await;
     assert!(deleted, "the canary was there to delete");
-    let out = run.await.unwrap();
     assert!(out.status.success(), "{}", text(&out));
     w.assert_all_current();
-    assert_readable(&w);
+    w.assert_readable();
     // The run recovered by itself: a resume finds nothing to do, and says so without failing.
     let out = w.run(&["resume", "--yes"]).await;
     assert!(out.status.success(), "{}", text(&out));

@@ -42,6 +42,25 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
     ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now)).await?;
     canary::plant(&ctx.kube).await?;
     let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN).await?;
+    // The replicas must write with what the cluster reports before anything changes: if not, an
+    // earlier change (by anyone) has not reached them yet, and what the proof would see after
+    // this change could be that one arriving.
+    if let Some(key) = &agreement.key {
+        let reported = (kms_at_plant["enabled"].as_bool() == Some(true))
+            .then(|| kms_at_plant["keyId"].as_str().map(str::to_string))
+            .flatten();
+        let known: Vec<String> = l.entries.iter().map(|e| e.key_id.clone()).collect();
+        if !kms_at_plant.is_null()
+            && !crate::k8s::evidence::Expected::new(Some(reported.clone()), &known).accepts(key)
+        {
+            return Err(StepError::Refused(format!(
+                "the cluster reports {} but every API server replica still writes with {key}: an earlier change has not reached the API servers yet. Nothing was changed; wait a few minutes (a replica learns a new key at its next KMS status call) and run again",
+                reported
+                    .as_deref()
+                    .map_or("KMS off".to_string(), |k| format!("key {k}"))
+            )));
+        }
+    }
     let canary = canary::snapshot(&ctx.kube_config).await?;
     Ok(
         json!({ "kmsAtPlant": kms_at_plant, "replicas": agreement.replicas, "agreement": agreement, "canary": canary }),
@@ -51,24 +70,47 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
 /// How long the replicas may take to agree on the canary when nothing is being changed.
 const AGREE_WITHIN: Duration = Duration::from_secs(180);
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the barrier needs the run, its state and what it knows of the keys"
+)]
 fn barrier<'a>(
     ctx: &'a Context,
     state: &RunState,
     params: &RunParams,
     need_flip: bool,
+    known: &[String],
+    run_id: &'a str,
     lease_lost: &'a AtomicBool,
 ) -> Barrier<'a> {
+    let to = state
+        .desired
+        .as_ref()
+        .map(|d| d.enabled.then(|| d.key_id.clone()).flatten());
     Barrier {
         config: &ctx.kube_config,
         client: &ctx.kube,
         old: state.canary_key.clone(),
         need_flip,
+        expected: crate::k8s::evidence::Expected::new(to, known),
+        run_id,
         status_period: Duration::from_secs(params.kms_status_period_seconds),
         planted: state.canary.clone(),
         timeout: Duration::from_secs(params.barrier_timeout_seconds),
         poll: Duration::from_millis(params.barrier_poll_millis),
         lease_lost,
     }
+}
+
+/// Every key id kmsctl knows this cluster to have used: a write with one of them (other than the
+/// one asked for) is not the switch.
+fn known_keys(l: &ledger::Ledger, state: &RunState) -> Vec<String> {
+    l.entries
+        .iter()
+        .map(|e| e.key_id.clone())
+        .chain(state.kms_at_plant.as_ref().and_then(|k| k.key_id.clone()))
+        .chain(state.original_key_id.clone())
+        .collect()
 }
 
 async fn record_proof(ctx: &Context, run_id: &str, proof: &Proof) -> Result<(), StepError> {
@@ -116,9 +158,17 @@ pub async fn prove_key_switch(
             replica_count_note: None,
         },
         _ => {
-            let proof = barrier(ctx, state, params, changed, lease_lost)
-                .prove()
-                .await?;
+            let proof = barrier(
+                ctx,
+                state,
+                params,
+                changed,
+                &known_keys(&l, state),
+                run_id,
+                lease_lost,
+            )
+            .prove()
+            .await?;
             record_proof(ctx, run_id, &proof).await?;
             proof
         }
@@ -208,9 +258,19 @@ pub async fn reencrypt_verified(
             "the verification pass rewrote {} Secrets: an API server replica still writes with another key; waiting for every replica to settle, then re-encrypting again",
             check.totals.rewritten
         ));
-        barrier(ctx, state, params, false, lease_lost)
-            .prove()
-            .await?;
+        let (l, _) = ledger::load(&ctx.kube).await?;
+        barrier(
+            ctx,
+            state,
+            params,
+            false,
+            &known_keys(&l, state),
+            // No switch of its own to record: only agreement is needed here.
+            "",
+            lease_lost,
+        )
+        .prove()
+        .await?;
     }
     Err(StepError::Failed(anyhow::anyhow!(
         "after {ROUNDS} rounds a verification pass still rewrote Secrets: the API server replicas keep disagreeing about the write key. Nothing was marked re-encrypted away; check the KMS plugin in AKS diagnostics and run `kmsctl resume`"

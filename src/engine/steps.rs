@@ -129,6 +129,7 @@ pub async fn update_kms(
                 requested_at: now,
                 proven_at: None,
                 evidence: None,
+                canary_flip_rv: None,
             });
         }
     })

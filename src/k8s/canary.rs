@@ -13,7 +13,7 @@
 //!   was seen; a deleted canary is planted again and the proof starts over from it.
 
 use super::KubeError;
-use super::evidence::{self, Chain, ReplicaSet};
+use super::evidence::{self, Chain, Expected, ReplicaSet};
 use super::probe::{self, Metrics, Outcome, Write, WriteKey};
 use super::replicas;
 use crate::retry::RetryPolicy;
@@ -123,6 +123,7 @@ pub async fn agree(
     let mut rv: Option<String> = None;
     let mut leases_at = start;
     let mut touches = 0;
+    let mut failed_reads = 0;
     loop {
         let size = if write == Write::Touch { 1 } else { WAVE };
         let wave = wave(config, rv.as_deref(), write, ask_metrics, size).await?;
@@ -146,12 +147,21 @@ pub async fn agree(
         let disagreed = wave
             .iter()
             .any(|p| p.outcome == Outcome::Written && !p.touched);
+        if wave.iter().any(|p| p.outcome == Outcome::Written) {
+            failed_reads = 0;
+        }
+        // A /metrics read that failed (not one that is forbidden) leaves that probe's replica
+        // unknown: such a window can never stand for unattributed agreement.
+        failed_reads += wave
+            .iter()
+            .filter(|p| p.metrics == Metrics::Failed && p.outcome != Outcome::Retry)
+            .count();
         if now.duration_since(leases_at) >= Duration::from_secs(5) {
             set.leases_read(replicas::live_leases(client).await?);
             leases_at = now;
         }
         let members = set.members(now);
-        let attributed = ask_metrics && chain.attributed(&members, false);
+        let attributed = ask_metrics && chain.attributed(&members, false, &Expected::default());
         touches += usize::from(wave.iter().any(|p| p.touched));
         if attributed && chain.current.is_none() && touches < MAX_TOUCHES {
             // Agreement, but on a key no attributed write has shown: a touch shows it.
@@ -159,7 +169,9 @@ pub async fn agree(
             continue;
         }
         let known = members.len().max(set.most_leases).max(1);
-        if attributed || chain.probes >= evidence::probes_needed(known) {
+        let unattributed =
+            chain.probes >= evidence::probes_needed(known) && (failed_reads == 0 || !ask_metrics);
+        if attributed || unattributed {
             let key = chain.current.clone().filter(|_| attributed);
             return Ok(Agreement {
                 detail: format!(
@@ -266,6 +278,11 @@ pub struct Barrier<'a> {
     pub old: Option<WriteKey>,
     /// A write with another key must be seen (the write key changed); otherwise only agreement.
     pub need_flip: bool,
+    /// The key the replicas must be shown writing with, where writes are attributed.
+    pub expected: Expected,
+    /// The run whose switch this proves: its own rewrites of the canary are recorded in the key
+    /// ledger, so a resumed proof can tell them from someone else's.
+    pub run_id: &'a str,
     /// How often a replica asks its plugin for the key id. Never shortens time-based evidence
     /// below upstream's 60 s; attributed evidence does not wait on it at all.
     pub status_period: Duration,
@@ -318,9 +335,16 @@ impl Barrier<'_> {
             && let Some(now) = snapshot_opt(self.config).await?
             && now.rv != p.rv
         {
-            if now.content == p.content {
+            let (l, _) = super::ledger::load(self.client).await?;
+            let ours = l
+                .switch
+                .as_ref()
+                .filter(|s| s.run_id == self.run_id)
+                .and_then(|s| s.canary_flip_rv.as_deref())
+                == Some(now.rv.as_str());
+            if now.content == p.content && ours {
                 tracing::info!(
-                    "the canary was rewritten unchanged since it was planted: a replica writes with another key"
+                    "the canary was rewritten unchanged by kmsctl's own PUT before the interruption: a replica writes with another key"
                 );
                 chain.flips = 1;
             } else {
@@ -377,6 +401,13 @@ impl Barrier<'_> {
                     "the canary {NAMESPACE}/{NAME} was changed by another writer: what was seen so far no longer counts; waiting again"
                 );
             }
+            if let Some(flip) = wave
+                .iter()
+                .find(|p| p.outcome == Outcome::Written && !p.touched)
+                .and_then(|p| p.rv.clone())
+            {
+                self.record_flip(flip).await?;
+            }
             if !wave.iter().all(|p| p.outcome == Outcome::Retry) {
                 rv = Chain::version_after(&wave, rv);
                 touches += usize::from(wave.iter().any(|p| p.touched));
@@ -390,7 +421,7 @@ impl Barrier<'_> {
             }
             let members = set.members(now);
             let note = set.disagreement(now);
-            if ask_metrics && chain.attributed(&members, self.need_flip) {
+            if ask_metrics && chain.attributed(&members, self.need_flip, &self.expected) {
                 let key = chain.current.clone();
                 return Ok(Proof {
                     evidence: if self.need_flip {
@@ -470,6 +501,17 @@ impl Barrier<'_> {
             }
             tokio::time::sleep(self.pace(&chain, ask_metrics, &members, settle, needed)).await;
         }
+    }
+
+    async fn record_flip(&self, rv: String) -> Result<(), KubeError> {
+        let run_id = self.run_id.to_string();
+        super::ledger::update(self.client, |l| {
+            if let Some(s) = l.switch.as_mut().filter(|s| s.run_id == run_id) {
+                s.canary_flip_rv = Some(rv.clone());
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// A write with another key was seen (or none is needed) and its key attributed: what is

@@ -37,6 +37,63 @@ pub fn settle(status_period: Duration) -> Duration {
     status_period.max(UPSTREAM_STATUS_PERIOD).mul_f64(1.5) + Duration::from_secs(2)
 }
 
+/// The key id hashes kube-apiserver may label a key id with: its metric hashes the key id the
+/// plugin's Status returns, and a plugin may return the key's URL or a hash of it, in the case
+/// it was given or normalised.
+pub fn key_hashes(key_id: &str) -> BTreeSet<String> {
+    let trimmed = key_id.trim().trim_end_matches('/');
+    let mut out = BTreeSet::new();
+    for form in [
+        key_id.to_string(),
+        trimmed.to_string(),
+        trimmed.to_ascii_lowercase(),
+    ] {
+        let once = super::replicas::id_hash(&form);
+        let hex = once.trim_start_matches("sha256:").to_string();
+        out.insert(super::replicas::id_hash(&hex));
+        out.insert(once);
+    }
+    out
+}
+
+/// What the replicas must be shown writing with after the change.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// None: not known (any key but the old one). Some(None): no KMS v2 key (KMS off).
+    /// Some(Some(id)): that key.
+    pub to: Option<Option<String>>,
+    /// Hashes of the other keys kmsctl knows of (the key ledger's, the one in service at plant
+    /// time): a write with one of them is not the switch asked for, whatever else it is.
+    pub others: BTreeSet<String>,
+}
+
+impl Expected {
+    pub fn new(to: Option<Option<String>>, known: &[String]) -> Self {
+        let own = match &to {
+            Some(Some(k)) => key_hashes(k),
+            _ => BTreeSet::new(),
+        };
+        let others = known
+            .iter()
+            .flat_map(|k| key_hashes(k))
+            .filter(|h| !own.contains(h))
+            .collect();
+        Expected { to, others }
+    }
+
+    /// Whether a write with `key` is a write with the key asked for (as far as can be told).
+    pub fn accepts(&self, key: &WriteKey) -> bool {
+        match (&self.to, key) {
+            (None, _) => true,
+            (Some(None), k) => *k == WriteKey::NotKmsV2,
+            (Some(Some(_)), WriteKey::NotKmsV2) => false,
+            (Some(Some(id)), WriteKey::Kms(h)) => {
+                key_hashes(id).contains(h) || !self.others.contains(h)
+            }
+        }
+    }
+}
+
 /// The replicas known to serve the cluster's address.
 #[derive(Debug, Default)]
 pub struct ReplicaSet {
@@ -224,15 +281,23 @@ impl Chain {
     }
 
     /// Every replica agrees on the canary's current key, attributed, over enough probes. With
-    /// `need_flip`, that key must also be another than the one before the change.
-    pub fn attributed(&self, replicas: &BTreeSet<String>, need_flip: bool) -> bool {
+    /// `need_flip`, that key must also be another than the one before the change; where it is
+    /// attributed, it must be the key `expected` asks for.
+    pub fn attributed(
+        &self,
+        replicas: &BTreeSet<String>,
+        need_flip: bool,
+        expected: &Expected,
+    ) -> bool {
         let switched = !need_flip
             || (self.flips > 0
                 && self
                     .current
                     .as_ref()
                     .is_some_and(|c| self.old.as_ref().is_none_or(|o| o != c)));
+        let right_key = self.current.as_ref().is_none_or(|c| expected.accepts(c));
         switched
+            && right_key
             && !replicas.is_empty()
             && replicas.is_subset(&self.agree)
             && self.probes >= probes_needed(replicas.len())
@@ -312,11 +377,14 @@ mod tests {
         let now = Instant::now();
         let mut c = Chain::new(Some(WriteKey::Kms("old".into())), now);
         c.observe(&probe(Outcome::Written, Some("a"), Some("new")), now);
-        assert!(!c.attributed(&set(&["a", "b"]), true), "b not heard yet");
+        assert!(
+            !c.attributed(&set(&["a", "b"]), true, &Expected::default()),
+            "b not heard yet"
+        );
         agree_all(&mut c, &["a", "b"], now);
-        assert!(c.attributed(&set(&["a", "b"]), true));
+        assert!(c.attributed(&set(&["a", "b"]), true, &Expected::default()));
         // A third replica that appears (its Lease came back) has not agreed.
-        assert!(!c.attributed(&set(&["a", "b", "c"]), true));
+        assert!(!c.attributed(&set(&["a", "b", "c"]), true, &Expected::default()));
     }
 
     #[test]
@@ -326,8 +394,11 @@ mod tests {
         // A touch shows replica a still writing with the old key.
         c.observe(&touch("a", "old"), now);
         agree_all(&mut c, &["a", "b"], now);
-        assert!(!c.attributed(&set(&["a", "b"]), true));
-        assert!(c.attributed(&set(&["a", "b"]), false), "but they do agree");
+        assert!(!c.attributed(&set(&["a", "b"]), true, &Expected::default()));
+        assert!(
+            c.attributed(&set(&["a", "b"]), false, &Expected::default()),
+            "but they do agree"
+        );
     }
 
     #[test]
@@ -335,7 +406,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Chain::new(Some(WriteKey::Kms("old".into())), now);
         agree_all(&mut c, &["a", "b"], now);
-        assert!(!c.attributed(&set(&["a", "b"]), true));
+        assert!(!c.attributed(&set(&["a", "b"]), true, &Expected::default()));
         assert!(!c.timed(true, Duration::ZERO, 0, now + Duration::from_secs(999)));
     }
 
@@ -349,7 +420,10 @@ mod tests {
         c.observe(&probe(Outcome::Written, Some("b"), Some("old")), now);
         assert_eq!(c.agree, set(&["b"]));
         agree_all(&mut c, &["a", "b"], now);
-        assert!(!c.attributed(&set(&["a", "b"]), true), "under the old key");
+        assert!(
+            !c.attributed(&set(&["a", "b"]), true, &Expected::default()),
+            "under the old key"
+        );
     }
 
     #[test]
@@ -360,7 +434,7 @@ mod tests {
         for _ in 0..200 {
             c.observe(&probe(Outcome::NoOp, None, None), now);
         }
-        assert!(!c.attributed(&set(&["a"]), true));
+        assert!(!c.attributed(&set(&["a"]), true, &Expected::default()));
         assert!(c.current.is_none());
         // Time-based evidence needs the full quiet time and enough PUTs.
         let later = now + Duration::from_secs(92);
@@ -375,7 +449,7 @@ mod tests {
         let mut c = Chain::new(Some(WriteKey::Kms("old".into())), now);
         c.observe(&probe(Outcome::Written, Some("a"), Some("none")), now);
         agree_all(&mut c, &["a"], now);
-        assert!(c.attributed(&set(&["a"]), true));
+        assert!(c.attributed(&set(&["a"]), true, &Expected::default()));
     }
 
     #[test]
@@ -386,7 +460,7 @@ mod tests {
         agree_all(&mut c, &["a"], now);
         c.observe(&probe(Outcome::ChangedByOthers, None, None), now);
         assert_eq!((c.flips, c.probes), (0, 0));
-        assert!(!c.attributed(&set(&["a"]), true));
+        assert!(!c.attributed(&set(&["a"]), true, &Expected::default()));
     }
 
     fn with_rv(mut p: Probe, rv: &str) -> Probe {
@@ -424,6 +498,46 @@ mod tests {
         let wave = [with_rv(probe(Outcome::ChangedByOthers, None, None), "9")];
         assert!(c.observe_wave(&wave, now).voided);
         assert_eq!((c.flips, c.probes), (0, 0));
+    }
+
+    #[test]
+    fn only_the_key_asked_for_is_the_switch() {
+        let new = "https://kv.vault.azure.net/keys/k/new";
+        let stale = "https://kv.vault.azure.net/keys/k/stale";
+        let e = Expected::new(Some(Some(new.into())), &[stale.into(), new.into()]);
+        let h = |k: &str| WriteKey::Kms(crate::k8s::replicas::id_hash(k));
+        assert!(e.accepts(&h(new)));
+        // The key a plugin returns may be a hash of the URL: that is the same key.
+        let hashed = crate::k8s::replicas::id_hash(new);
+        assert!(e.accepts(&WriteKey::Kms(crate::k8s::replicas::id_hash(
+            hashed.trim_start_matches("sha256:")
+        ))));
+        assert!(
+            !e.accepts(&h(stale)),
+            "an earlier rotation's key arriving late"
+        );
+        assert!(!e.accepts(&WriteKey::NotKmsV2), "KMS off is not an enable");
+        assert!(
+            e.accepts(&WriteKey::Kms("sha256:unknown".into())),
+            "a hash no known key has"
+        );
+        let off = Expected::new(Some(None), &[new.into()]);
+        assert!(off.accepts(&WriteKey::NotKmsV2));
+        assert!(!off.accepts(&h(new)));
+        // A chain that agrees on the stale key proves nothing.
+        let now = Instant::now();
+        let mut c = Chain::new(Some(WriteKey::Kms("old".into())), now);
+        c.observe(
+            &probe(
+                Outcome::Written,
+                Some("a"),
+                Some(&crate::k8s::replicas::id_hash(stale)),
+            ),
+            now,
+        );
+        agree_all(&mut c, &["a"], now);
+        assert!(!c.attributed(&set(&["a"]), true, &e));
+        assert!(c.attributed(&set(&["a"]), true, &Expected::default()));
     }
 
     #[test]

@@ -45,9 +45,14 @@ pub struct Switch {
     pub requested_at: chrono::DateTime<chrono::Utc>,
     #[serde(default)]
     pub proven_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// What proved it (metrics, canary, settled).
+    /// What proved it (attributed, time, settled, ledger).
     #[serde(default)]
     pub evidence: Option<String>,
+    /// The canary's resourceVersion after kmsctl's own unchanged PUT last rewrote it while
+    /// proving this switch: a resumed proof trusts a rewrite it did not see only at this version
+    /// (anyone who can write the canary could fake one with a change and its undo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_flip_rv: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -304,6 +309,7 @@ mod tests {
             requested_at: t,
             proven_at: None,
             evidence: None,
+            canary_flip_rv: None,
         });
         assert!(l.unproven_switch("r1").is_none(), "its own run may go on");
         assert!(l.unproven_switch("r2").is_some());
@@ -354,6 +360,7 @@ mod tests {
             requested_at: t,
             proven_at: proven.then_some(t),
             evidence: None,
+            canary_flip_rv: None,
         })
     }
 

@@ -142,28 +142,7 @@ pub fn parse_replica(text: &str) -> ReplicaMetrics {
 
 /// How many API server replicas announce themselves (None: none do, so the count is unknown).
 pub async fn count(client: &kube::Client) -> Result<Option<usize>, KubeError> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "kube-system", &super::lease::resource());
-    let list = crate::retry::RetryPolicy::default()
-        .run("list the API server identity leases", || async {
-            api.list(&ListParams::default().labels(IDENTITY_LABEL))
-                .await
-                .map_err(KubeError::from)
-        })
-        .await?;
-    // A replica that went away leaves its Lease for up to an hour; a live one renews it every
-    // 10 s. Only those renewed lately are counted.
-    let now = chrono::Utc::now();
-    let live = list
-        .items
-        .iter()
-        .filter(|l| {
-            l.data["spec"]["renewTime"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| now - t.with_timezone(&chrono::Utc) < LIVE_WITHIN)
-        })
-        .count();
+    let live = live_leases(client).await?.len();
     Ok((live > 0).then_some(live))
 }
 

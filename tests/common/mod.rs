@@ -115,6 +115,36 @@ impl World {
     }
 
     /// `kmsctl resume --yes` ends well, with every Secret under the cluster's key.
+    /// No Secret is stored under a key version that is disabled or gone (the twin's
+    /// `storage.unreadable` counts the vaults out of the plugin's reach too).
+    pub fn assert_readable(&self) {
+        let d = self.inspect();
+        let live: Vec<String> = d["keys"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|vs| vs.as_array().unwrap().iter())
+            .filter(|v| v["enabled"] == true)
+            .map(|v| v["kid"].as_str().unwrap().to_ascii_lowercase())
+            .collect();
+        for (label, n) in d["storage"]["byKey"].as_object().unwrap() {
+            if label == "identity" || n == 0 {
+                continue;
+            }
+            let kid = label.splitn(3, ':').nth(2).unwrap().to_ascii_lowercase();
+            assert!(
+                live.contains(&kid),
+                "{n} Secrets under {label}, which is disabled or gone"
+            );
+        }
+        let unreadable = &d["storage"]["unreadable"];
+        assert_eq!(
+            unreadable["total"].as_u64().unwrap_or(0),
+            0,
+            "unreadable: {unreadable}"
+        );
+    }
+
     pub async fn resume_to_the_end(&self) {
         let out = self.run(&["resume", "--yes"]).await;
         assert!(out.status.success(), "resume: {}", text(&out));
