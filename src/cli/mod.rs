@@ -7,6 +7,9 @@ use crate::output::Format;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// The managedClusters API version kmsctl speaks unless told otherwise.
+pub const DEFAULT_AKS_API: &str = "2025-10-01";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kmsctl",
@@ -105,7 +108,7 @@ pub struct TargetArgs {
     #[arg(long, value_enum, default_value = "auto", env = "KMSCTL_AUTH")]
     pub auth: AuthMode,
     /// The managedClusters API version.
-    #[arg(long, default_value = "2025-10-01", env = "KMSCTL_AKS_API_VERSION")]
+    #[arg(long, default_value = DEFAULT_AKS_API, env = "KMSCTL_AKS_API_VERSION")]
     pub aks_api_version: String,
     #[command(flatten)]
     pub state: StateArgs,

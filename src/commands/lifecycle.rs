@@ -105,7 +105,20 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         reencrypt: reencrypt_params(&a.reencrypt),
         ..Default::default()
     };
-    let ctx = setup::context(&target, crate::azure::credential::AuthMode::Auto, "", false).await?;
+    let mut ctx =
+        setup::context(&target, crate::azure::credential::AuthMode::Auto, "", false).await?;
+    // Where the environment names the cluster, its reported KMS configuration is checked
+    // against what the API servers write with; a kubeconfig alone is enough without it.
+    if let Some(named) = named_cluster(&target) {
+        let api = std::env::var("KMSCTL_AKS_API_VERSION")
+            .unwrap_or_else(|_| crate::cli::DEFAULT_AKS_API.to_string());
+        match setup::azure(&named, crate::azure::credential::AuthMode::Auto, &api) {
+            Ok(az) => ctx.azure = Some(az),
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster the environment names cannot be read; its KMS configuration is not compared")
+            }
+        }
+    }
     let procedure = playbook::built_in("reencrypt")?;
     let run_id = journal::new_run_id("reencrypt");
     let lease = Lease::acquire(ctx.kube.clone(), &run_id)
@@ -145,6 +158,18 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
             Err(e)
         }
     }
+}
+
+/// The target with the cluster AZURE_SUBSCRIPTION_ID, KMSCTL_RESOURCE_GROUP and KMSCTL_CLUSTER
+/// name, when all three are set.
+fn named_cluster(target: &Target) -> Option<Target> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    Some(Target {
+        subscription: Some(var("AZURE_SUBSCRIPTION_ID")?),
+        resource_group: Some(var("KMSCTL_RESOURCE_GROUP")?),
+        cluster: Some(var("KMSCTL_CLUSTER")?),
+        ..target.clone()
+    })
 }
 
 /// What a run records about its cluster, so `resume` never continues it elsewhere.

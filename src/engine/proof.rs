@@ -283,12 +283,30 @@ pub async fn standalone_check(ctx: &Context) -> Result<Agreement, StepError> {
     let (l, _) = ledger::load(&ctx.kube).await?;
     refuse_unproven(&l, "")?;
     canary::plant(&ctx.kube).await?;
-    canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN)
+    let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN)
         .await
         .map_err(|e| match e {
             canary::BarrierError::NotCurrent => StepError::Refused(format!(
                 "{e} Nothing was rewritten: re-encrypting while replicas disagree would write some Secrets back under the key being left"
             )),
             other => other.into(),
-        })
+        })?;
+    // With the cluster named, what the API servers agree on must be what it reports: else a
+    // key change is still on its way to them, and rewriting now keeps Secrets on the old key.
+    if let (Some(az), Some(key)) = (&ctx.azure, &agreement.key) {
+        let kms = super::steps::kms_of(&az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body);
+        let reported = (kms["enabled"].as_bool() == Some(true))
+            .then(|| kms["keyId"].as_str().map(str::to_string))
+            .flatten();
+        let known: Vec<String> = l.entries.iter().map(|e| e.key_id.clone()).collect();
+        if !crate::k8s::evidence::Expected::new(Some(reported.clone()), &known).accepts(key) {
+            return Err(StepError::Refused(format!(
+                "the cluster reports {} but every API server replica still writes with {key}: a key change has not reached the API servers yet. Wait a few minutes (a replica learns a new key at its next KMS status call) and run `kmsctl reencrypt` again",
+                reported
+                    .as_deref()
+                    .map_or("KMS off".to_string(), |k| format!("key {k}"))
+            )));
+        }
+    }
+    Ok(agreement)
 }

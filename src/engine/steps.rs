@@ -276,7 +276,14 @@ pub async fn reencrypt(
         return Err(StepError::Incomplete(Box::new(summary)));
     }
     on_status("checking again that every API server replica writes with the same key");
-    let after = super::proof::standalone_check(ctx).await?;
+    // Secrets were rewritten by now: whatever this finds is a failure to resume from, not a
+    // refusal before any change.
+    let after = super::proof::standalone_check(ctx)
+        .await
+        .map_err(|e| match e {
+            StepError::Refused(m) => StepError::Failed(anyhow::anyhow!(m)),
+            other => other,
+        })?;
     if before.key.is_some() && after.key.is_some() && before.key != after.key {
         return Err(StepError::Failed(anyhow::anyhow!(
             "the API servers' write key changed during the re-encryption (before: {}, after: {}): Secrets rewritten before the change are under the key being left. Finish the key change (`kmsctl resume` if kmsctl made it), then run `kmsctl reencrypt` again",

@@ -84,6 +84,10 @@ pub enum BarrierError {
     )]
     NotCurrent,
     #[error(
+        "/metrics kept failing ({failed} reads in a row answered an error or dropped the connection), so the API server replicas could not be told apart and their agreement on the canary not shown. Nothing was changed. Check the API servers' health (AKS diagnostics) and run again; kmsctl relies on time-based evidence alone only where /metrics is forbidden (401/403)"
+    )]
+    MetricsFailing { failed: usize },
+    #[error(
         "lost the cluster's lease while waiting for the key switch; another kmsctl may act on this cluster. Run `kmsctl resume` once no other run is active"
     )]
     LeaseLost,
@@ -192,12 +196,19 @@ pub async fn agree(
             });
         }
         if start.elapsed() >= timeout {
-            return Err(BarrierError::NotCurrent);
+            return Err(if failed_reads > 0 {
+                BarrierError::MetricsFailing {
+                    failed: failed_reads,
+                }
+            } else {
+                BarrierError::NotCurrent
+            });
         }
-        if disagreed {
-            // Replicas disagree (a switch under way): give them time.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let reads_failed = wave.iter().any(|p| p.metrics == Metrics::Failed && ask_metrics);
+        // Replicas that disagree (a switch under way) or a /metrics that fails need time; a
+        // wave never follows the last one at once (each probe is a PUT on the API server).
+        let pause = if disagreed || reads_failed { 300 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
