@@ -428,3 +428,84 @@ async fn zero_periods_and_timeouts_are_refused() {
     }
     assert_eq!(w.key_versions().len(), 1, "nothing rotated");
 }
+
+#[tokio::test]
+async fn a_change_that_has_not_reached_the_api_servers_is_refused_before_anything_changes() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 5,
+        kms_propagation_seconds: 60,
+        lro_seconds: 1,
+        ..small(60)
+    })
+    .await;
+    let key = w.key_versions()[0]["kid"].as_str().unwrap().to_string();
+    // KMS turned off behind kmsctl's back (az aks update): the replicas still write with the key.
+    {
+        let mut world = w.twin.shared.world();
+        world.cluster["properties"]["securityProfile"]["azureKeyVaultKms"]["enabled"] =
+            false.into();
+        let label = world.label_for_cluster();
+        world.plugin_changed(label);
+    }
+    let before = w.fingerprint();
+    let out = w.run(&["enable", "--key-id", &key, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("has not reached the API servers yet"),
+        "{}",
+        text(&out)
+    );
+    // Only the canary is new; every Secret stays under the key it was under.
+    let keys = |f: &Value| -> Vec<String> {
+        f["storage"]["byKey"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(keys(&w.fingerprint()), keys(&before), "nothing rewritten");
+    assert_eq!(w.kms()["enabled"], false, "the cluster was not changed");
+}
+
+#[tokio::test]
+async fn a_canary_changed_and_changed_back_by_someone_else_is_not_a_flip() {
+    // No /metrics: only kmsctl's own rewrite of the canary may count, never someone else's.
+    let w = world(SimOptions {
+        metrics_readable: false,
+        // Longer than the quiet time: a faked flip would be "proven" before the real one.
+        kms_propagation_seconds: 110,
+        lro_seconds: 4,
+        ..small(40)
+    })
+    .await;
+    let out = rotate_and_meanwhile(&w, |w| {
+        let mut store = w.twin.shared.secrets_write();
+        for touch in [Some("x"), None] {
+            let c = store.get("kube-system", "kmsctl-canary").unwrap();
+            let (key, mut obj) = (c.key.clone(), c.obj.clone());
+            match touch {
+                Some(v) => obj["metadata"]["annotations"]["someone"] = v.into(),
+                None => {
+                    obj["metadata"]["annotations"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("someone");
+                }
+            }
+            store
+                .replace("kube-system", "kmsctl-canary", obj, key, None)
+                .unwrap();
+        }
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = steps(&report, "prove-key-switch")[0];
+    // The real flip comes only when the plugin reports the new key (110 s), then the quiet time.
+    assert_eq!(p["evidence"], "time", "{p}");
+    assert!(p["waitedSeconds"].as_f64().unwrap() >= 150.0, "{p}");
+    w.assert_all_current();
+    w.assert_readable();
+}

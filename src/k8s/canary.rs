@@ -204,7 +204,9 @@ pub async fn agree(
                 BarrierError::NotCurrent
             });
         }
-        let reads_failed = wave.iter().any(|p| p.metrics == Metrics::Failed && ask_metrics);
+        let reads_failed = wave
+            .iter()
+            .any(|p| p.metrics == Metrics::Failed && ask_metrics);
         // Replicas that disagree (a switch under way) or a /metrics that fails need time; a
         // wave never follows the last one at once (each probe is a PUT on the API server).
         let pause = if disagreed || reads_failed { 300 } else { 20 };
