@@ -70,10 +70,6 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
 /// How long the replicas may take to agree on the canary when nothing is being changed.
 const AGREE_WITHIN: Duration = Duration::from_secs(180);
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the barrier needs the run, its state and what it knows of the keys"
-)]
 fn barrier<'a>(
     ctx: &'a Context,
     state: &RunState,
