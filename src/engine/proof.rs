@@ -45,26 +45,33 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
     // The replicas must write with what the cluster reports before anything changes: if not, an
     // earlier change (by anyone) has not reached them yet, and what the proof would see after
     // this change could be that one arriving.
-    if let Some(key) = &agreement.key {
-        let reported = (kms_at_plant["enabled"].as_bool() == Some(true))
-            .then(|| kms_at_plant["keyId"].as_str().map(str::to_string))
-            .flatten();
-        let known: Vec<String> = l.entries.iter().map(|e| e.key_id.clone()).collect();
-        if !kms_at_plant.is_null()
-            && !crate::k8s::evidence::Expected::new(Some(reported.clone()), &known).accepts(key)
-        {
-            return Err(StepError::Refused(format!(
-                "the cluster reports {} but every API server replica still writes with {key}: an earlier change has not reached the API servers yet. Nothing was changed; wait a few minutes (a replica learns a new key at its next KMS status call) and run again",
-                reported
-                    .as_deref()
-                    .map_or("KMS off".to_string(), |k| format!("key {k}"))
-            )));
-        }
+    if let Some(key) = &agreement.key
+        && !kms_at_plant.is_null()
+        && let Some(reported) = not_as_reported(key, &kms_at_plant, &l)
+    {
+        return Err(StepError::Refused(format!(
+            "the cluster reports {reported} but every API server replica still writes with {key}: an earlier change has not reached the API servers yet. Nothing was changed; wait a few minutes (a replica learns a new key at its next KMS status call) and run again"
+        )));
     }
     let canary = canary::snapshot(&ctx.kube_config).await?;
     Ok(
         json!({ "kmsAtPlant": kms_at_plant, "replicas": agreement.replicas, "agreement": agreement, "canary": canary }),
     )
+}
+
+/// What the cluster reports (`KMS off`, `key ID`) when the key every replica writes with is not
+/// it (None: it is, as far as can be told). `kms`: its azureKeyVaultKms (`enabled`, `keyId`).
+fn not_as_reported(
+    key: &crate::k8s::probe::WriteKey,
+    kms: &Value,
+    l: &ledger::Ledger,
+) -> Option<String> {
+    let reported = (kms["enabled"].as_bool() == Some(true))
+        .then(|| kms["keyId"].as_str().map(str::to_string))
+        .flatten();
+    let known: Vec<String> = l.entries.iter().map(|e| e.key_id.clone()).collect();
+    (!crate::k8s::evidence::Expected::new(Some(reported.clone()), &known).accepts(key))
+        .then(|| reported.map_or("KMS off".to_string(), |k| format!("key {k}")))
 }
 
 /// How long the replicas may take to agree on the canary when nothing is being changed.
@@ -291,16 +298,9 @@ pub async fn standalone_check(ctx: &Context) -> Result<Agreement, StepError> {
     // key change is still on its way to them, and rewriting now keeps Secrets on the old key.
     if let (Some(az), Some(key)) = (&ctx.azure, &agreement.key) {
         let kms = super::steps::kms_of(&az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body);
-        let reported = (kms["enabled"].as_bool() == Some(true))
-            .then(|| kms["keyId"].as_str().map(str::to_string))
-            .flatten();
-        let known: Vec<String> = l.entries.iter().map(|e| e.key_id.clone()).collect();
-        if !crate::k8s::evidence::Expected::new(Some(reported.clone()), &known).accepts(key) {
+        if let Some(reported) = not_as_reported(key, &kms, &l) {
             return Err(StepError::Refused(format!(
-                "the cluster reports {} but every API server replica still writes with {key}: a key change has not reached the API servers yet. Wait a few minutes (a replica learns a new key at its next KMS status call) and run `kmsctl reencrypt` again",
-                reported
-                    .as_deref()
-                    .map_or("KMS off".to_string(), |k| format!("key {k}"))
+                "the cluster reports {reported} but every API server replica still writes with {key}: a key change has not reached the API servers yet. Wait a few minutes (a replica learns a new key at its next KMS status call) and run `kmsctl reencrypt` again"
             )));
         }
     }
