@@ -341,9 +341,10 @@ impl Barrier<'_> {
         let mut rv: Option<String> = None;
         let mut write = Write::Unchanged;
         // A run resumed after a kill: the killed process may have seen (and caused) the flip
-        // already. An unchanged canary with a new rv was rewritten by a switched replica; it
-        // counts as the flip, and the quiet time starts now. A touch (where /metrics answers)
-        // then shows which key the replicas write with.
+        // already. An unchanged canary at the version the ledger recorded for kmsctl's own
+        // rewrite counts as the flip, and the quiet time starts now; any other change (someone
+        // may have changed it and changed it back) counts as nothing. A touch (where /metrics
+        // answers) then shows which key the replicas write with.
         if let Some(p) = &self.planted
             && let Some(now) = snapshot_opt(self.config).await?
             && now.rv != p.rv
