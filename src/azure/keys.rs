@@ -1,15 +1,14 @@
-//! Key Vault keys through azure_security_keyvault_keys: read a version, list versions, rotate,
-//! enable or disable a version. kmsctl never deletes or purges a key.
+//! Key Vault keys' data plane through azure_security_keyvault_keys: only what needs it (rotate,
+//! set an expiry, disable a version) and the reach check before those. Reads of key state go
+//! through Resource Manager (`mgmt_keys`), which a private vault's network does not block.
+//! kmsctl never deletes or purges a key.
 
 use super::{RemoteError, from_azure};
 use crate::retry::{RetryHint, RetryPolicy, Retryable};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::ClientOptions;
-use azure_security_keyvault_keys::models::{
-    Key, KeyAttributes, KeyProperties, UpdateKeyPropertiesParameters,
-};
+use azure_security_keyvault_keys::models::{Key, KeyAttributes, UpdateKeyPropertiesParameters};
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
-use futures::TryStreamExt;
 use std::sync::Arc;
 
 const SERVICE: &str = "Key Vault";
@@ -161,52 +160,21 @@ impl KeyVault {
         })
     }
 
-    /// All versions of a key, with their attributes (works for disabled versions too).
-    pub async fn versions(&self, name: &str) -> Result<Vec<KeyVersionInfo>, RemoteError> {
-        self.retry
-            .run("Key Vault list versions", || async {
-                let mut pager = self
-                    .client
-                    .list_key_properties_versions(name, None)
-                    .map_err(|e| from_azure(SERVICE, e))?;
-                let mut out = Vec::new();
-                while let Some(p) = pager.try_next().await.map_err(|e| from_azure(SERVICE, e))? {
-                    let p: KeyProperties = p;
-                    if let Some(id) = p.kid.as_deref().and_then(|k| KeyId::parse(k).ok()) {
-                        out.push(from_attributes(id, p.attributes.as_ref()));
-                    }
-                }
-                out.sort_by_key(|v| v.created_on);
-                Ok(out)
-            })
-            .await
-    }
-
-    /// One version with its type and operations; attributes from the version list when the
-    /// service refuses to show a disabled version.
-    pub async fn version(&self, id: &KeyId) -> Result<KeyVersionInfo, RemoteError> {
-        let got = self
+    /// Proves this machine reaches the vault's data plane before a change needs it: an
+    /// authenticated read of the key there. A disabled newest version still proves the reach.
+    pub async fn reach(&self, name: &str) -> Result<(), RemoteError> {
+        let got: Result<(), RemoteError> = self
             .retry
             .run("Key Vault get key", || async {
-                let opts = azure_security_keyvault_keys::models::KeyClientGetKeyOptions {
-                    key_version: Some(id.version.clone()),
-                    ..Default::default()
-                };
-                let rsp = self
-                    .client
-                    .get_key(&id.name, Some(opts))
+                self.client
+                    .get_key(name, None)
                     .await
                     .map_err(|e| from_azure(SERVICE, e))?;
-                from_key(&rsp.into_model().map_err(|e| from_azure(SERVICE, e))?)
+                Ok(())
             })
             .await;
         match got {
-            Err(e) if e.status() == Some(403) => {
-                let all = self.versions(&id.name).await?;
-                all.into_iter()
-                    .find(|v| v.id.version == id.version)
-                    .ok_or(e)
-            }
+            Err(e) if e.status() == Some(403) && e.to_string().contains("KeyDisabled") => Ok(()),
             other => other,
         }
     }
@@ -228,44 +196,6 @@ impl KeyVault {
             })
             .await
             .map_err(|t| t.0)
-    }
-
-    /// The key's Rotate action, if its rotation policy has one: (timeAfterCreate,
-    /// timeBeforeExpiry) as ISO 8601 durations. A key without a policy has only Key Vault's
-    /// default Notify action, which rotates nothing.
-    pub async fn rotation_trigger(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Option<String>, Option<String>)>, RemoteError> {
-        self.retry
-            .run("Key Vault rotation policy", || async {
-                let policy = self
-                    .client
-                    .get_key_rotation_policy(name, None)
-                    .await
-                    .map_err(|e| from_azure(SERVICE, e))?
-                    .into_model()
-                    .map_err(|e| from_azure(SERVICE, e))?;
-                // Read through JSON: the action and trigger names are the REST API's.
-                let v = serde_json::to_value(&policy).unwrap_or_default();
-                Ok(v["lifetimeActions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|a| {
-                        a["action"]["type"]
-                            .as_str()
-                            .is_some_and(|t| t.eq_ignore_ascii_case("rotate"))
-                    })
-                    .map(|a| {
-                        let t = &a["trigger"];
-                        (
-                            t["timeAfterCreate"].as_str().map(str::to_string),
-                            t["timeBeforeExpiry"].as_str().map(str::to_string),
-                        )
-                    }))
-            })
-            .await
     }
 
     /// Sets a version's expiry (check-expiry --fix extend); nothing else about it changes.

@@ -5,6 +5,7 @@
 pub mod arm;
 pub mod credential;
 pub mod keys;
+pub mod mgmt_keys;
 pub mod transport;
 
 use crate::retry::{RetryHint, Retryable, parse_retry_after};
@@ -44,6 +45,26 @@ impl RemoteError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RemoteError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+    /// Why the vault's data plane refused this machine's network, if that is what happened:
+    /// Key Vault's 403 innererror `ForbiddenByConnection` (public network access disabled, no
+    /// approved private link) or `ForbiddenByFirewall` (default Deny without this address), or
+    /// no connection at all.
+    pub fn network_block(&self) -> Option<&'static str> {
+        match self {
+            RemoteError::Status {
+                status: 403,
+                message,
+                ..
+            } if message.contains("ForbiddenByConnection") => Some("ForbiddenByConnection"),
+            RemoteError::Status {
+                status: 403,
+                message,
+                ..
+            } if message.contains("ForbiddenByFirewall") => Some("ForbiddenByFirewall"),
+            RemoteError::Transport { .. } => Some("unreachable"),
             _ => None,
         }
     }

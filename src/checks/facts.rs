@@ -1,10 +1,12 @@
-//! Facts a preflight needs, read from ARM (cluster, subscription, vault, role assignments), Key
-//! Vault (the key version) and the cluster (Secret count, AKS's API server guard, Konnectivity).
-//! Reading them changes nothing.
+//! Facts a preflight needs, read from ARM (cluster, subscription, vault, role assignments, the
+//! key version through Microsoft.KeyVault/vaults/keys), the vault's data plane only to prove a
+//! change that needs it can reach it, and the cluster (Secret count, AKS's API server guard,
+//! Konnectivity). Reading them changes nothing.
 
 use crate::azure::RemoteError;
 use crate::azure::arm::ArmClient;
 use crate::azure::keys::{KeyId, KeyVault, KeyVersionInfo};
+use crate::azure::mgmt_keys::KeyReader;
 use crate::k8s::KubeError;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
@@ -134,6 +136,8 @@ pub struct Facts {
     pub key_id: Option<KeyId>,
     pub key: Option<KeyVersionInfo>,
     pub key_error: Option<String>,
+    /// For a run that will use the vault's data plane (rotate, retire): whether it is reached.
+    pub reach: Option<Reach>,
     pub vault: VaultFacts,
     pub kube: KubeFacts,
     /// The network access and vault resource id the change asks for.
@@ -303,8 +307,36 @@ pub fn data_action_allows(actions: &[String], wanted: &str) -> bool {
     })
 }
 
-pub async fn key(vault: &KeyVault, id: &KeyId) -> Result<KeyVersionInfo, RemoteError> {
-    vault.version(id).await
+/// The key version's state, through Resource Manager.
+pub async fn key(reader: &KeyReader, id: &KeyId) -> Result<KeyVersionInfo, RemoteError> {
+    reader.version(id).await
+}
+
+/// Whether this machine reaches the vault's data plane, for a run that will need it.
+#[derive(Clone, Debug)]
+pub enum Reach {
+    Reached,
+    /// The vault's network refused (`RemoteError::network_block`), with the service's answer.
+    Blocked {
+        block: &'static str,
+        detail: String,
+    },
+    /// Reached, but the read failed otherwise (authorization, ...).
+    Failed(String),
+}
+
+/// An authenticated read of the key on the data plane.
+pub async fn reach(vault: &KeyVault, id: &KeyId) -> Reach {
+    match vault.reach(&id.name).await {
+        Ok(()) => Reach::Reached,
+        Err(e) => match e.network_block() {
+            Some(block) => Reach::Blocked {
+                block,
+                detail: e.to_string(),
+            },
+            None => Reach::Failed(e.to_string()),
+        },
+    }
 }
 
 /// Whether AKS's last-resort throttle (FlowSchema aks-managed-apiserver-guard) is in place.

@@ -4,6 +4,7 @@
 pub mod expiry;
 pub mod facts;
 pub mod preflight;
+pub mod reach;
 
 use serde::Serialize;
 

@@ -52,6 +52,7 @@ pub fn run(i: &Inputs) -> Vec<Finding> {
         vault_checks(i, &mut out);
         network_checks(i, &mut out);
     }
+    reach_check(i, &mut out);
     if matches!(
         i.intent,
         Intent::Disable | Intent::VaultMode | Intent::MigrateV2
@@ -67,6 +68,38 @@ pub fn run(i: &Inputs) -> Vec<Finding> {
     }
     kube_checks(i, &mut out);
     out
+}
+
+/// A run that rotates (or disables a version) needs the vault's data plane: refuse before any
+/// change when this machine cannot reach it, naming the vault's network settings.
+fn reach_check(i: &Inputs, out: &mut Vec<Finding>) {
+    use super::facts::Reach;
+    let Some(reach) = &i.facts.reach else {
+        return;
+    };
+    let name = i
+        .facts
+        .key_id
+        .as_ref()
+        .map(|k| k.vault_name().to_string())
+        .unwrap_or_default();
+    let vault = i.facts.vault.resource.as_ref();
+    out.push(match reach {
+        Reach::Reached => Finding::pass(
+            "vault-reach",
+            format!("the data plane of vault {name} is reachable from here (an authenticated read of the key)"),
+        ),
+        Reach::Blocked { block, detail } => Finding::refuse(
+            "vault-reach",
+            super::reach::message(&name, vault, block, detail),
+            super::reach::ways_forward(vault),
+        ),
+        Reach::Failed(e) => Finding::refuse(
+            "vault-reach",
+            format!("the key could not be read on the data plane of vault {name}, which rotating it needs: {e}"),
+            "give kmsctl's identity the data actions `kmsctl rbac` lists for rotate (Microsoft.KeyVault/vaults/keys/read, .../rotate/action, .../update/action), e.g. Key Vault Crypto Officer on the vault",
+        ),
+    });
 }
 
 /// Disabling re-encrypts every Secret out of the current key: it must still decrypt.
@@ -172,7 +205,7 @@ fn key_checks(i: &Inputs, out: &mut Vec<Finding>) {
             .key_error
             .clone()
             .unwrap_or_else(|| "no key id".into());
-        out.push(Finding::refuse("key", format!("the key version could not be read: {why}"), "check the key id and that you may read the key (Key Vault Crypto User or an access policy with get)"));
+        out.push(Finding::refuse("key", format!("the key version could not be read: {why}"), "check the key id and that kmsctl may read it through Resource Manager (Microsoft.KeyVault/vaults/keys/read and .../keys/versions/read, e.g. Reader on the vault; see `kmsctl rbac`)"));
         return;
     };
     let id = &key.id;

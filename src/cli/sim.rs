@@ -42,6 +42,12 @@ pub enum OnOff {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OperatorNetworkArg {
+    Outside,
+    Inside,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Access {
     Public,
     Private,
@@ -146,6 +152,13 @@ pub struct ServeArgs {
     /// Grant kmsctl only what `kmsctl rbac` prints, and answer everything else 403.
     #[arg(long)]
     pub least_privilege: bool,
+    /// Where kmsctl runs, for the vault's data plane: outside (an operator's machine on the
+    /// internet, the default: a vault with public network access disabled answers 403
+    /// ForbiddenByConnection, a default-Deny firewall 403 ForbiddenByFirewall unless an IP rule
+    /// allows 127.0.0.1) or inside (a network with the vault's private endpoint). Resource
+    /// Manager answers from both.
+    #[arg(long, value_enum, default_value = "outside")]
+    pub operator_network: OperatorNetworkArg,
     /// Seed for the generated Secrets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

@@ -153,7 +153,11 @@ pub async fn check_cluster(
         ));
         return report;
     };
-    let kv = match az.key_vault(&key) {
+    // Through Resource Manager: it reads a private vault's keys from any network.
+    let kv = match az
+        .key_reader(&key, kms["keyVaultResourceId"].as_str())
+        .await
+    {
         Ok(kv) => kv,
         Err(e) => {
             report.notes.push(format!("{e:#}"));
@@ -241,7 +245,7 @@ fn needed_status(versions: &[VersionReport], unread: bool) -> Status {
 async fn judge_ledger(az: &Azure, l: &Ledger, judged: &mut Judged<'_>) {
     for e in l.must_stay_alive() {
         let v = match KeyId::parse(&e.key_id) {
-            Ok(id) => match az.key_vault(&id) {
+            Ok(id) => match az.key_reader(&id, None).await {
                 Ok(kv) => kv.version(&id).await.map_err(|e| e.to_string()),
                 Err(e) => Err(format!("{e:#}")),
             },

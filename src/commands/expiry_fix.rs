@@ -78,6 +78,11 @@ pub async fn extend(
             )
         })
         .collect();
+    // Setting an expiry goes through the vault's data plane: prove it is reachable from here
+    // before asking, so nothing is half done.
+    for v in &targets {
+        reach(az, &v.key_id).await?;
+    }
     let question = format!("Set these expiries?\n{}\n", list.join("\n"));
     if !yes && !super::lifecycle::confirm(&question).await? {
         return Err(Refusal("not confirmed: nothing was changed".into()).into());
@@ -111,6 +116,32 @@ fn print_done(x: &Extension) {
     );
 }
 
+/// Refuses (nothing changed) when the version's vault cannot be reached on its data plane.
+async fn reach(az: &Azure, key_id: &str) -> anyhow::Result<()> {
+    use crate::checks::facts::{self, Reach};
+    let id = KeyId::parse(key_id).map_err(anyhow::Error::msg)?;
+    match facts::reach(&az.key_vault(&id)?, &id).await {
+        Reach::Reached => Ok(()),
+        Reach::Blocked { block, detail } => {
+            let vault = match az.key_reader(&id, None).await {
+                Ok(r) => az.arm.get(&r.vault_id, &az.arm.api.key_vault).await.ok(),
+                Err(_) => None,
+            };
+            let vault = vault.map(|a| a.body);
+            Err(Refusal(format!(
+                "{}. Nothing was changed. Ways forward: {}",
+                crate::checks::reach::message(id.vault_name(), vault.as_ref(), block, &detail),
+                crate::checks::reach::ways_forward(vault.as_ref())
+            ))
+            .into())
+        }
+        Reach::Failed(e) => Err(Refusal(format!(
+            "{id} could not be read on the vault's data plane, which setting its expiry needs: {e}. Nothing was changed"
+        ))
+        .into()),
+    }
+}
+
 /// Sets one version's expiry and reads it back.
 async fn set_one(
     az: &Azure,
@@ -119,8 +150,14 @@ async fn set_one(
 ) -> anyhow::Result<()> {
     let id = KeyId::parse(key_id).map_err(anyhow::Error::msg)?;
     let kv = az.key_vault(&id)?;
-    kv.set_expiry(&id, new).await?;
-    let after = kv.version(&id).await?;
+    kv.set_expiry(&id, new).await.map_err(|e| match e.network_block() {
+        Some(block) => anyhow::anyhow!(
+            "setting the expiry of {id}: the vault's network refused this machine ({block}: {e}); the versions listed above as extended were changed, this one was not. {}",
+            crate::checks::reach::ways_forward(None)
+        ),
+        None => e.into(),
+    })?;
+    let after = az.key_reader(&id, None).await?.version(&id).await?;
     if after.expires_on.map(|e| e.timestamp()) != Some(new.timestamp()) {
         anyhow::bail!(
             "Key Vault says {id} expires on {:?} after kmsctl set {new}",

@@ -141,6 +141,14 @@ const ACTIONS: &[(&str, &str)] = &[
         "vault-mode: the vault's public network access",
     ),
     (
+        "Microsoft.KeyVault/vaults/keys/read",
+        "status, preflight, check-expiry, doctor: the key and its rotation policy, through Resource Manager (any network)",
+    ),
+    (
+        "Microsoft.KeyVault/vaults/keys/versions/read",
+        "status, preflight, check-expiry, doctor, ledger and rotation-window checks: each version's enabled, nbf, exp, through Resource Manager (any network)",
+    ),
+    (
         "Microsoft.Authorization/roleAssignments/read",
         "preflight: the cluster identity's roles on the vault",
     ),
@@ -154,11 +162,12 @@ const ACTIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Key Vault data actions, with why.
+/// Key Vault data actions, with why: only the commands that change a key need the data plane
+/// (and a network that reaches the vault); every read goes through Resource Manager.
 const DATA_ACTIONS: &[(&str, &str)] = &[
     (
         "Microsoft.KeyVault/vaults/keys/read",
-        "key versions: enabled, expiry, type",
+        "rotate, check-expiry --fix extend: the reach check before a change (an authenticated read of the key on the vault's data plane)",
     ),
     (
         "Microsoft.KeyVault/vaults/keys/rotate/action",
@@ -166,11 +175,7 @@ const DATA_ACTIONS: &[(&str, &str)] = &[
     ),
     (
         "Microsoft.KeyVault/vaults/keys/update/action",
-        "retire-oldest (disable, never delete) and check-expiry --fix extend",
-    ),
-    (
-        "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
-        "check-expiry: the key's rotation policy",
+        "rotate --retire-old (disable, never delete) and check-expiry --fix extend",
     ),
 ];
 

@@ -53,6 +53,7 @@ pub fn azure_any(auth: AuthMode, aks_api: &str) -> anyhow::Result<Azure> {
         options,
         subscription: String::new(),
         cluster_path: String::new(),
+        vault_ids: Default::default(),
     })
 }
 

@@ -1,6 +1,9 @@
 //! `kmsctl sim serve|inspect|fault|restart-replica`.
 
-use crate::cli::sim::{Access, BalancerKind, FaultArgs, OnOff, ServeArgs, SimCommand};
+use crate::cli::sim::{
+    Access, BalancerKind, FaultArgs, OnOff, OperatorNetworkArg, ServeArgs, SimCommand,
+};
+use crate::sim::operator_network::OperatorNetwork;
 use crate::sim::replicas::Balancer;
 use crate::sim::{NetworkAccess, SimOptions, Twin, admin_request, faults};
 use anyhow::Context;
@@ -52,6 +55,10 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         fleet: a.fleet.clone(),
         scenario: a.scenario.clone(),
         least_privilege: a.least_privilege,
+        operator_network: match a.operator_network {
+            OperatorNetworkArg::Outside => OperatorNetwork::Outside,
+            OperatorNetworkArg::Inside => OperatorNetwork::Inside,
+        },
     })
 }
 

@@ -19,11 +19,16 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
     let mut key = Value::Null;
     let mut vault = Value::Null;
     if let Some(id) = c.key_id().and_then(|k| KeyId::parse(&k).ok()) {
-        key = match az.key_vault(&id)?.version(&id).await {
+        // Through Resource Manager: a private vault's data plane is out of an operator's reach.
+        let read = match az.key_reader(&id, c.vault_resource_id().as_deref()).await {
+            Ok(r) => r.version(&id).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        key = match read {
             Ok(v) => {
                 json!({ "id": v.id.to_string(), "enabled": v.enabled, "expiresOn": v.expires_on, "createdOn": v.created_on, "kty": v.kty })
             }
-            Err(e) => json!({ "id": id.to_string(), "error": e.to_string() }),
+            Err(e) => json!({ "id": id.to_string(), "error": format!("{e:#}") }),
         };
         let v = facts::vault(
             &az.arm,

@@ -2,9 +2,11 @@
 
 use crate::azure::arm::ArmClient;
 use crate::azure::keys::{KeyId, KeyVault};
+use crate::azure::mgmt_keys::KeyReader;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::ClientOptions;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub struct Azure {
     pub arm: ArmClient,
@@ -12,9 +14,48 @@ pub struct Azure {
     pub options: ClientOptions,
     pub subscription: String,
     pub cluster_path: String,
+    /// Vault name (lowercase) -> its Resource Manager id, once found.
+    pub vault_ids: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Azure {
+    /// Reads the key's state through Resource Manager. The vault's id: `hint` (the cluster's
+    /// keyVaultResourceId) when it names the key's vault, else found by name in every
+    /// subscription the credential can see (once per vault and run).
+    pub async fn key_reader(&self, id: &KeyId, hint: Option<&str>) -> anyhow::Result<KeyReader> {
+        let name = id.vault_name().to_ascii_lowercase();
+        let hinted = hint.filter(|h| {
+            h.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+        });
+        let known = self
+            .vault_ids
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&name).cloned());
+        let vault_id = match hinted.map(str::to_string).or(known) {
+            Some(v) => v,
+            None => {
+                let found =
+                    crate::checks::facts::find_vault(&self.arm, &self.subscription, &name).await?;
+                found
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no vault named {name} in any subscription the credential can see (Resource Manager), so the key's state cannot be read"
+                        )
+                    })?
+            }
+        };
+        if let Ok(mut m) = self.vault_ids.lock() {
+            m.insert(name, vault_id.clone());
+        }
+        Ok(KeyReader::new(self.arm.clone(), &vault_id))
+    }
+
+    /// The vault's data plane: only for rotate, set expiry and disable (and the reach check).
     pub fn key_vault(&self, id: &KeyId) -> anyhow::Result<KeyVault> {
         Ok(KeyVault::new(
             &id.vault_url,

@@ -60,13 +60,8 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
         }
     };
     if intent == Intent::Disable {
-        match az.key_vault(&id) {
-            Ok(kv) => match facts::key(&kv, &id).await {
-                Ok(k) => f.key = Some(k),
-                Err(e) => f.key_error = Some(e.to_string()),
-            },
-            Err(e) => f.key_error = Some(e.to_string()),
-        }
+        let hint = f.cluster.vault_resource_id();
+        read_key(az, &id, hint.as_deref(), &mut f).await;
     }
     if matches!(
         intent,
@@ -84,16 +79,36 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
             let found = f.vault.resource.as_ref().and_then(|v| v["id"].as_str());
             f.vault_resource_id = f.vault_resource_id.clone().or(found.map(str::to_string));
         }
-        match az.key_vault(&id) {
-            Ok(kv) => match facts::key(&kv, &id).await {
-                Ok(k) => f.key = Some(k),
-                Err(e) => f.key_error = Some(e.to_string()),
-            },
-            Err(e) => f.key_error = Some(e.to_string()),
-        }
+        let hint = f
+            .vault
+            .resource
+            .as_ref()
+            .and_then(|v| v["id"].as_str())
+            .map(str::to_string);
+        read_key(az, &id, hint.as_deref(), &mut f).await;
+    }
+    // A rotation (and the retire after it) goes through the vault's own endpoint: prove it is
+    // reachable from here before anything changes.
+    if intent == Intent::Rotate {
+        f.reach = Some(match az.key_vault(&id) {
+            Ok(kv) => facts::reach(&kv, &id).await,
+            Err(e) => facts::Reach::Failed(format!("{e:#}")),
+        });
     }
     f.key_id = Some(id);
     Ok(f)
+}
+
+/// The key version's state through Resource Manager (any network, management-plane read).
+async fn read_key(az: &super::context::Azure, id: &KeyId, hint: Option<&str>, f: &mut Facts) {
+    let read = match az.key_reader(id, hint).await {
+        Ok(r) => facts::key(&r, id).await.map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(k) => f.key = Some(k),
+        Err(e) => f.key_error = Some(format!("{e:#}")),
+    }
 }
 
 pub async fn run(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::Result<Preflight> {

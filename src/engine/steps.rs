@@ -33,6 +33,33 @@ fn key_id(state: &RunState) -> Result<KeyId, StepError> {
     KeyId::parse(&raw).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))
 }
 
+/// Key state through Resource Manager (the run's private vault id, when it has one, names the
+/// vault).
+async fn reader(
+    ctx: &Context,
+    state: &RunState,
+    id: &KeyId,
+) -> Result<crate::azure::mgmt_keys::KeyReader, StepError> {
+    Ok(ctx
+        .azure()?
+        .key_reader(id, state.vault_resource_id.as_deref())
+        .await?)
+}
+
+/// A data-plane call that failed: when the vault's network stopped this machine mid-run, say
+/// so; the step stops there and `kmsctl resume` continues it from a network that reaches it.
+fn data_plane(e: crate::azure::RemoteError, what: &str) -> StepError {
+    match e.network_block() {
+        Some("unreachable") => StepError::Failed(anyhow::anyhow!(
+            "{what}: the vault's data plane could not be reached from this network ({e}); the run stopped at this step. Whether the call arrived is checked again on `kmsctl resume`: run it from a network with a private endpoint to the vault (or an address its firewall allows)"
+        )),
+        Some(block) => StepError::Failed(anyhow::anyhow!(
+            "{what}: the vault's network refused this machine ({block}: {e}); this step changed nothing and the run stopped here. Run `kmsctl resume` from a network with a private endpoint to the vault (a VM or runner in the cluster's VNet), or, for a vault with a public firewall, from an address it allows"
+        )),
+        None => StepError::Failed(e.into()),
+    }
+}
+
 /// The KMS configuration as the cluster reports it, in the form the journal keeps.
 fn kms_config(c: &Value) -> Value {
     let k = kms_of(c);
@@ -51,8 +78,7 @@ pub async fn plant_canary(ctx: &Context, run_id: &str) -> Result<Value, StepErro
 /// whether the killed one's rotation happened.
 pub async fn rotate_key_prepare(ctx: &Context, state: &RunState) -> Result<Value, StepError> {
     let id = key_id(state)?;
-    let kv = ctx.azure()?.key_vault(&id)?;
-    let versions = kv.versions(&id.name).await?;
+    let versions = reader(ctx, state, &id).await?.versions(&id.name).await?;
     Ok(json!({ "latestBefore": versions.last().map(|v| v.id.to_string()) }))
 }
 
@@ -62,8 +88,7 @@ pub async fn rotate_key(
     prepared: &Value,
 ) -> Result<Value, StepError> {
     let id = key_id(state)?;
-    let kv = ctx.azure()?.key_vault(&id)?;
-    let versions = kv.versions(&id.name).await?;
+    let versions = reader(ctx, state, &id).await?.versions(&id.name).await?;
     let latest = versions.last().map(|v| v.id.to_string());
     if latest.is_some()
         && latest.as_deref() != prepared["latestBefore"].as_str()
@@ -72,7 +97,11 @@ pub async fn rotate_key(
         tracing::info!("the rotation already happened before an interruption; using its version");
         return Ok(json!({ "keyId": latest, "resumed": true }));
     }
-    let new = kv.rotate(&id.name).await?;
+    let kv = ctx.azure()?.key_vault(&id)?;
+    let new = kv
+        .rotate(&id.name)
+        .await
+        .map_err(|e| data_plane(e, "rotating the key"))?;
     Ok(json!({ "keyId": new.id.to_string(), "expiresOn": new.expires_on }))
 }
 
@@ -309,7 +338,8 @@ pub async fn check_rotation_window(
         .flatten()
     {
         let id = KeyId::parse(raw).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))?;
-        let v = az.key_vault(&id)?.version(&id).await?;
+        let hint = state.vault_resource_id.as_deref();
+        let v = az.key_reader(&id, hint).await?.version(&id).await?;
         if !v.enabled {
             return Err(StepError::Failed(anyhow::anyhow!(
                 "{id} is disabled, but KMS still needs it until the next rotation finishes; enable it (az keyvault key set-attributes --enabled true) and run `kmsctl resume`"
@@ -362,7 +392,10 @@ pub async fn retire_oldest(ctx: &Context, state: &RunState) -> Result<Value, Ste
         return refuse(format!("other clusters use it: {}", users.join(", ")));
     }
     let id = KeyId::parse(&oldest).map_err(|e| StepError::Failed(anyhow::anyhow!(e)))?;
-    az.key_vault(&id)?.set_enabled(&id, false).await?;
+    az.key_vault(&id)?
+        .set_enabled(&id, false)
+        .await
+        .map_err(|e| data_plane(e, "disabling the retired version"))?;
     let now = chrono::Utc::now();
     ledger::update(&ctx.kube, |l| l.retired(&oldest, now)).await?;
     Ok(json!({ "disabled": oldest }))

@@ -1,6 +1,7 @@
 //! Azure Resource Manager as the twin serves it: managedClusters (GET, PUT as a whole-resource
 //! replace with eTags and long-running operations, list, upgrade profile), the operation
-//! status documents, Microsoft.KeyVault/vaults (GET, PATCH) and role assignments at a scope.
+//! status documents, Microsoft.KeyVault/vaults (GET, PATCH; keys read-only in `arm_keys`) and
+//! role assignments at a scope.
 
 use super::aks_rules::{self, Facts, available_upgrades, resolve_version};
 use super::http::{Req, Resp, arm_error, empty, json_resp, with_header};
@@ -142,6 +143,14 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
                     "The requested method is not supported by the twin for this resource.",
                 ),
             }
+        }
+        [rg_, rg, "providers", p, "vaults", name, k, rest @ ..]
+            if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") && eq(k, "keys") =>
+        {
+            if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.vault) {
+                return not_found("Microsoft.KeyVault/vaults", name, rg);
+            }
+            super::arm_keys::handle(&w, req, rest)
         }
         [rg_, rg, "providers", p, "vaults", name]
             if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") =>

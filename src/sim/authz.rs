@@ -190,6 +190,12 @@ fn arm_action(req: &Req) -> Option<String> {
         ["microsoft.containerservice", "managedclusters", ..] => {
             format!("microsoft.containerservice/managedclusters/{rw}")
         }
+        ["microsoft.keyvault", "vaults", _, "keys", _, "versions", ..] => {
+            format!("microsoft.keyvault/vaults/keys/versions/{rw}")
+        }
+        ["microsoft.keyvault", "vaults", _, "keys", ..] => {
+            format!("microsoft.keyvault/vaults/keys/{rw}")
+        }
         ["microsoft.keyvault", "vaults", ..] => format!("microsoft.keyvault/vaults/{rw}"),
         ["microsoft.authorization", kind, ..] => format!("microsoft.authorization/{kind}/{rw}"),
         [

@@ -19,6 +19,8 @@ pub struct Req {
     /// The kube-apiserver replica serving this request's connection.
     pub replica: usize,
     pub version: hyper::Version,
+    /// The caller's address (what a vault firewall's IP rules are matched against).
+    pub peer: std::net::IpAddr,
 }
 
 impl Req {

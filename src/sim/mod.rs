@@ -6,6 +6,7 @@
 mod admin;
 mod aks_rules;
 mod arm;
+mod arm_keys;
 mod authz;
 mod entra;
 pub mod faults;
@@ -15,6 +16,7 @@ mod identities;
 mod keyvault;
 mod kubeapi;
 mod objects;
+pub mod operator_network;
 mod private_link;
 mod protobuf;
 mod ratelimit;
@@ -88,6 +90,8 @@ pub struct SimOptions {
     pub scenario: Option<String>,
     /// Grant kmsctl's Kubernetes user and Azure principal only what `kmsctl rbac` prints.
     pub least_privilege: bool,
+    /// Where kmsctl's requests to the vault's data plane come from.
+    pub operator_network: operator_network::OperatorNetwork,
 }
 
 impl Default for SimOptions {
@@ -119,6 +123,7 @@ impl Default for SimOptions {
             fleet: Vec::new(),
             scenario: None,
             least_privilege: false,
+            operator_network: Default::default(),
         }
     }
 }

@@ -29,7 +29,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         // A TCP balancer in front of the API server replicas: one replica per connection.
@@ -42,7 +42,7 @@ pub async fn serve(
                 return;
             };
             let service = hyper::service::service_fn(move |req| {
-                handle(shared.clone(), req, replica, generation)
+                handle(shared.clone(), req, replica, generation, peer.ip())
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -64,6 +64,7 @@ async fn handle(
     req: hyper::Request<hyper::body::Incoming>,
     replica: usize,
     generation: u64,
+    peer: std::net::IpAddr,
 ) -> Result<Resp, Dropped> {
     let (parts, body) = req.into_parts();
     let host = parts
@@ -114,11 +115,19 @@ async fn handle(
         body,
         replica,
         version: parts.version,
+        peer,
     };
     if let Some(code) = action.status {
         return Ok(fault_response(&req, code));
     }
     tracing::debug!(method = %req.method, host = %req.host, path = %req.path, "twin request");
+    // The vault's network decides before its authorization does (the caller is authenticated).
+    if req.host.ends_with(".vault.azure.net")
+        && req.bearer().is_some()
+        && let Some(refused) = super::operator_network::refused(&shared.world(), req.peer)
+    {
+        return Ok(refused);
+    }
     if let Some(denied) = authorize(&shared, &req) {
         return Ok(denied);
     }
