@@ -6,6 +6,7 @@ mod common;
 use common::{small, world};
 use kmsctl::azure::arm::{ApiVersions, ArmClient};
 use kmsctl::azure::keys::{KeyId, KeyVault};
+use kmsctl::azure::mgmt_keys::KeyReader;
 use kmsctl::azure::transport::Route;
 use kmsctl::engine::cluster::update;
 use kmsctl::engine::kms::DesiredKms;
@@ -18,6 +19,8 @@ struct Clients {
     arm: ArmClient,
     path: String,
     kv: KeyVault,
+    /// The same key's state through Resource Manager.
+    keys: KeyReader,
     kube: kube::Client,
     key: KeyId,
 }
@@ -55,10 +58,12 @@ async fn clients(w: &common::World) -> Clients {
         .await
         .unwrap();
     cfg.default_retry = false;
+    let keys = KeyReader::new(arm.clone(), &ids.vault_id());
     Clients {
         arm,
         path,
         kv,
+        keys,
         kube: kube::Client::try_from(cfg).unwrap(),
         key,
     }
@@ -265,10 +270,30 @@ async fn key_vault_rotation_keeps_old_versions_and_expired_keys_stop_writes() {
     let c = clients(&w).await;
     let new = c.kv.rotate(&c.key.name).await.unwrap();
     assert_ne!(new.id.version, c.key.version);
-    let old = c.kv.version(&c.key).await.unwrap();
+    let old = c.keys.version(&c.key).await.unwrap();
     assert!(old.enabled);
     assert_eq!(old.kty.as_deref(), Some("RSA"));
-    assert_eq!(c.kv.versions(&c.key.name).await.unwrap().len(), 2);
+    assert_eq!(c.keys.versions(&c.key.name).await.unwrap().len(), 2);
+    // Resource Manager pages versions (two a page): every one is found through nextLink.
+    let third = c.kv.rotate(&c.key.name).await.unwrap();
+    let all = c.keys.versions(&c.key.name).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all.last().unwrap().id, third.id);
+    let page = c
+        .arm
+        .get(
+            &format!("{}/keys/{}/versions", c.keys.vault_id, c.key.name),
+            &c.arm.api.key_vault,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.body["value"].as_array().unwrap().len(), 2);
+    assert!(
+        page.body["nextLink"]
+            .as_str()
+            .unwrap()
+            .contains("$skiptoken=")
+    );
     // The key version in use expires: the KMS plugin can no longer encrypt.
     for v in w
         .twin
@@ -1225,8 +1250,8 @@ async fn key_names_and_vault_hosts_are_case_insensitive() {
         c.key.version.to_ascii_uppercase()
     );
     let upper = KeyId::parse(&upper_kid).unwrap();
-    // Key Vault's routes: the same key under an upper-case name and version.
-    let got = c.kv.version(&upper).await.unwrap();
+    // Resource Manager's key routes: the same key under an upper-case name and version.
+    let got = c.keys.version(&upper).await.unwrap();
     assert!(got.enabled);
     assert!(got.id.version.eq_ignore_ascii_case(&c.key.version));
     // A Secret stored under the key spelled in another case is readable, and is not under a

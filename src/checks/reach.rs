@@ -36,6 +36,12 @@ pub fn message(vault_name: &str, vault: Option<&Value>, block: &str, detail: &st
         }
         _ => "this machine could not connect to the vault's data plane",
     };
+    // Key Vault's message spans lines (Caller, Vault): one line reads better in a finding.
+    let detail = detail
+        .split(['\r', '\n'])
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     format!(
         "the data plane of vault {vault_name} cannot be reached from this network: {why}. The vault: {}. Key state is read through Azure Resource Manager, so status and check-expiry work from here, but rotating a key, changing an expiry and disabling a version go through the vault's own endpoint. Service answer: {detail}",
         network_settings(vault)

@@ -274,3 +274,53 @@ pub fn key_vault(policy: &Policy, req: &Req, principal: &str) -> Option<Resp> {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Req {
+        Req {
+            method: Method::GET,
+            host: "management.azure.com".into(),
+            path: path.into(),
+            query: Default::default(),
+            headers: Default::default(),
+            body: Default::default(),
+            replica: 0,
+            version: hyper::Version::HTTP_11,
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    const VAULT: &str = "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/v";
+
+    #[test]
+    fn key_reads_through_resource_manager_need_their_own_actions() {
+        let key = get(&format!("{VAULT}/keys/k"));
+        let versions = get(&format!("{VAULT}/keys/k/versions"));
+        let version = get(&format!("{VAULT}/keys/k/versions/abc"));
+        assert_eq!(
+            arm_action(&key).as_deref(),
+            Some("microsoft.keyvault/vaults/keys/read")
+        );
+        for r in [&versions, &version] {
+            assert_eq!(
+                arm_action(r).as_deref(),
+                Some("microsoft.keyvault/vaults/keys/versions/read")
+            );
+        }
+        // kmsctl's role grants them; a role with only vault read does not.
+        let granted = Policy::kmsctl();
+        assert!(arm(&granted, &version, "p").is_none());
+        assert!(arm(&granted, &key, "p").is_none());
+        let vault_only = Policy {
+            kube: Vec::new(),
+            actions: vec!["microsoft.keyvault/vaults/read".into()],
+            data_actions: Vec::new(),
+        };
+        assert!(arm(&vault_only, &get(VAULT), "p").is_none());
+        let denied = arm(&vault_only, &versions, "p").expect("refused");
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    }
+}
