@@ -232,10 +232,13 @@ pub async fn find_vault(
         })
     };
     let path = |sub: &str| format!("/subscriptions/{sub}/providers/Microsoft.KeyVault/vaults");
-    if let Some(v) = named(
-        arm.list_all(&path(subscription), &arm.api.key_vault)
-            .await?,
-    ) {
+    // A fleet-wide check names no one subscription: every visible one is searched.
+    if !subscription.is_empty()
+        && let Some(v) = named(
+            arm.list_all(&path(subscription), &arm.api.key_vault)
+                .await?,
+        )
+    {
         return Ok(Some(v));
     }
     let Ok(subs) = arm.list_all("/subscriptions", "2022-12-01").await else {
