@@ -303,7 +303,7 @@ async fn prepare(
     }
     // Nothing has changed yet: a check that cannot be made (403 listing Secrets, a credential
     // Entra ID refuses) is a refusal, with the service's own message.
-    let pre = preflight::run(ctx, procedure.intent, &p)
+    let pre = preflight::run(ctx, procedure.intent, &p, procedure.uses_data_plane())
         .await
         .map_err(|e| {
             Refusal(format!(

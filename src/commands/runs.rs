@@ -287,7 +287,7 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
     // The read-only preflight again: the wrong-cluster guard refuses, the rest informs (a run
     // that already changed the cluster would fail checks meant for its start).
     if need_azure {
-        let pre = preflight::run(&ctx, h.procedure.intent, &h.params).await?;
+        let pre = preflight::run(&ctx, h.procedure.intent, &h.params, false).await?;
         if let Some(f) = pre
             .findings
             .iter()

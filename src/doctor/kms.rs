@@ -62,7 +62,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Finding>> {
         return Ok(out);
     }
     // The preflight of a rotation covers the identity, the vault and the network mode.
-    let pre = crate::engine::preflight::run(ctx, Intent::Rotate, &RunParams::default()).await?;
+    let pre =
+        crate::engine::preflight::run(ctx, Intent::Rotate, &RunParams::default(), true).await?;
     for f in pre.findings.iter().filter(|f| {
         !matches!(
             f.check,

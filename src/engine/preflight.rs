@@ -16,7 +16,14 @@ pub struct Preflight {
     pub output: Value,
 }
 
-pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::Result<Facts> {
+/// `data_plane`: the run will use the vault's data plane (`Procedure::uses_data_plane`), so its
+/// reach is checked.
+pub async fn gather(
+    ctx: &Context,
+    intent: Intent,
+    params: &RunParams,
+    data_plane: bool,
+) -> anyhow::Result<Facts> {
     let mut f = Facts {
         kube: facts::kube(&ctx.kube, ctx.kube_server_host.clone()).await?,
         ..Default::default()
@@ -89,7 +96,7 @@ pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow
     }
     // A rotation (and the retire after it) goes through the vault's own endpoint: prove it is
     // reachable from here before anything changes.
-    if intent == Intent::Rotate {
+    if data_plane {
         f.reach = Some(match az.key_vault(&id) {
             Ok(kv) => facts::reach(&kv, &id).await,
             Err(e) => facts::Reach::Failed(format!("{e:#}")),
@@ -111,8 +118,13 @@ async fn read_key(az: &super::context::Azure, id: &KeyId, hint: Option<&str>, f:
     }
 }
 
-pub async fn run(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::Result<Preflight> {
-    let facts = gather(ctx, intent, params).await?;
+pub async fn run(
+    ctx: &Context,
+    intent: Intent,
+    params: &RunParams,
+    data_plane: bool,
+) -> anyhow::Result<Preflight> {
+    let facts = gather(ctx, intent, params, data_plane).await?;
     let findings = preflight::run(&preflight::Inputs {
         intent,
         facts: &facts,

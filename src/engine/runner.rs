@@ -262,7 +262,13 @@ async fn run_step(
     let status = |m: &str| observer.step_status(m);
     let output = match step {
         Step::Preflight => {
-            let p = super::preflight::run(ctx, record.header.procedure.intent, params).await?;
+            let p = super::preflight::run(
+                ctx,
+                record.header.procedure.intent,
+                params,
+                record.header.procedure.uses_data_plane(),
+            )
+            .await?;
             if crate::checks::refused(&p.findings) {
                 let why: Vec<String> = p
                     .findings

@@ -152,6 +152,16 @@ pub struct Procedure {
     pub steps: Vec<Step>,
 }
 
+impl Procedure {
+    /// Whether a step goes through the vault's data plane (rotate a key, disable a version):
+    /// such a run must prove it reaches the vault before it changes anything.
+    pub fn uses_data_plane(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::RotateKey | Step::RetireOldest { .. }))
+    }
+}
+
 const BUILT_IN: &[(&str, &str)] = &[
     ("enable", include_str!("../../playbooks/enable.yaml")),
     ("disable", include_str!("../../playbooks/disable.yaml")),
@@ -187,6 +197,19 @@ pub fn built_in(name: &str) -> Result<Procedure, PlaybookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rotations_use_the_vaults_data_plane() {
+        for name in built_in_names() {
+            let p = built_in(name).unwrap();
+            assert_eq!(
+                p.uses_data_plane(),
+                p.intent == Intent::Rotate,
+                "{name}: {:?}",
+                p.steps
+            );
+        }
+    }
 
     #[test]
     fn fields_are_the_keys_each_step_writes() {
