@@ -207,7 +207,7 @@ async fn a_run_that_loses_reach_mid_way_stops_at_that_step_and_resumes() {
     .await;
     set_network(&w, OperatorNetwork::Inside);
     let args = ["rotate", "--twice", "--yes"];
-    let mut child = w
+    let child = w
         .command(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
