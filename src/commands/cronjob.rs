@@ -26,7 +26,7 @@ pub fn objects(a: &ExpiryArgs) -> anyhow::Result<Vec<Value>> {
     };
     let Some(client_id) = &a.client_id else {
         return Err(Refusal(format!(
-            "--cronjob needs --client-id: the client id of a user-assigned identity with a federated credential for system:serviceaccount:{ns}:{NAME} (issuer: the cluster's OIDC issuer, az aks show -g {rg} -n {cluster} --query oidcIssuerProfile.issuerUrl), Reader on the cluster and Key Vault Reader on the key's vault",
+            "--cronjob needs --client-id: the client id of a user-assigned identity with a federated credential for system:serviceaccount:{ns}:{NAME} (issuer: the cluster's OIDC issuer, az aks show -g {rg} -n {cluster} --query oidcIssuerProfile.issuerUrl), Reader on the cluster and on the key's vault (Resource Manager read: the check reads keys through Resource Manager, no data-plane role needed)",
             ns = a.namespace
         ))
         .into());
