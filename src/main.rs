@@ -18,15 +18,21 @@ fn tune_allocator() {
 fn main() {
     tune_allocator();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = kmsctl::cli::Cli::parse();
+    // RUST_LOG wins; otherwise -v shows what kmsctl decided (which credential, ...), -vv more.
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "kmsctl=info,warn",
+        _ => "kmsctl=debug,info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: logs in files and CI stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = kmsctl::cli::Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let code = match rt.block_on(commands::run(cli)) {
         Ok(code) => code,

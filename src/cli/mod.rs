@@ -20,6 +20,10 @@ pub struct Cli {
     /// Output: human text, or JSON on stdout.
     #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]
     pub output: Format,
+    /// Say more on stderr: -v what kmsctl decided and why (the credential `--auth auto` picked),
+    /// -vv every request. RUST_LOG, when set, wins.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -318,6 +322,16 @@ pub struct RbacArgs {
     /// The Azure role's assignable scope (default: the subscription).
     #[arg(long)]
     pub scope: Option<String>,
+    /// Print only the Kubernetes manifests, for `| kubectl apply -f -`.
+    #[arg(long, conflicts_with_all = ["azure", "out_dir"])]
+    pub kubernetes: bool,
+    /// Print only the Azure role definition (JSON), for
+    /// `az role definition create --role-definition @kmsctl-role.json`.
+    #[arg(long, conflicts_with = "out_dir")]
+    pub azure: bool,
+    /// Write both into this folder: kmsctl-rbac.yaml and kmsctl-role.json.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
