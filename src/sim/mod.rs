@@ -14,6 +14,7 @@ mod http;
 mod identities;
 mod keyvault;
 mod kubeapi;
+mod missing;
 mod objects;
 mod private_link;
 mod protobuf;
