@@ -1,6 +1,5 @@
 //! kmsctl's entry point: parse, run, map the result onto the documented exit codes.
 
-use clap::Parser;
 use kmsctl::{commands, exit_codes};
 
 /// Keeps memory bounded while Secrets of 50–200 KiB stream through: glibc raises its mmap
@@ -18,7 +17,7 @@ fn tune_allocator() {
 fn main() {
     tune_allocator();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = kmsctl::cli::Cli::parse();
+    let cli = kmsctl::cli::parse();
     // RUST_LOG wins; otherwise -v shows what kmsctl decided (which credential, ...), -vv more.
     let level = match cli.verbose {
         0 => "warn",

@@ -2,12 +2,11 @@
 //! from the same clap definitions the parser uses, so they cannot drift.
 
 use super::Refusal;
-use crate::cli::{Cli, ManArgs};
+use crate::cli::ManArgs;
 use crate::exit_codes;
-use clap::CommandFactory;
 
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::command();
     clap_complete::generate(shell, &mut cmd, "kmsctl", &mut std::io::stdout());
     Ok(exit_codes::OK)
 }
@@ -33,7 +32,7 @@ pub fn pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         }
         Ok(())
     }
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::command();
     cmd.build();
     let mut out = Vec::new();
     walk(&cmd, "", &mut out)?;
