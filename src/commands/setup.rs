@@ -75,7 +75,7 @@ pub async fn context(
     };
     Ok(Context {
         azure,
-        kube_server_host: client::server_host(&cluster.server),
+        kube_server_endpoint: client::server_endpoint(&cluster.server),
         kube_server: cluster.server,
         kubeconfig: cluster.kubeconfig,
         kube_context: cluster.context,

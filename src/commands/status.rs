@@ -62,10 +62,10 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
     {
         alive.push(k);
     }
-    let hosts = c.api_server_hosts();
-    let this_cluster = hosts
+    let this_cluster = c
+        .api_server_endpoints()
         .iter()
-        .any(|h| h.eq_ignore_ascii_case(&ctx.kube_server_host));
+        .any(|h| h.eq_ignore_ascii_case(&ctx.kube_server_endpoint));
     let doc = json!({
         "cluster": c.resource["name"],
         "resourceGroup": target.resource_group,

@@ -18,7 +18,7 @@ pub struct Preflight {
 
 pub async fn gather(ctx: &Context, intent: Intent, params: &RunParams) -> anyhow::Result<Facts> {
     let mut f = Facts {
-        kube: facts::kube(&ctx.kube, ctx.kube_server_host.clone()).await?,
+        kube: facts::kube(&ctx.kube, ctx.kube_server_endpoint.clone()).await?,
         ..Default::default()
     };
     let Some(az) = &ctx.azure else { return Ok(f) };

@@ -28,18 +28,46 @@ pub fn fresh(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
 /// and a canary PUT on this client show belong to the same replica. A pooled client could
 /// silently reconnect between the two (to another replica) and make the pair lie.
 pub fn pinned(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
-    use hyper_util::client::legacy::Client as HyperClient;
     use hyper_util::client::legacy::connect::HttpConnector;
-    use kube::client::{Body, ClientBuilder, ConfigExt};
-    let other = |e: kube::Error| super::KubeError::Other(e.to_string());
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(config.connect_timeout);
+    let one = OneConnection {
+        inner: http,
+        used: Default::default(),
+    };
+    // Through the kubeconfig's http proxy-url, the one connection is the proxy's (a CONNECT
+    // tunnel to the API server), as kube's own client does it.
+    match config.proxy_url.as_ref() {
+        Some(proxy) if proxy.scheme_str() == Some("http") => {
+            let tunnel =
+                hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy.clone(), one);
+            pinned_over(config, tunnel)
+        }
+        Some(proxy) => Err(super::KubeError::Other(format!(
+            "proxy-url {proxy}: only http:// proxies are supported"
+        ))),
+        None => pinned_over(config, one),
+    }
+}
+
+fn pinned_over<C>(config: &kube::Config, connector: C) -> Result<kube::Client, super::KubeError>
+where
+    C: tower_service::Service<http::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read
+        + hyper::rt::Write
+        + hyper_util::client::legacy::connect::Connection
+        + Send
+        + Unpin
+        + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::client::legacy::Client as HyperClient;
+    use kube::client::{Body, ClientBuilder, ConfigExt};
+    let other = |e: kube::Error| super::KubeError::Other(e.to_string());
     let https = config
-        .rustls_https_connector_with_connector(OneConnection {
-            inner: http,
-            used: Default::default(),
-        })
+        .rustls_https_connector_with_connector(connector)
         .map_err(other)?;
     let hyper: HyperClient<_, Body> =
         HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(https);
@@ -203,8 +231,54 @@ pub fn server_host(server: &str) -> String {
     host.to_ascii_lowercase()
 }
 
+/// The host and port a server URL names, `host:port` in lower case (443 for https when no port
+/// is written, 80 for http): what the wrong-cluster guard compares. Two API servers behind one
+/// host (local tunnels on 127.0.0.1, say) differ by port.
+pub fn server_endpoint(server: &str) -> String {
+    let (scheme, rest) = server.split_once("://").unwrap_or(("https", server));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = server_host(server);
+    let written = if authority.starts_with('[') {
+        authority.split_once("]:").map(|(_, p)| p)
+    } else {
+        authority.rsplit_once(':').map(|(_, p)| p)
+    };
+    let port = match written {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ if scheme.eq_ignore_ascii_case("http") => "80".into(),
+        _ => "443".into(),
+    };
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn endpoints_name_host_and_port() {
+        assert_eq!(
+            super::server_endpoint("https://AKS-abc.hcp.westeurope.azmk8s.io"),
+            "aks-abc.hcp.westeurope.azmk8s.io:443"
+        );
+        assert_eq!(
+            super::server_endpoint("https://aks-abc.hcp.westeurope.azmk8s.io:443/"),
+            "aks-abc.hcp.westeurope.azmk8s.io:443"
+        );
+        assert_eq!(
+            super::server_endpoint("https://127.0.0.1:6443"),
+            "127.0.0.1:6443"
+        );
+        assert_ne!(
+            super::server_endpoint("https://127.0.0.1:6443"),
+            super::server_endpoint("https://127.0.0.1:7443")
+        );
+        assert_eq!(super::server_endpoint("https://[::1]:8443/x"), "[::1]:8443");
+        assert_eq!(super::server_endpoint("http://10.0.0.1"), "10.0.0.1:80");
+    }
+
     #[test]
     fn hosts() {
         assert_eq!(
