@@ -17,6 +17,8 @@ fn tune_allocator() {
 fn main() {
     tune_allocator();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // A shell's TAB (COMPLETE=bash kmsctl -- ...): print the candidates and exit.
+    clap_complete::CompleteEnv::with_factory(kmsctl::cli::command).complete();
     let cli = kmsctl::cli::parse();
     // RUST_LOG wins; otherwise -v shows what kmsctl decided (which credential, ...), -vv more.
     let level = match cli.verbose {

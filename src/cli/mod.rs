@@ -1,5 +1,7 @@
 //! The command line surface: clap types only. Command bodies live in `commands/`.
 
+mod complete;
+pub use complete::registration;
 pub mod examples;
 pub mod sim;
 
@@ -70,7 +72,7 @@ pub fn command() -> clap::Command {
     }
     // check-expiry's own -o (same id, so the global one is not propagated to it and its value
     // still lands in `Cli::output`) lists the formats only it writes.
-    decorate(Cli::command(), "kmsctl")
+    complete::values(decorate(Cli::command(), "kmsctl"))
         // plan changes nothing: --yes and --dry-run (shared with the commands that change)
         // are not offered; `--yes` is refused, `--dry-run` is what plan always is.
         .mut_subcommand("plan", |c| {

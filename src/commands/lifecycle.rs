@@ -347,6 +347,7 @@ async fn prepare(
         ))
         .await?
     {
+        eprintln!("{NOT_CONFIRMED}");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
     let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
@@ -358,6 +359,10 @@ async fn prepare(
     let record = journal::replay(&j.path)?;
     Ok(Prepared::Run(Box::new((j, record))))
 }
+
+/// What an answer other than yes at the prompt says (exit 2, as any refusal before a change).
+pub const NOT_CONFIRMED: &str =
+    "not confirmed: nothing was changed (run again and answer y, or pass --yes)";
 
 /// Asks on the terminal. The read runs off the async threads, so a Ctrl-C at the prompt is
 /// still seen (and the lease given back).

@@ -65,7 +65,7 @@ pub async fn context(
     // Nothing has changed yet: a kubeconfig or context that cannot be used is a refusal (exit 2).
     let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref())
         .await
-        .map_err(|e| Refusal(format!("{e:#}")))?;
+        .map_err(|e| Refusal(kubeconfig_refusal(&e, target)))?;
     let azure = if need_azure {
         let az = azure(target, auth, aks_api)?;
         cluster_exists(&az, target).await?;
@@ -82,6 +82,24 @@ pub async fn context(
         kube_config: cluster.config,
         kube: cluster.client,
     })
+}
+
+/// What a kubeconfig problem says, with how to get the cluster's kubeconfig or context.
+pub fn kubeconfig_refusal(e: &anyhow::Error, target: &Target) -> String {
+    let get = format!(
+        "az aks get-credentials -g {} -n {}",
+        target.resource_group.as_deref().unwrap_or("RESOURCE_GROUP"),
+        target.cluster.as_deref().unwrap_or("CLUSTER")
+    );
+    match e.downcast_ref::<client::KubeconfigProblem>() {
+        Some(client::KubeconfigProblem::Missing(_)) => format!(
+            "{e}: get the cluster's credentials with `{get}` (it writes ~/.kube/config), or name a file with --kubeconfig or KUBECONFIG"
+        ),
+        Some(client::KubeconfigProblem::UnknownContext { .. }) => {
+            format!("{e}: pick one with --context, or add the cluster's with `{get}`")
+        }
+        None => format!("{e:#}"),
+    }
 }
 
 /// A cluster or resource group that is not there is a refusal before anything else is read or

@@ -153,6 +153,20 @@ impl tower_service::Service<http::Uri> for OneConnection {
     }
 }
 
+/// A kubeconfig that cannot name the cluster: said with what there is, so the caller can add how
+/// to get the right one.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigProblem {
+    #[error("no kubeconfig at {0}")]
+    Missing(std::path::PathBuf),
+    #[error("the kubeconfig {file} has no context '{name}'; its contexts: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownContext {
+        file: String,
+        name: String,
+        known: Vec<String>,
+    },
+}
+
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Cluster> {
     // Inside a pod (the check-expiry CronJob) without a kubeconfig: the pod's service account.
     let home_config =
@@ -166,6 +180,24 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
         let config = kube::Config::incluster().context("loading the in-cluster configuration")?;
         return finish(config, None, None);
     }
+    // A missing file is said as such (not as a parse error). KUBECONFIG may list several files,
+    // merged: it is missing when none of them exists.
+    let listed: Vec<std::path::PathBuf> = match (kubeconfig, std::env::var_os("KUBECONFIG")) {
+        (Some(p), _) => vec![p.to_path_buf()],
+        (None, Some(v)) if !v.is_empty() => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        _ => std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".kube/config"))
+            .into_iter()
+            .collect(),
+    };
+    if let Some(f) = listed.first()
+        && !listed.iter().any(|p| p.exists())
+    {
+        return Err(KubeconfigProblem::Missing(f.clone()).into());
+    }
+    let first = listed.first().cloned();
     let kc = match kubeconfig {
         Some(p) => Kubeconfig::read_from(p)
             .with_context(|| format!("reading kubeconfig {}", p.display()))?,
@@ -173,6 +205,16 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
             Kubeconfig::read().context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)")?
         }
     };
+    if let Some(name) = context
+        && !kc.contexts.iter().any(|c| c.name == name)
+    {
+        return Err(KubeconfigProblem::UnknownContext {
+            file: first.map(|f| f.display().to_string()).unwrap_or_default(),
+            name: name.to_string(),
+            known: kc.contexts.iter().map(|c| c.name.clone()).collect(),
+        }
+        .into());
+    }
     let resolved_context = context
         .map(str::to_string)
         .or_else(|| kc.current_context.clone());
