@@ -83,6 +83,7 @@ pub const EXIT_STATUS: &str = "0  done as asked
 2  refused before any change: a preflight check, bad arguments, no confirmation, another run holds the cluster
 3  the cluster's reported state differs from what was asked: kmsctl stopped
 4  some Secrets could not be re-encrypted; they are listed by namespace/name
+130  stopped by SIGINT or SIGTERM: the run is journaled as interrupted; `kmsctl resume` continues it
 check-expiry: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the monitoring plugin convention)";
 
 pub const ENVIRONMENT: &str = "AZURE_SUBSCRIPTION_ID   the cluster's subscription (--subscription)
