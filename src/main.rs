@@ -1,6 +1,5 @@
 //! kmsctl's entry point: parse, run, map the result onto the documented exit codes.
 
-use clap::Parser;
 use kmsctl::{commands, exit_codes};
 
 /// Keeps memory bounded while Secrets of 50–200 KiB stream through: glibc raises its mmap
@@ -18,15 +17,23 @@ fn tune_allocator() {
 fn main() {
     tune_allocator();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // A shell's TAB (COMPLETE=bash kmsctl -- ...): print the candidates and exit.
+    clap_complete::CompleteEnv::with_factory(kmsctl::cli::command).complete();
+    let cli = kmsctl::cli::parse();
+    // RUST_LOG wins; otherwise -v shows what kmsctl decided (which credential, ...), -vv more.
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "kmsctl=info,warn",
+        _ => "kmsctl=debug,info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: logs in files and CI stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = kmsctl::cli::Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let code = match rt.block_on(commands::run(cli)) {
         Ok(code) => code,

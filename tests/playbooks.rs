@@ -505,16 +505,18 @@ async fn plan_lists_each_built_in_and_its_preflight() {
 #[test]
 fn completions_and_man_pages_for_every_command() {
     let bin = env!("CARGO_BIN_EXE_kmsctl");
-    for shell in ["bash", "zsh", "fish", "powershell"] {
+    // The hook each shell sources; at a TAB it asks kmsctl (COMPLETE=<shell>).
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
         let out = std::process::Command::new(bin)
             .args(["completions", shell])
             .output()
             .unwrap();
         assert!(out.status.success(), "{shell}");
         let script = String::from_utf8(out.stdout).unwrap();
-        for c in ["vault-mode", "migrate-v2", "rotate", "--twice"] {
-            assert!(script.contains(c), "{shell} completion lacks {c}");
-        }
+        assert!(
+            script.contains("COMPLETE") && script.contains("kmsctl"),
+            "{shell}: {script}"
+        );
         if shell == "bash" {
             let mut check = std::process::Command::new("bash")
                 .arg("-n")
@@ -534,6 +536,31 @@ fn completions_and_man_pages_for_every_command() {
             );
         }
     }
+    // What bash's hook gets back at a TAB: every command, and each command's flags.
+    let tab = |words: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .arg("--")
+            .args(words)
+            .env("COMPLETE", "bash")
+            .env("_CLAP_IFS", "\n")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{words:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let commands = tab(&["kmsctl", ""]);
+    for c in ["vault-mode", "migrate-v2", "rotate", "check-expiry", "sim"] {
+        assert!(
+            commands.lines().any(|l| l == c),
+            "completion lacks {c}: {commands}"
+        );
+    }
+    assert!(
+        tab(&["kmsctl", "rotate", "--tw"])
+            .lines()
+            .any(|l| l == "--twice")
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin)
         .args(["man", "--out-dir"])

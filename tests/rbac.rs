@@ -163,3 +163,64 @@ async fn the_twin_refuses_what_the_roles_do_not_grant() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn each_half_prints_alone_for_the_tool_that_applies_it() {
+    let w = world(small(5)).await;
+    // --kubernetes: only manifests, accepted by kubectl as printed (YAML and -o json).
+    for args in [
+        &["rbac", "--kubernetes", "--user", "ops"][..],
+        &["rbac", "--kubernetes", "-o", "json"][..],
+    ] {
+        let out = w.run(args).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert!(!printed.contains("Actions"), "no Azure role in {printed}");
+        let applied = w.kubectl_apply_dry_run(printed).await;
+        assert!(applied.status.success(), "{args:?}: {}", text(&applied));
+        assert!(
+            String::from_utf8_lossy(&applied.stdout)
+                .contains("clusterrole.rbac.authorization.k8s.io/kmsctl")
+        );
+    }
+    // --azure: exactly the role definition, as JSON, the same as -o json's azureRole.
+    let out = w.run(&["rbac", "--azure"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let role: Value = serde_json::from_slice(&out.stdout).expect("only JSON");
+    let both: Value = serde_json::from_slice(&w.run(&["rbac", "-o", "json"]).await.stdout).unwrap();
+    assert_eq!(role, both["azureRole"]);
+    // --out-dir: both files, and how to apply each.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("rbac");
+    let out = w.run(&["rbac", "--out-dir", d.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("kubectl apply -f")
+            && said.contains("az role definition create --role-definition @"),
+        "{said}"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("kmsctl-role.json")).unwrap())
+            .unwrap();
+    assert_eq!(written, role);
+    let yaml = std::fs::read_to_string(d.join("kmsctl-rbac.yaml")).unwrap();
+    assert!(w.kubectl_apply_dry_run(yaml).await.status.success());
+    // The default output says how to apply each half.
+    let out = w.run(&["rbac"]).await;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("--kubernetes")
+            && said.contains("| kubectl apply -f -")
+            && said.contains("--azure"),
+        "{said}"
+    );
+    // The halves exclude each other.
+    assert_eq!(
+        w.run(&["rbac", "--kubernetes", "--azure"])
+            .await
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -1273,3 +1273,107 @@ async fn key_names_and_vault_hosts_are_case_insensitive() {
     body["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"] = json!(upper_kid);
     put(&c, &body).await.unwrap();
 }
+
+#[tokio::test]
+async fn names_it_does_not_hold_are_404_in_resource_managers_shapes() {
+    let w = world(small(1)).await;
+    let c = clients(&w).await;
+    let ids = w.twin.ids();
+    let sub = &ids.subscription;
+    let api = c.arm.api.aks.clone();
+    let err = |path: String| {
+        let arm = &c.arm;
+        let api = api.clone();
+        async move {
+            let e = arm.get(&path, &api).await.expect_err("a 404");
+            (e.status(), e.code().to_string(), e.to_string())
+        }
+    };
+    // A group that does not exist, whatever is asked for in it.
+    let (status, code, text) = err(kmsctl::checks::facts::cluster_path(
+        sub,
+        "rg-nope",
+        &ids.cluster,
+    ))
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (Some(404), "ResourceGroupNotFound")
+    );
+    assert!(
+        text.contains("Resource group 'rg-nope' could not be found."),
+        "{text}"
+    );
+    let (_, code, _) = err(format!(
+        "/subscriptions/{sub}/resourceGroups/rg-nope/providers/Microsoft.ContainerService/managedClusters"
+    ))
+    .await;
+    assert_eq!(code, "ResourceGroupNotFound");
+    let (_, code, _) = err(format!(
+        "/subscriptions/{sub}/resourceGroups/rg-nope/providers/Microsoft.KeyVault/vaults/{}",
+        ids.vault
+    ))
+    .await;
+    assert_eq!(code, "ResourceGroupNotFound");
+    // A resource missing from an existing group.
+    let (status, code, text) = err(kmsctl::checks::facts::cluster_path(
+        sub,
+        &ids.resource_group,
+        "aks-nope",
+    ))
+    .await;
+    assert_eq!((status, code.as_str()), (Some(404), "ResourceNotFound"));
+    assert!(
+        text.contains(&format!(
+            "The Resource 'Microsoft.ContainerService/managedClusters/aks-nope' under resource group '{}' was not found.",
+            ids.resource_group
+        )),
+        "{text}"
+    );
+    // Names compare case-insensitively, as Resource Manager's do.
+    let upper = kmsctl::checks::facts::cluster_path(
+        sub,
+        &ids.resource_group.to_ascii_uppercase(),
+        &ids.cluster.to_ascii_uppercase(),
+    );
+    assert!(c.arm.get(&upper, &api).await.is_ok());
+}
+
+#[tokio::test]
+async fn each_twin_has_its_own_api_server_host_which_its_kubeconfig_names() {
+    let (a, b) = (world(small(1)).await, world(small(1)).await);
+    let host = |w: &common::World| {
+        w.twin.shared.world().cluster["properties"]["fqdn"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(host(&a), host(&b));
+    assert!(
+        host(&a).ends_with(".hcp.westeurope.azmk8s.io"),
+        "{}",
+        host(&a)
+    );
+    let kc = std::fs::read_to_string(a.dir.path().join("kubeconfig")).unwrap();
+    assert!(
+        kc.contains(&format!("server: https://{}\n", host(&a))),
+        "{kc}"
+    );
+    assert!(
+        kc.contains(&format!("proxy-url: http://{}\n", a.twin.addr)),
+        "{kc}"
+    );
+    // The kube client reaches it through the proxy, verifying TLS for that name.
+    let c = clients(&a).await;
+    let ns: Api<kube::api::DynamicObject> = Api::all_with(
+        c.kube.clone(),
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
+    );
+    assert!(
+        !ns.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

@@ -95,11 +95,13 @@ impl ClusterFacts {
             .and_then(Value::as_bool)
             == Some(true)
     }
-    pub fn api_server_hosts(&self) -> Vec<String> {
+    /// Where this cluster's API server answers, `host:443` (AKS serves it on 443, by its
+    /// public and private FQDN): compared with the kubeconfig's host AND port.
+    pub fn api_server_endpoints(&self) -> Vec<String> {
         ["fqdn", "privateFQDN"]
             .iter()
             .filter_map(|f| self.resource["properties"][*f].as_str())
-            .map(|s| s.to_ascii_lowercase())
+            .map(|s| format!("{}:443", s.to_ascii_lowercase()))
             .collect()
     }
 }
@@ -123,7 +125,8 @@ pub struct VaultFacts {
 
 #[derive(Clone, Debug, Default)]
 pub struct KubeFacts {
-    pub server_host: String,
+    /// The kubeconfig's API server, `host:port` (k8s::client::server_endpoint).
+    pub server_endpoint: String,
     pub secret_count: Option<u64>,
     pub apiserver_guard: bool,
     pub konnectivity: bool,
@@ -361,7 +364,7 @@ pub async fn apiserver_guard(client: &kube::Client) -> bool {
         .unwrap_or(false)
 }
 
-pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFacts, KubeError> {
+pub async fn kube(client: &kube::Client, server_endpoint: String) -> Result<KubeFacts, KubeError> {
     let secrets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::k8s::secrets());
     let page = secrets
         .list_metadata(&ListParams::default().limit(1))
@@ -385,7 +388,7 @@ pub async fn kube(client: &kube::Client, server_host: String) -> Result<KubeFact
         .map(|l| !l.items.is_empty())
         .unwrap_or(false);
     Ok(KubeFacts {
-        server_host,
+        server_endpoint,
         secret_count,
         apiserver_guard,
         konnectivity,

@@ -569,14 +569,14 @@ fn migrate_checks(i: &Inputs, out: &mut Vec<Finding>) {
 
 fn kube_checks(i: &Inputs, out: &mut Vec<Finding>) {
     let f = i.facts;
-    let hosts = f.cluster.api_server_hosts();
+    let hosts = f.cluster.api_server_endpoints();
     if i.intent != Intent::Reencrypt {
-        out.push(if hosts.contains(&f.kube.server_host) {
-            Finding::pass("kubeconfig-cluster", format!("the kubeconfig context's server {} is this cluster's API server", f.kube.server_host))
+        out.push(if hosts.contains(&f.kube.server_endpoint) {
+            Finding::pass("kubeconfig-cluster", format!("the kubeconfig context's server {} is this cluster's API server", f.kube.server_endpoint))
         } else {
             Finding::refuse(
                 "kubeconfig-cluster",
-                format!("the kubeconfig context's server {} is not this cluster's API server ({})", f.kube.server_host, hosts.join(" or ")),
+                format!("the kubeconfig context's server {} is not this cluster's API server ({}; host and port are compared)", f.kube.server_endpoint, hosts.join(" or ")),
                 {
                     let id = f.cluster.resource["id"].as_str().unwrap_or_default();
                     let rg = id.split('/').skip_while(|p| !p.eq_ignore_ascii_case("resourceGroups")).nth(1).unwrap_or("<rg>");

@@ -1,5 +1,8 @@
 //! The command line surface: clap types only. Command bodies live in `commands/`.
 
+mod complete;
+pub use complete::registration;
+pub mod examples;
 pub mod sim;
 
 use crate::azure::credential::AuthMode;
@@ -18,10 +21,84 @@ pub const DEFAULT_AKS_API: &str = "2025-10-01";
 )]
 pub struct Cli {
     /// Output: human text, or JSON on stdout.
-    #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        ignore_case = true
+    )]
     pub output: Format,
+    /// Say more on stderr: -v what kmsctl decided and why (the credential `--auth auto` picked),
+    /// -vv every request. RUST_LOG, when set, wins.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command line as parsed, completed and documented: the derive's definitions plus each
+/// command's Examples, and `-o prometheus|html` offered only where they are written.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    fn decorate(cmd: clap::Command, path: &str) -> clap::Command {
+        let mut cmd = match examples::for_path(path) {
+            Some(e) => cmd.after_help(e),
+            None => cmd,
+        };
+        // `--margin-days -1` reaches the value's parser, which says what is allowed, instead
+        // of clap's "unexpected argument '-1'".
+        cmd = cmd.mut_args(|a| {
+            if a.get_action().takes_values() && !a.is_positional() {
+                a.allow_negative_numbers(true)
+            } else {
+                a
+            }
+        });
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for n in names {
+            let sub = if path == "kmsctl" {
+                n.clone()
+            } else {
+                format!("{path} {n}")
+            };
+            cmd = cmd.mut_subcommand(&n, |s| decorate(s, &sub));
+        }
+        cmd
+    }
+    // check-expiry's own -o (same id, so the global one is not propagated to it and its value
+    // still lands in `Cli::output`) lists the formats only it writes.
+    complete::values(decorate(Cli::command(), "kmsctl"))
+        // plan changes nothing: --yes and --dry-run (shared with the commands that change)
+        // are not offered; `--yes` is refused, `--dry-run` is what plan always is.
+        .mut_subcommand("plan", |c| {
+            c.mut_arg("yes", |a| a.hide(true))
+                .mut_arg("dry_run", |a| a.hide(true))
+        })
+        .mut_subcommand("check-expiry", |c| {
+        use clap::builder::TypedValueParser;
+        c.arg(
+            clap::Arg::new("output")
+                .short('o')
+                .long("output")
+                .help("Output: human text, JSON on stdout, Prometheus text exposition, or (with --all) one HTML page.")
+                .default_value("text")
+                .value_parser(
+                    clap::builder::PossibleValuesParser::new(["text", "json", "prometheus", "html"])
+                        .map(|s| <Format as ValueEnum>::from_str(&s, true).unwrap_or_default()),
+                ),
+        )
+    })
+}
+
+/// Parses the process's arguments (exits with clap's message and code 2 when they are wrong).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,7 +182,13 @@ pub struct TargetArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
     /// How to authenticate to Azure; `auto` tries env, workload, managed, then cli.
-    #[arg(long, value_enum, default_value = "auto", env = "KMSCTL_AUTH")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "KMSCTL_AUTH",
+        ignore_case = true
+    )]
     pub auth: AuthMode,
     /// The managedClusters API version.
     #[arg(long, default_value = DEFAULT_AKS_API, env = "KMSCTL_AKS_API_VERSION")]
@@ -116,18 +199,50 @@ pub struct TargetArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ReencryptArgs {
-    /// Only these namespaces (repeatable); all by default.
-    #[arg(long = "namespace", value_name = "NS")]
-    pub namespaces: Vec<String>,
     /// Secrets per list page at most (fewer for large Secrets: pages aim at 1 MiB).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = positive::<u32>)]
     pub batch_size: u32,
     /// Most requests in flight (lowered automatically on 429).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     pub concurrency: usize,
     /// A ceiling on writes per second.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f64)]
     pub max_qps: Option<f64>,
+}
+
+/// A whole number of at least `min`, with a message that says so: clap's own parsers answer
+/// "invalid digit found in string" for `-1`.
+pub fn whole<T: TryFrom<u64>>(s: &str, min: u64) -> Result<T, String> {
+    let n: i128 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number (at least {min})"))?;
+    if n < min as i128 {
+        return Err(format!("{n} is not allowed: it must be at least {min}"));
+    }
+    u64::try_from(n)
+        .ok()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("{n} is too large"))
+}
+
+/// At least 1: `--concurrency 0` would never write, a timeout of 0 never wait.
+pub fn positive<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    whole(s, 1)
+}
+
+/// 0 or more.
+pub fn non_negative<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    whole(s, 0)
+}
+
+/// A rate that must be above 0 (and a finite number).
+pub fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(x) => Err(format!("{x} is not allowed: it must be above 0")),
+        Err(_) => Err(format!("'{s}' is not a number (above 0)")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -136,29 +251,34 @@ pub struct ChangeArgs {
     pub target: TargetArgs,
     #[command(flatten)]
     pub reencrypt: ReencryptArgs,
+    /// Not offered: a lifecycle command re-encrypts the whole cluster. Accepted only to refuse
+    /// it with the reason and the command that does scope (`reencrypt --namespace`).
+    #[arg(long = "namespace", value_name = "NS", hide = true)]
+    pub namespaces: Vec<String>,
     /// Print the plan and every preflight result; change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Key versions in use must not expire within this many days.
-    #[arg(long, default_value_t = 7)]
+    /// Key versions in use must not expire within this many days (0: only not expired).
+    #[arg(long, default_value_t = 7, value_parser = non_negative::<u32>)]
     pub margin_days: u32,
     /// How long to wait for every API server replica to write with the new key.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 600, value_parser = positive::<u64>)]
     pub switch_timeout_seconds: u64,
     /// How often an API server replica asks its KMS plugin for the key id (60 s upstream). Only
     /// time-based evidence (replicas not identifiable on /metrics) waits on it: 1.5 of these
     /// plus 2 s without a rewrite of the canary, never less than with upstream's 60 s.
-    #[arg(long, default_value_t = 60, env = "KMSCTL_KMS_STATUS_PERIOD_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 60, env = "KMSCTL_KMS_STATUS_PERIOD_SECONDS", value_parser = positive::<u64>)]
     pub kms_status_period_seconds: u64,
     /// How often the key-switch barrier PUTs the canary, in milliseconds.
     #[arg(
         long,
         default_value_t = 2000,
         hide = true,
-        env = "KMSCTL_BARRIER_POLL_MILLIS"
+        env = "KMSCTL_BARRIER_POLL_MILLIS",
+        value_parser = positive::<u64>
     )]
     pub barrier_poll_millis: u64,
 }
@@ -175,7 +295,8 @@ pub struct EnableArgs {
     #[arg(long)]
     pub key_id: String,
     /// How the KMS plugin reaches the vault: public, or private (a private endpoint AKS creates).
-    #[arg(long, value_enum, default_value = "public")]
+    /// Any case (`Public`, as status prints it).
+    #[arg(long, value_enum, default_value = "public", ignore_case = true)]
     pub network_access: NetworkAccess,
     /// The vault's resource id (required for a private vault).
     #[arg(long)]
@@ -186,8 +307,8 @@ pub struct EnableArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct VaultModeArgs {
-    /// The mode to go to.
-    #[arg(long, value_enum)]
+    /// The mode to go to (any case: `Private`, as status prints it).
+    #[arg(long, value_enum, ignore_case = true)]
     pub to: NetworkAccess,
     /// The key's vault (private mode; default: the vault that holds the cluster's key).
     #[arg(long)]
@@ -232,6 +353,9 @@ pub struct PlanArgs {
     /// Only resolve the steps; do not read the cluster for preflight.
     #[arg(long)]
     pub offline: bool,
+    /// Print the playbook's source (a built-in one's YAML, to start your own from) and nothing else.
+    #[arg(long, conflicts_with_all = ["set", "offline"])]
+    pub yaml: bool,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -318,6 +442,16 @@ pub struct RbacArgs {
     /// The Azure role's assignable scope (default: the subscription).
     #[arg(long)]
     pub scope: Option<String>,
+    /// Print only the Kubernetes manifests, for `| kubectl apply -f -`.
+    #[arg(long, conflicts_with_all = ["azure", "out_dir"])]
+    pub kubernetes: bool,
+    /// Print only the Azure role definition (JSON), for
+    /// `az role definition create --role-definition @kmsctl-role.json`.
+    #[arg(long, conflicts_with = "out_dir")]
+    pub azure: bool,
+    /// Write both into this folder: kmsctl-rbac.yaml and kmsctl-role.json.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -343,6 +477,9 @@ pub struct RotateArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ReencryptCommand {
+    /// Only these namespaces (repeatable); all by default.
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
@@ -361,7 +498,7 @@ pub struct ResumeArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Wait this long for the key switch (default: what the run was started with, at least 600 s).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = positive::<u64>)]
     pub switch_timeout_seconds: Option<u64>,
     #[command(flatten)]
     pub target: TargetArgs,
@@ -379,9 +516,72 @@ pub struct RunsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Secrets the embedded twin starts with.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = positive::<usize>)]
     pub secrets: usize,
     /// Namespaces they are spread over.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = positive::<usize>)]
     pub namespaces: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_durations_say_what_is_allowed() {
+        assert_eq!(positive::<usize>("4"), Ok(4));
+        assert!(positive::<usize>("0").unwrap_err().contains("at least 1"));
+        assert!(positive::<u64>("-3").unwrap_err().contains("at least 1"));
+        assert!(
+            positive::<u32>("x")
+                .unwrap_err()
+                .contains("not a whole number")
+        );
+        assert!(
+            positive::<u32>("99999999999")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert_eq!(non_negative::<u32>("0"), Ok(0));
+        assert!(
+            non_negative::<u32>("-1")
+                .unwrap_err()
+                .contains("at least 0")
+        );
+        assert!(
+            positive_f64("0").is_err()
+                && positive_f64("-2.5").is_err()
+                && positive_f64("nan").is_err()
+        );
+        assert_eq!(positive_f64("2.5"), Ok(2.5));
+    }
+
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let has = c
+                .get_after_help()
+                .is_some_and(|h| h.to_string().starts_with("Examples:\n  "));
+            if !has {
+                missing.push(path.to_string());
+            }
+            for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&command(), "kmsctl", &mut missing);
+        assert!(missing.is_empty(), "no Examples: {missing:?}");
+        // Every example names a command that exists (no stale entry).
+        for (path, _) in examples::EXAMPLES {
+            let mut c = command();
+            for part in path.split(' ').skip_while(|p| *p == "kmsctl") {
+                c = c
+                    .find_subcommand(part)
+                    .unwrap_or_else(|| panic!("{path}"))
+                    .clone();
+            }
+        }
+        command().debug_assert();
+    }
 }

@@ -25,10 +25,10 @@ pub enum SimCommand {
         #[arg(long)]
         dir: PathBuf,
         /// Which replica (0-based, in the order they were started).
-        #[arg(long)]
+        #[arg(long, value_parser = super::non_negative::<usize>)]
         replica: usize,
         /// How long it stays down.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 15, value_parser = super::positive::<u64>)]
         down_seconds: u64,
     },
     /// List the Secrets Provider scenarios `serve --scenario` stages, one per line.
@@ -90,26 +90,26 @@ pub struct ServeArgs {
     #[arg(long)]
     pub apiserver_guard: bool,
     /// Namespaces the seeded Secrets are spread over.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::positive::<usize>)]
     pub namespaces: usize,
     /// Secrets seeded (a realistic mix of sizes, Helm releases included).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = super::non_negative::<usize>)]
     pub secrets: usize,
     /// Added to every request, like a real network.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<u64>)]
     pub latency_ms: u64,
     /// How long a cluster update takes.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::non_negative::<u64>)]
     pub lro_seconds: u64,
     /// How long after a KMS change the API server keeps writing with the previous key.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<u64>)]
     pub kms_propagation_seconds: u64,
     /// kube-apiserver replicas behind the one address; each connection is served by one of them.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::positive::<usize>)]
     pub apiserver_replicas: usize,
     /// Each replica asks its KMS plugin for the key id this often (seconds; 0: at once), and
     /// writes with a new key only from its next such call (a real one: about 60 s).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<u64>)]
     pub kms_status_period: u64,
     /// How each new connection is assigned a live replica: round-robin (the next in turn),
     /// random (uniform, seeded by --seed), sticky (the previous connection's replica with
@@ -120,22 +120,22 @@ pub struct ServeArgs {
     /// A replica reports a new key id to Status (the status metric) at its status call but
     /// writes with it only this many seconds later, as an API server configured identity-first
     /// does; until then it writes with the key it wrote with before.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<u64>)]
     pub write_lag_seconds: u64,
     /// A replica recreates its identity Lease this many seconds after it was deleted.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::non_negative::<u64>)]
     pub lease_recreate_seconds: u64,
     /// Answer /metrics with 403, as for a user without access to it.
     #[arg(long)]
     pub no_metrics: bool,
     /// Above this many writes per second the Kubernetes API answers 429.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive_f64)]
     pub write_qps: Option<f64>,
     /// The first key version expires after this long (e.g. 30d, 12h).
     #[arg(long, value_parser = crate::sim::parse_duration)]
     pub key_expires_in: Option<std::time::Duration>,
     /// How long a list continue token lives before it answers 410 Gone.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = super::positive::<u64>)]
     pub continue_ttl_seconds: u64,
     /// Fault rules (YAML or JSON list).
     #[arg(long)]
@@ -160,8 +160,18 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "outside")]
     pub operator_network: OperatorNetworkArg,
     /// Seed for the generated Secrets.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::non_negative::<u64>)]
     pub seed: u64,
+}
+
+/// A share of requests: above 0, at most 1.
+fn probability(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a share above 0 and at most 1 (e.g. 0.25)"
+        )),
+    }
 }
 
 fn scenario_name(s: &str) -> Result<String, String> {
@@ -193,13 +203,13 @@ pub struct FaultArgs {
     #[arg(long)]
     pub status: Option<u16>,
     /// Apply to this many matching requests, then stop (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive::<u64>)]
     pub count: Option<u64>,
     /// Apply to this share of matching requests (0..1; default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = probability)]
     pub probability: Option<f64>,
     /// Delay matching requests by this many milliseconds.
-    #[arg(long)]
+    #[arg(long, value_parser = super::non_negative::<u64>)]
     pub latency_ms: Option<u64>,
     /// Drop the connection without answering.
     #[arg(long)]

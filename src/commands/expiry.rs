@@ -96,7 +96,8 @@ impl Judged<'_> {
         if let Some(r) = self
             .reports
             .iter_mut()
-            .find(|r| r.key_id.eq_ignore_ascii_case(id))
+            // One line per version, however the ledger and the cluster spell its id.
+            .find(|r| crate::k8s::ledger::same_key_id(&r.key_id, id))
         {
             r.roles.push(role);
             r.needed |= needed;

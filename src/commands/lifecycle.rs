@@ -16,9 +16,9 @@ use crate::output::{Format, out, print_json};
 use crate::playbook::{self, Procedure};
 use std::io::IsTerminal;
 
-fn reencrypt_params(r: &ReencryptArgs) -> ReencryptParams {
+fn reencrypt_params(r: &ReencryptArgs, namespaces: &[String]) -> ReencryptParams {
     ReencryptParams {
-        namespaces: r.namespaces.clone(),
+        namespaces: namespaces.to_vec(),
         batch_size: r.batch_size,
         concurrency: r.concurrency.max(1),
         max_qps: r.max_qps,
@@ -31,7 +31,7 @@ pub fn params(c: &ChangeArgs) -> RunParams {
         barrier_timeout_seconds: c.switch_timeout_seconds,
         kms_status_period_seconds: c.kms_status_period_seconds,
         barrier_poll_millis: c.barrier_poll_millis.max(50),
-        reencrypt: reencrypt_params(&c.reencrypt),
+        reencrypt: reencrypt_params(&c.reencrypt, &c.namespaces),
         ..Default::default()
     }
 }
@@ -39,12 +39,12 @@ pub fn params(c: &ChangeArgs) -> RunParams {
 /// Lifecycle commands change the key of the whole cluster: a partial re-encryption cannot be
 /// the proof that lets the old key go.
 pub fn refuse_scoped(c: &ChangeArgs) -> anyhow::Result<()> {
-    if c.reencrypt.namespaces.is_empty() {
+    if c.namespaces.is_empty() {
         return Ok(());
     }
     Err(Refusal(format!(
         "--namespace {}: enable, disable and rotate act on the whole cluster, since every Secret must move to the new key before the old one may be called re-encrypted away. Run without --namespace; to rewrite some namespaces only, use `kmsctl reencrypt --namespace NS` (which never counts as proof for the key ledger)",
-        c.reencrypt.namespaces.join(",")
+        c.namespaces.join(",")
     ))
     .into())
 }
@@ -102,7 +102,7 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
     let p = RunParams {
         margin_days: 0,
         barrier_timeout_seconds: 0,
-        reencrypt: reencrypt_params(&a.reencrypt),
+        reencrypt: reencrypt_params(&a.reencrypt, &a.namespaces),
         ..Default::default()
     };
     let mut ctx =
@@ -347,6 +347,7 @@ async fn prepare(
         ))
         .await?
     {
+        eprintln!("{NOT_CONFIRMED}");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
     let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
@@ -358,6 +359,10 @@ async fn prepare(
     let record = journal::replay(&j.path)?;
     Ok(Prepared::Run(Box::new((j, record))))
 }
+
+/// What an answer other than yes at the prompt says (exit 2, as any refusal before a change).
+pub const NOT_CONFIRMED: &str =
+    "not confirmed: nothing was changed (run again and answer y, or pass --yes)";
 
 /// Asks on the terminal. The read runs off the async threads, so a Ctrl-C at the prompt is
 /// still seen (and the lease given back).

@@ -85,6 +85,23 @@ pub async fn run(a: RunArgs, format: Format) -> anyhow::Result<i32> {
 }
 
 pub async fn plan(a: PlanArgs, format: Format) -> anyhow::Result<i32> {
+    if a.change.yes {
+        return Err(Refusal("plan changes nothing, so it asks nothing: --yes is for `kmsctl run FILE` and the lifecycle commands".into()).into());
+    }
+    if a.yaml {
+        let source = match playbook::built_in_source(&a.playbook) {
+            Some(s) => s.to_string(),
+            None => std::fs::read_to_string(&a.playbook).map_err(|e| {
+                Refusal(format!(
+                    "no built-in playbook '{}' ({}) and no such file: {e}",
+                    a.playbook,
+                    playbook::built_in_names().collect::<Vec<_>>().join(", ")
+                ))
+            })?,
+        };
+        out(&source);
+        return Ok(exit_codes::OK);
+    }
     let procedure = load(&a.playbook)?;
     let p = resolved(&procedure, &a.change, &a.set)?;
     if a.offline {

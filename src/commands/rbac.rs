@@ -4,6 +4,7 @@
 
 use crate::cli::RbacArgs;
 use crate::output::{Format, out, print_json};
+use anyhow::Context;
 use serde_json::{Value, json};
 
 const NAME: &str = "kmsctl";
@@ -234,6 +235,51 @@ pub fn custom_role(scope: &str) -> Value {
     })
 }
 
+const YAML_FILE: &str = "kmsctl-rbac.yaml";
+const ROLE_FILE: &str = "kmsctl-role.json";
+
+/// The manifests as YAML documents, each rule explained in a comment (kubectl ignores them).
+fn kubernetes_yaml(k8s: &[Value], bound: bool) -> anyhow::Result<String> {
+    let mut s =
+        String::from("# Kubernetes: what kmsctl calls, nothing broader (kubectl apply -f -).\n");
+    let res = |g: &str, r: &str| {
+        if g.is_empty() {
+            r.to_string()
+        } else {
+            format!("{g}/{r}")
+        }
+    };
+    for (g, r, v, why) in CLUSTER_RULES {
+        s.push_str(&format!(
+            "#   cluster    {:<36} {:<22} {why}\n",
+            res(g, r),
+            v.join(",")
+        ));
+    }
+    for (g, r, v, n, why) in SYSTEM_RULES {
+        let names = if n.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", n.join(","))
+        };
+        s.push_str(&format!(
+            "#   kube-system {:<35} {:<22} {why}\n",
+            format!("{}{names}", res(g, r)),
+            v.join(",")
+        ));
+    }
+    if !bound {
+        s.push_str(
+            "# Bind them with --user NAME or --group ID (an Entra ID group's object id on AKS).\n",
+        );
+    }
+    for m in k8s {
+        s.push_str("---\n");
+        s.push_str(&serde_saphyr::to_string(m)?);
+    }
+    Ok(s)
+}
+
 pub fn run(a: RbacArgs, format: Format) -> anyhow::Result<i32> {
     let scope = a
         .scope
@@ -257,61 +303,55 @@ pub fn run(a: RbacArgs, format: Format) -> anyhow::Result<i32> {
     if let Some(s) = &subject {
         k8s.extend(bindings(s));
     }
-    match format {
-        Format::Json => print_json(&json!({ "kubernetes": k8s, "azureRole": custom_role(&scope) })),
-        _ => {
-            let mut s = String::from(
-                "# Kubernetes: what kmsctl calls, nothing broader (kubectl apply -f -).\n",
-            );
-            for (g, r, v, why) in CLUSTER_RULES {
-                s.push_str(&format!(
-                    "#   cluster    {:<36} {:<22} {why}\n",
-                    format!(
-                        "{}{r}",
-                        if g.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{g}/")
-                        }
-                    ),
-                    v.join(",")
-                ));
+    let role = custom_role(&scope);
+    if a.kubernetes {
+        match format {
+            // A List is what `kubectl apply -f -` reads as one JSON document.
+            Format::Json => {
+                print_json(&json!({ "apiVersion": "v1", "kind": "List", "items": k8s }))
             }
-            for (g, r, v, n, why) in SYSTEM_RULES {
-                let res = format!(
-                    "{}{r}{}",
-                    if g.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{g}/")
-                    },
-                    if n.is_empty() {
-                        String::new()
-                    } else {
-                        format!("/{}", n.join(","))
-                    }
+            _ => out(&kubernetes_yaml(&k8s, subject.is_some())?),
+        }
+    } else if a.azure {
+        print_json(&role);
+    } else if let Some(dir) = &a.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (yaml, json_path) = (dir.join(YAML_FILE), dir.join(ROLE_FILE));
+        std::fs::write(&yaml, kubernetes_yaml(&k8s, subject.is_some())?)
+            .with_context(|| format!("writing {}", yaml.display()))?;
+        std::fs::write(
+            &json_path,
+            format!("{}\n", serde_json::to_string_pretty(&role)?),
+        )
+        .with_context(|| format!("writing {}", json_path.display()))?;
+        match format {
+            Format::Json => print_json(&json!({ "kubernetes": yaml, "azureRole": json_path })),
+            _ => out(&format!(
+                "wrote {y}\n  apply it: kubectl apply -f {y}\nwrote {j}\n  create the role: az role definition create --role-definition @{j}\n",
+                y = yaml.display(),
+                j = json_path.display()
+            )),
+        }
+    } else {
+        match format {
+            Format::Json => print_json(&json!({ "kubernetes": k8s, "azureRole": role })),
+            _ => {
+                let mut s = String::from(
+                    "# Two parts, applied with different tools: print one at a time.\n\
+                     #   kmsctl rbac --kubernetes [--user NAME] | kubectl apply -f -\n\
+                     #   kmsctl rbac --azure > kmsctl-role.json && az role definition create --role-definition @kmsctl-role.json\n\
+                     # (or --out-dir DIR writes both files)\n\n",
                 );
+                s.push_str(&kubernetes_yaml(&k8s, subject.is_some())?);
                 s.push_str(&format!(
-                    "#   kube-system {res:<35} {:<22} {why}\n",
-                    v.join(",")
+                    "\n# Azure custom role (kmsctl rbac --azure > {ROLE_FILE}; az role definition create --role-definition @{ROLE_FILE}):\n"
                 ));
+                for (a, why) in ACTIONS.iter().chain(DATA_ACTIONS) {
+                    s.push_str(&format!("#   {a:<64} {why}\n"));
+                }
+                s.push_str(&format!("{}\n", serde_json::to_string_pretty(&role)?));
+                out(&s);
             }
-            if subject.is_none() {
-                s.push_str("# Bind them with --user NAME or --group ID (an Entra ID group's object id on AKS).\n");
-            }
-            for m in &k8s {
-                s.push_str("---\n");
-                s.push_str(&serde_saphyr::to_string(m)?);
-            }
-            s.push_str("\n# Azure custom role (az role definition create --role-definition @kmsctl-role.json):\n");
-            for (a, why) in ACTIONS.iter().chain(DATA_ACTIONS) {
-                s.push_str(&format!("#   {a:<64} {why}\n"));
-            }
-            s.push_str(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&custom_role(&scope))?
-            ));
-            out(&s);
         }
     }
     Ok(crate::exit_codes::OK)

@@ -331,6 +331,7 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             Ok(true) => {}
             Ok(false) => {
                 lease.release().await;
+                eprintln!("{}", super::lifecycle::NOT_CONFIRMED);
                 return Ok(exit_codes::REFUSED);
             }
             Err(e) => {

@@ -56,21 +56,14 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
         Ok((l, _)) => (l, None),
         Err(e) => (ledger::Ledger::default(), Some(e.to_string())),
     };
-    let mut alive: Vec<String> = ledger
-        .must_stay_alive()
+    let alive = alive_versions(
+        &ledger,
+        c.kms_enabled().then(|| c.key_id()).flatten().as_deref(),
+    );
+    let this_cluster = c
+        .api_server_endpoints()
         .iter()
-        .map(|e| e.key_id.clone())
-        .collect();
-    // The key in use must stay alive whatever the ledger knows (KMS may have been enabled by hand).
-    if let Some(k) = c.kms_enabled().then(|| c.key_id()).flatten()
-        && !alive.iter().any(|a| a.eq_ignore_ascii_case(&k))
-    {
-        alive.push(k);
-    }
-    let hosts = c.api_server_hosts();
-    let this_cluster = hosts
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(&ctx.kube_server_host));
+        .any(|h| h.eq_ignore_ascii_case(&ctx.kube_server_endpoint));
     let doc = json!({
         "cluster": c.resource["name"],
         "resourceGroup": target.resource_group,
@@ -100,6 +93,23 @@ pub async fn run(t: TargetArgs, format: Format) -> anyhow::Result<i32> {
     } else {
         exit_codes::FAILED
     })
+}
+
+/// The versions that must stay alive, one line each: the ledger's, and the key in use whatever
+/// the ledger knows (KMS may have been enabled by hand), however each spells the id.
+fn alive_versions(ledger: &ledger::Ledger, in_use: Option<&str>) -> Vec<String> {
+    let mut alive: Vec<String> = Vec::new();
+    let ids = ledger
+        .must_stay_alive()
+        .into_iter()
+        .map(|e| e.key_id.as_str())
+        .chain(in_use);
+    for k in ids {
+        if !alive.iter().any(|a| ledger::same_key_id(a, k)) {
+            alive.push(k.to_string());
+        }
+    }
+    alive
 }
 
 fn render(d: &Value) -> String {
@@ -170,4 +180,30 @@ fn render(d: &Value) -> String {
         out.push_str(&format!("  {}\n", s(k)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alive_versions;
+    use crate::k8s::ledger::Ledger;
+
+    #[test]
+    fn each_version_that_must_stay_alive_is_listed_once() {
+        let v1 = "https://kv.vault.azure.net/keys/k/aaa";
+        let v2 = "https://kv.vault.azure.net/keys/k/bbb";
+        let t = chrono::Utc::now();
+        let mut l = Ledger::default();
+        l.put_in_service(Some(v1), t);
+        l.put_in_service(Some(v2), t);
+        // The cluster spells the key in use in another case, with a trailing slash.
+        let in_use = "HTTPS://KV.vault.azure.net/keys/K/BBB/";
+        assert_eq!(alive_versions(&l, Some(in_use)), [v1, v2]);
+        // Enabled by hand: the key in use is listed though the ledger does not know it.
+        let v3 = "https://kv.vault.azure.net/keys/k/ccc";
+        assert_eq!(alive_versions(&l, Some(v3)), [v1, v2, v3]);
+        assert_eq!(
+            alive_versions(&Ledger::default(), None),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -71,7 +71,8 @@ pub struct Context {
     pub kube: kube::Client,
     /// What `kube` was built from: barriers and verification passes use fresh connections.
     pub kube_config: kube::Config,
-    pub kube_server_host: String,
+    /// `host:port` of the kubeconfig's API server (the wrong-cluster guard compares it).
+    pub kube_server_endpoint: String,
     /// The API server URL as the kubeconfig names it (scheme, host and port).
     pub kube_server: String,
     pub kubeconfig: Option<std::path::PathBuf>,

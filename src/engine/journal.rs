@@ -494,6 +494,21 @@ pub fn list_all(state_dir: &Path) -> (Vec<Record>, Vec<(PathBuf, String)>) {
     (out, damaged)
 }
 
+/// The ids of the runs journaled in `state_dir`, sorted (for shell completion: no journal is
+/// read, only named).
+pub fn run_ids(state_dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(runs_dir(state_dir))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "jsonl").then(|| Some(p.file_stem()?.to_str()?.to_string()))?
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// `--state-dir`, else $XDG_STATE_HOME/kmsctl, else ~/.local/state/kmsctl.
 pub fn default_state_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {

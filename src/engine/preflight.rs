@@ -25,7 +25,7 @@ pub async fn gather(
     data_plane: bool,
 ) -> anyhow::Result<Facts> {
     let mut f = Facts {
-        kube: facts::kube(&ctx.kube, ctx.kube_server_host.clone()).await?,
+        kube: facts::kube(&ctx.kube, ctx.kube_server_endpoint.clone()).await?,
         ..Default::default()
     };
     let Some(az) = &ctx.azure else { return Ok(f) };

@@ -28,18 +28,46 @@ pub fn fresh(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
 /// and a canary PUT on this client show belong to the same replica. A pooled client could
 /// silently reconnect between the two (to another replica) and make the pair lie.
 pub fn pinned(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
-    use hyper_util::client::legacy::Client as HyperClient;
     use hyper_util::client::legacy::connect::HttpConnector;
-    use kube::client::{Body, ClientBuilder, ConfigExt};
-    let other = |e: kube::Error| super::KubeError::Other(e.to_string());
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(config.connect_timeout);
+    let one = OneConnection {
+        inner: http,
+        used: Default::default(),
+    };
+    // Through the kubeconfig's http proxy-url, the one connection is the proxy's (a CONNECT
+    // tunnel to the API server), as kube's own client does it.
+    match config.proxy_url.as_ref() {
+        Some(proxy) if proxy.scheme_str() == Some("http") => {
+            let tunnel =
+                hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy.clone(), one);
+            pinned_over(config, tunnel)
+        }
+        Some(proxy) => Err(super::KubeError::Other(format!(
+            "proxy-url {proxy}: only http:// proxies are supported"
+        ))),
+        None => pinned_over(config, one),
+    }
+}
+
+fn pinned_over<C>(config: &kube::Config, connector: C) -> Result<kube::Client, super::KubeError>
+where
+    C: tower_service::Service<http::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read
+        + hyper::rt::Write
+        + hyper_util::client::legacy::connect::Connection
+        + Send
+        + Unpin
+        + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::client::legacy::Client as HyperClient;
+    use kube::client::{Body, ClientBuilder, ConfigExt};
+    let other = |e: kube::Error| super::KubeError::Other(e.to_string());
     let https = config
-        .rustls_https_connector_with_connector(OneConnection {
-            inner: http,
-            used: Default::default(),
-        })
+        .rustls_https_connector_with_connector(connector)
         .map_err(other)?;
     let hyper: HyperClient<_, Body> =
         HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(https);
@@ -125,6 +153,20 @@ impl tower_service::Service<http::Uri> for OneConnection {
     }
 }
 
+/// A kubeconfig that cannot name the cluster: said with what there is, so the caller can add how
+/// to get the right one.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigProblem {
+    #[error("no kubeconfig at {0}")]
+    Missing(std::path::PathBuf),
+    #[error("the kubeconfig {file} has no context '{name}'; its contexts: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownContext {
+        file: String,
+        name: String,
+        known: Vec<String>,
+    },
+}
+
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Cluster> {
     // Inside a pod (the check-expiry CronJob) without a kubeconfig: the pod's service account.
     let home_config =
@@ -138,6 +180,24 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
         let config = kube::Config::incluster().context("loading the in-cluster configuration")?;
         return finish(config, None, None);
     }
+    // A missing file is said as such (not as a parse error). KUBECONFIG may list several files,
+    // merged: it is missing when none of them exists.
+    let listed: Vec<std::path::PathBuf> = match (kubeconfig, std::env::var_os("KUBECONFIG")) {
+        (Some(p), _) => vec![p.to_path_buf()],
+        (None, Some(v)) if !v.is_empty() => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        _ => std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".kube/config"))
+            .into_iter()
+            .collect(),
+    };
+    if let Some(f) = listed.first()
+        && !listed.iter().any(|p| p.exists())
+    {
+        return Err(KubeconfigProblem::Missing(f.clone()).into());
+    }
+    let first = listed.first().cloned();
     let kc = match kubeconfig {
         Some(p) => Kubeconfig::read_from(p)
             .with_context(|| format!("reading kubeconfig {}", p.display()))?,
@@ -145,6 +205,16 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
             Kubeconfig::read().context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)")?
         }
     };
+    if let Some(name) = context
+        && !kc.contexts.iter().any(|c| c.name == name)
+    {
+        return Err(KubeconfigProblem::UnknownContext {
+            file: first.map(|f| f.display().to_string()).unwrap_or_default(),
+            name: name.to_string(),
+            known: kc.contexts.iter().map(|c| c.name.clone()).collect(),
+        }
+        .into());
+    }
     let resolved_context = context
         .map(str::to_string)
         .or_else(|| kc.current_context.clone());
@@ -203,8 +273,54 @@ pub fn server_host(server: &str) -> String {
     host.to_ascii_lowercase()
 }
 
+/// The host and port a server URL names, `host:port` in lower case (443 for https when no port
+/// is written, 80 for http): what the wrong-cluster guard compares. Two API servers behind one
+/// host (local tunnels on 127.0.0.1, say) differ by port.
+pub fn server_endpoint(server: &str) -> String {
+    let (scheme, rest) = server.split_once("://").unwrap_or(("https", server));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = server_host(server);
+    let written = if authority.starts_with('[') {
+        authority.split_once("]:").map(|(_, p)| p)
+    } else {
+        authority.rsplit_once(':').map(|(_, p)| p)
+    };
+    let port = match written {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ if scheme.eq_ignore_ascii_case("http") => "80".into(),
+        _ => "443".into(),
+    };
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn endpoints_name_host_and_port() {
+        assert_eq!(
+            super::server_endpoint("https://AKS-abc.hcp.westeurope.azmk8s.io"),
+            "aks-abc.hcp.westeurope.azmk8s.io:443"
+        );
+        assert_eq!(
+            super::server_endpoint("https://aks-abc.hcp.westeurope.azmk8s.io:443/"),
+            "aks-abc.hcp.westeurope.azmk8s.io:443"
+        );
+        assert_eq!(
+            super::server_endpoint("https://127.0.0.1:6443"),
+            "127.0.0.1:6443"
+        );
+        assert_ne!(
+            super::server_endpoint("https://127.0.0.1:6443"),
+            super::server_endpoint("https://127.0.0.1:7443")
+        );
+        assert_eq!(super::server_endpoint("https://[::1]:8443/x"), "[::1]:8443");
+        assert_eq!(super::server_endpoint("http://10.0.0.1"), "10.0.0.1:80");
+    }
+
     #[test]
     fn hosts() {
         assert_eq!(

@@ -12,9 +12,11 @@ pub enum Format {
     #[default]
     Text,
     Json,
-    /// Prometheus text exposition (check-expiry only).
+    /// Prometheus text exposition (check-expiry only: offered there, hidden elsewhere).
+    #[value(hide = true)]
     Prometheus,
     /// One self-contained HTML page (check-expiry --all only).
+    #[value(hide = true)]
     Html,
 }
 

@@ -182,6 +182,11 @@ const BUILT_IN: &[(&str, &str)] = &[
 ];
 
 /// The names of the built-in playbooks.
+/// A built-in playbook's YAML, as shipped (`kmsctl plan NAME --yaml`).
+pub fn built_in_source(name: &str) -> Option<&'static str> {
+    BUILT_IN.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
 pub fn built_in_names() -> impl Iterator<Item = &'static str> {
     BUILT_IN.iter().map(|(n, _)| *n)
 }

@@ -121,6 +121,8 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
         {
             if eq(rg, &w.ids.resource_group) {
                 list(&w)
+            } else if let Some(missing) = super::missing::group_missing(&w, s[1], rg) {
+                missing
             } else {
                 json_resp(StatusCode::OK, &json!({ "value": [] }))
             }
@@ -129,7 +131,22 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             if eq(rg_, "resourceGroups") && eq(p, "Microsoft.ContainerService") =>
         {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.cluster) {
-                return super::fleet::handle_second(&w, req, &s);
+                // A fleet member of this subscription, or the service's 404.
+                let member = w.fleet.iter().any(|c| {
+                    c["id"]
+                        .as_str()
+                        .is_some_and(|id| eq(id, &format!("/{}", s[..8].join("/"))))
+                });
+                if member {
+                    return super::fleet::handle_second(&w, req, &s);
+                }
+                return super::missing::resource_missing(
+                    &w,
+                    s[1],
+                    rg,
+                    "Microsoft.ContainerService/managedClusters",
+                    name,
+                );
             }
             match (method, rest) {
                 (&Method::GET, []) => json_resp(StatusCode::OK, &w.cluster),
@@ -156,7 +173,13 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") =>
         {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.vault) {
-                return not_found("Microsoft.KeyVault/vaults", name, rg);
+                return super::missing::resource_missing(
+                    &w,
+                    s[1],
+                    rg,
+                    "Microsoft.KeyVault/vaults",
+                    name,
+                );
             }
             match *method {
                 Method::GET => json_resp(StatusCode::OK, &w.vault),
@@ -174,16 +197,6 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             "The resource type could not be found in the twin.",
         ),
     }
-}
-
-fn not_found(kind: &str, name: &str, rg: &str) -> Resp {
-    arm_error(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFound",
-        &format!(
-            "The Resource '{kind}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
-        ),
-    )
 }
 
 fn list(w: &World) -> Resp {

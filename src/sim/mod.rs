@@ -15,6 +15,7 @@ mod http;
 mod identities;
 mod keyvault;
 mod kubeapi;
+mod missing;
 mod objects;
 pub mod operator_network;
 mod private_link;
@@ -27,6 +28,7 @@ pub mod secrets;
 mod seed;
 mod server;
 mod tls;
+mod tunnel;
 pub mod world;
 
 use anyhow::Context;
@@ -145,12 +147,13 @@ impl Drop for Twin {
 
 impl Twin {
     pub async fn start(opts: SimOptions) -> anyhow::Result<Twin> {
-        let tls = tls::generate().context("generating the twin's certificates")?;
+        let ids = world::Ids::generate();
+        let tls =
+            tls::generate(&ids.api_server_host).context("generating the twin's certificates")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the twin's port")?;
         let addr = listener.local_addr()?;
-        let ids = world::Ids::generate();
         let write_limiter = Arc::new(ratelimit::WriteLimiter::new(opts.write_qps));
         let (secret_count, namespace_count, seed_value) =
             (opts.secrets, opts.namespaces.max(1), opts.seed);
@@ -196,13 +199,17 @@ impl Twin {
         self.shared.world().faults.extend(rules);
     }
 
+    /// The cluster's kubeconfig, as `az aks get-credentials` writes it, with the twin's port as
+    /// the HTTP proxy that reaches the API server's host name (kubectl and kmsctl honour
+    /// `proxy-url`; the name itself resolves nowhere, as a private cluster's would not).
     pub fn kubeconfig(&self) -> String {
         use base64::Engine;
         let ids = self.ids();
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: {c}\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\ncontexts:\n- name: {c}\n  context:\n    cluster: {c}\n    user: clusterUser_{rg}_{c}\n    namespace: default\ncurrent-context: {c}\nusers:\n- name: clusterUser_{rg}_{c}\n  user:\n    token: {t}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {c}\n  cluster:\n    server: https://{host}\n    proxy-url: http://{addr}\n    certificate-authority-data: {ca}\ncontexts:\n- name: {c}\n  context:\n    cluster: {c}\n    user: clusterUser_{rg}_{c}\n    namespace: default\ncurrent-context: {c}\nusers:\n- name: clusterUser_{rg}_{c}\n  user:\n    token: {t}\n",
             c = ids.cluster,
+            host = ids.api_server_host,
             addr = self.addr,
             rg = ids.resource_group,
             t = ids.kube_token

@@ -17,8 +17,9 @@ pub fn kid(ids: &Ids, name: &str, version: &str) -> String {
 pub fn initial_cluster(ids: &Ids, opts: &SimOptions, keys: &BTreeMap<String, KeyRecord>) -> Value {
     let version = &opts.kubernetes_version;
     let dns = "aks-twin-dns";
-    // The twin announces its own API server address, which its kubeconfig names.
-    let fqdn = "127.0.0.1";
+    // The twin's own API server host name, which its kubeconfig names (reached through the
+    // kubeconfig's proxy-url, the twin's one port).
+    let fqdn = ids.api_server_host.as_str();
     let current = &keys[KEY_NAME]
         .versions
         .last()

@@ -28,8 +28,9 @@ pub async fn serve(
     shared: Shared,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let api_server_host = shared.world().ids.api_server_host.clone();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
+        let Ok((mut tcp, peer)) = listener.accept().await else {
             continue;
         };
         // A TCP balancer in front of the API server replicas: one replica per connection.
@@ -37,7 +38,15 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
+        let api_server_host = api_server_host.clone();
         tokio::spawn(async move {
+            // The kubeconfig's proxy-url is this port: a CONNECT first, then TLS.
+            if super::tunnel::accept(&mut tcp, &api_server_host)
+                .await
+                .is_err()
+            {
+                return;
+            }
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };

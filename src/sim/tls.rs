@@ -10,7 +10,8 @@ pub struct TwinTls {
     pub server: Arc<rustls::ServerConfig>,
 }
 
-pub fn generate() -> anyhow::Result<TwinTls> {
+/// `api_server_host`: the twin's API server name, in the leaf beside the Azure names.
+pub fn generate(api_server_host: &str) -> anyhow::Result<TwinTls> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -27,6 +28,7 @@ pub fn generate() -> anyhow::Result<TwinTls> {
         "management.azure.com",
         "*.vault.azure.net",
         "login.microsoftonline.com",
+        api_server_host,
         "localhost",
         "127.0.0.1",
     ];

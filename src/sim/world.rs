@@ -25,6 +25,9 @@ pub struct Ids {
     pub cluster: String,
     pub location: String,
     pub vault: String,
+    /// The API server's own host name (the cluster's fqdn): unique per twin, so a kubeconfig
+    /// of another twin is told apart as another AKS cluster's would be.
+    pub api_server_host: String,
     pub kube_token: String,
     pub admin_token: String,
     pub identity_id: String,
@@ -49,6 +52,11 @@ impl Ids {
             cluster: "aks-twin".into(),
             location: "westeurope".into(),
             vault: "kv-kmsctl-twin".into(),
+            // As AKS names it: <dnsPrefix>-<8 hex>.hcp.<location>.azmk8s.io
+            api_server_host: format!(
+                "aks-twin-dns-{}.hcp.westeurope.azmk8s.io",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             kube_token: format!("twin-kube-{}", uuid::Uuid::new_v4().simple()),
             admin_token: format!("twin-admin-{}", uuid::Uuid::new_v4().simple()),
             identity_id,
