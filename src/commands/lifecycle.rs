@@ -132,7 +132,7 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         );
         let mut p = p;
         if guard {
-            eprintln!(
+            crate::say!(
                 "AKS's API server guard (FlowSchema aks-managed-apiserver-guard) is in place: at most 4 requests in flight"
             );
             p.reencrypt.concurrency = p.reencrypt.concurrency.min(4);
@@ -250,7 +250,7 @@ pub async fn start(
             if let Some(l) = lease {
                 l.release().await;
             }
-            eprintln!("\n{s}: stopped before any change; nothing was changed");
+            crate::say!("\n{s}: stopped before any change; nothing was changed");
             return Ok(runs::INTERRUPTED);
         }
     };
@@ -328,12 +328,12 @@ async fn prepare(
             if c.dry_run {
                 out(&text)
             } else {
-                eprint!("{text}")
+                crate::output::ask(&text)
             }
         }
     }
     if refused {
-        eprintln!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
+        crate::say!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
     if c.dry_run {
@@ -341,9 +341,10 @@ async fn prepare(
     }
     if !c.yes
         && !confirm(&format!(
-            "{} cluster {}?",
+            "{}: {}.\nGo ahead on cluster {}?",
+            procedure.name,
             procedure.description,
-            c.target.cluster.as_deref().unwrap_or_default()
+            c.target.cluster.as_deref().unwrap_or("(the one the environment names)")
         ))
         .await?
     {
@@ -365,7 +366,7 @@ pub async fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(Refusal("refusing to change the cluster without confirmation: stdin is not a terminal; pass --yes".into()).into());
     }
-    eprint!("{question} [y/N] ");
+    crate::output::ask(&format!("{question} [y/N] "));
     let answer = tokio::task::spawn_blocking(|| {
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer).map(|_| answer)
