@@ -118,7 +118,7 @@ pub fn keys_of(l: &Ledger) -> KeyVersions {
             } else if e.reencrypted_away_at.is_none() {
                 "until a verified re-encryption of every Secret moves them off it (rotate again, or `kmsctl reencrypt` does not count)".into()
             } else {
-                "until the next rotation finishes: it is the previous version, which KMS may still decrypt with".into()
+                "the previous version, which KMS may still decrypt with: until the next rotation moves the cluster past it".into()
             },
         })
         .collect();

@@ -149,9 +149,21 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// For the terminal view.
+    pub fn terminal() -> Lines {
+        Lines {
+            terminal: true,
+            ..Default::default()
+        }
+    }
+
     /// The lines an event prints (possibly none).
     pub fn apply(&mut self, e: &Event) -> Vec<String> {
-        let now = Instant::now();
+        self.apply_at(e, Instant::now())
+    }
+
+    /// `apply`, as of `now` (the heartbeat counts from when each wait or pass was last told of).
+    pub fn apply_at(&mut self, e: &Event, now: Instant) -> Vec<String> {
         match e {
             Event::RunStarted {
                 run_id,
@@ -278,7 +290,8 @@ impl Lines {
                 };
                 let line = format!("  {}", p.line(0.0));
                 self.passes.insert(*pass, p);
-                vec![line]
+                // On a terminal the pass's bar says it.
+                if self.terminal { vec![] } else { vec![line] }
             }
             Event::PassProgress {
                 pass,
@@ -633,13 +646,7 @@ impl TerminalReporter {
     pub fn new() -> TerminalReporter {
         TerminalReporter {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-            state: Mutex::new((
-                Lines {
-                    terminal: true,
-                    ..Default::default()
-                },
-                BTreeMap::new(),
-            )),
+            state: Mutex::new((Lines::terminal(), BTreeMap::new())),
         }
     }
 

@@ -3,6 +3,8 @@
 
 pub mod events;
 pub mod run;
+#[cfg(test)]
+mod snapshots;
 pub mod timeline;
 
 use serde::Serialize;
