@@ -34,7 +34,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
     };
     crate::say!(
         "starting a twin: AKS {} with KMS on a public vault, {} namespaces, {} Secrets, 2 API server replicas (each learns a new key at its own KMS status call, every {status_period}s)",
-        opts.kubernetes_version, opts.namespaces, opts.secrets
+        opts.kubernetes_version,
+        opts.namespaces,
+        opts.secrets
     );
     let twin = Twin::start(opts).await?;
     twin.write_files(&dir)?;

@@ -344,7 +344,10 @@ async fn prepare(
             "{}: {}.\nGo ahead on cluster {}?",
             procedure.name,
             procedure.description,
-            c.target.cluster.as_deref().unwrap_or("(the one the environment names)")
+            c.target
+                .cluster
+                .as_deref()
+                .unwrap_or("(the one the environment names)")
         ))
         .await?
     {

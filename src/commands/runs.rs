@@ -250,7 +250,8 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         .unwrap_or("the end");
     crate::say!(
         "resuming run {} ({}) at step {next}",
-        h.run_id, h.procedure.name
+        h.run_id,
+        h.procedure.name
     );
     if !a.yes {
         let question = format!("Continue run {}?", h.run_id);

@@ -106,9 +106,11 @@ async fn settled(
 /// upgrade or update finish).
 pub async fn when_idle(arm: &ArmClient, path: &str, sink: &dyn Sink) -> Result<Value, UpdateError> {
     let mut report = UpdateReport::default();
-    Ok(settled(arm, path, std::time::Instant::now(), &mut report, sink)
-        .await?
-        .body)
+    Ok(
+        settled(arm, path, std::time::Instant::now(), &mut report, sink)
+            .await?
+            .body,
+    )
 }
 
 /// Brings the cluster to `desired`. Idempotent: an already-matching Succeeded cluster is left
@@ -159,7 +161,9 @@ pub async fn update_checked(
                     "the cluster changed since it was read (412 PreconditionFailed): re-reading and re-planning"
                 );
                 sink.emit(&Event::Note {
-                    message: "the cluster changed since it was read (412): re-reading and re-planning".into(),
+                    message:
+                        "the cluster changed since it was read (412): re-reading and re-planning"
+                            .into(),
                 });
                 continue;
             }

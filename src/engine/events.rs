@@ -231,9 +231,9 @@ impl<'a> Wait<'a> {
     ) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let status = status.map(str::to_string);
-        let changed = last
-            .as_ref()
-            .is_none_or(|(at, s, r)| *s != status || *r != replicas || at.elapsed() >= PROGRESS_EVERY);
+        let changed = last.as_ref().is_none_or(|(at, s, r)| {
+            *s != status || *r != replicas || at.elapsed() >= PROGRESS_EVERY
+        });
         if !changed {
             return;
         }
@@ -385,7 +385,10 @@ impl reencrypt::Observer for PassEvents<'_> {
 }
 
 /// Sends every re-encryption event to two observers (the journal's checkpoints, the display).
-pub struct Both<'a>(pub &'a dyn reencrypt::Observer, pub &'a dyn reencrypt::Observer);
+pub struct Both<'a>(
+    pub &'a dyn reencrypt::Observer,
+    pub &'a dyn reencrypt::Observer,
+);
 
 impl reencrypt::Observer for Both<'_> {
     fn event(&self, event: &reencrypt::Event) {

@@ -2,11 +2,11 @@
 //! (with what it needs to resume safely) and as finished (with its output) around its execution.
 
 use super::context::Context;
+use super::events::Sink;
 use super::journal::{Entry, Journal, Record, RunStatus};
 use super::state::RunState;
-use super::events::Sink;
-use crate::engine::events::Event as RunEvent;
 use super::{StepError, steps};
+use crate::engine::events::Event as RunEvent;
 use crate::playbook::{Procedure, Step};
 use crate::reencrypt::{Event, Observer, Summary};
 use serde::Serialize;
@@ -170,7 +170,10 @@ pub async fn execute(
             step: step.name().into(),
         });
         let step_began = std::time::Instant::now();
-        let outcome = run_step(ctx, &journal, &record, index, step, &state, sink, lease_lost).await;
+        let outcome = run_step(
+            ctx, &journal, &record, index, step, &state, sink, lease_lost,
+        )
+        .await;
         match outcome {
             Ok((output, summary)) => {
                 summaries.extend(summary);

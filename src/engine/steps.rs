@@ -40,7 +40,11 @@ fn kms_config(c: &Value) -> Value {
     json!({ "enabled": k["enabled"].as_bool() == Some(true), "keyId": k["keyId"], "networkAccess": k["keyVaultNetworkAccess"], "vaultResourceId": k["keyVaultResourceId"] })
 }
 
-pub async fn plant_canary(ctx: &Context, run_id: &str, sink: &dyn Sink) -> Result<Value, StepError> {
+pub async fn plant_canary(
+    ctx: &Context,
+    run_id: &str,
+    sink: &dyn Sink,
+) -> Result<Value, StepError> {
     let kms_at_plant = match &ctx.azure {
         Some(az) => kms_config(&cluster(az).await?),
         None => Value::Null,

@@ -169,7 +169,11 @@ pub fn build(
         let label = pass_label(procedure, index);
         let Some(o) = &rec.finished else {
             if let Some((_, s)) = failed_pass.filter(|(i, _)| *i == index) {
-                passes.push(pass(&label, super::events::PassKind::Reencryption, &s.totals));
+                passes.push(pass(
+                    &label,
+                    super::events::PassKind::Reencryption,
+                    &s.totals,
+                ));
             }
             continue;
         };
@@ -288,13 +292,14 @@ mod tests {
     #[test]
     fn keys_in_use_alive_retirable_and_retired() {
         let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
-        let e = |k: &str, out: Option<&str>, away: Option<&str>, retired: Option<&str>| LedgerEntry {
-            key_id: k.into(),
-            in_service_since: t("2026-01-01T00:00:00Z"),
-            out_of_service_since: out.map(t),
-            reencrypted_away_at: away.map(t),
-            retired_at: retired.map(t),
-        };
+        let e =
+            |k: &str, out: Option<&str>, away: Option<&str>, retired: Option<&str>| LedgerEntry {
+                key_id: k.into(),
+                in_service_since: t("2026-01-01T00:00:00Z"),
+                out_of_service_since: out.map(t),
+                reencrypted_away_at: away.map(t),
+                retired_at: retired.map(t),
+            };
         let d = Some("2026-02-01T00:00:00Z");
         let l = Ledger {
             entries: vec![
@@ -307,7 +312,11 @@ mod tests {
         };
         let k = keys_of(&l);
         assert_eq!(k.in_use.as_deref(), Some("k3"));
-        let alive: Vec<&str> = k.must_stay_alive.iter().map(|l| l.key_id.as_str()).collect();
+        let alive: Vec<&str> = k
+            .must_stay_alive
+            .iter()
+            .map(|l| l.key_id.as_str())
+            .collect();
         assert_eq!(alive, ["k2", "k3"]);
         assert_eq!(k.retirable_now, ["k1"]);
         assert_eq!(k.retired[0].key_id, "k0");

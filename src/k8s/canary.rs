@@ -496,7 +496,11 @@ impl Barrier<'_> {
                     true,
                     format!(
                         "proven ({}: each replica identified on its /metrics)",
-                        if self.need_flip { "attributed" } else { "settled" }
+                        if self.need_flip {
+                            "attributed"
+                        } else {
+                            "settled"
+                        }
                     ),
                 );
                 return Ok(Proof {

@@ -550,7 +550,11 @@ impl Default for PlainReporter {
 
 impl Sink for PlainReporter {
     fn emit(&self, e: &Event) {
-        let out = self.lines.lock().unwrap_or_else(|e| e.into_inner()).apply(e);
+        let out = self
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(e);
         for line in out {
             write_err(&line);
         }
@@ -573,7 +577,10 @@ pub struct JsonReporter {
 pub fn json_line(e: &Event) -> String {
     let mut v = serde_json::to_value(e).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("at".into(), serde_json::json!(chrono::Utc::now().to_rfc3339()));
+        o.insert(
+            "at".into(),
+            serde_json::json!(chrono::Utc::now().to_rfc3339()),
+        );
     }
     v.to_string()
 }

@@ -98,8 +98,7 @@ pub fn render_summary(s: &Summary) -> String {
         out.push_str(&format!(
             "  key switch{}: every API server replica writes {} — proven by {} after {:.0}s: {}\n",
             labelled(&p.label),
-            p.to
-                .as_deref()
+            p.to.as_deref()
                 .map_or("without KMS".to_string(), |k| format!("with {k}")),
             match p.evidence.as_str() {
                 "attributed" => "each replica's own writes",
@@ -151,7 +150,9 @@ pub fn render_summary(s: &Summary) -> String {
             if k.retirable_now.is_empty() {
                 out.push_str("  retirable now: none\n");
             } else {
-                out.push_str("  retirable now (every Secret re-encrypted away, not needed by KMS):\n");
+                out.push_str(
+                    "  retirable now (every Secret re-encrypted away, not needed by KMS):\n",
+                );
                 for id in &k.retirable_now {
                     out.push_str(&format!("    - {id}\n"));
                 }

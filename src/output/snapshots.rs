@@ -126,9 +126,30 @@ impl Seq {
             "before anything changes, the replicas must be shown writing with one key",
             180,
         );
-        self.progress(w, 1, 1, 180, None, Some((1, 2)), Some("9 fresh-connection probes since the canary's last write"));
-        self.progress(w, 1, 2, 180, None, Some((2, 2)), Some("17 fresh-connection probes since the canary's last write"));
-        self.wait_end(w, 0, 2, "every replica writes with KMS key id hash sha256:75548c9d8b1e");
+        self.progress(
+            w,
+            1,
+            1,
+            180,
+            None,
+            Some((1, 2)),
+            Some("9 fresh-connection probes since the canary's last write"),
+        );
+        self.progress(
+            w,
+            1,
+            2,
+            180,
+            None,
+            Some((2, 2)),
+            Some("17 fresh-connection probes since the canary's last write"),
+        );
+        self.wait_end(
+            w,
+            0,
+            2,
+            "every replica writes with KMS key id hash sha256:75548c9d8b1e",
+        );
     }
     /// Azure's operation, polled every 15 s for `secs`.
     fn operation(&mut self, what: &str, why: &str, secs: u64) {
@@ -148,11 +169,24 @@ impl Seq {
             "each replica switches at its own next KMS status call; Secrets rewritten by one that has not would stay under the old key",
             600,
         );
-        self.progress(w, 1, 1, 600, None, Some((0, 2)), Some("no replica has written the canary with another key yet (3 probes)"));
+        self.progress(
+            w,
+            1,
+            1,
+            600,
+            None,
+            Some((0, 2)),
+            Some("no replica has written the canary with another key yet (3 probes)"),
+        );
         self.progress(w, 40, 41, 600, None, Some((1, 2)), Some("canary rewritten with another key 1x; quiet for 0s (time-based evidence needs 92s), 1/49 probes since the last write"));
         self.progress(w, 20, 61, 600, None, Some((1, 2)), Some("canary rewritten with another key 1x; quiet for 20s (time-based evidence needs 92s), 12/49 probes since the last write"));
         self.progress(w, 14, 75, 600, None, Some((2, 2)), Some("canary rewritten with another key 1x; quiet for 0s (time-based evidence needs 92s), 49/49 probes since the last write"));
-        self.wait_end(w, 0, 75, "proven (attributed: each replica identified on its /metrics)");
+        self.wait_end(
+            w,
+            0,
+            75,
+            "proven (attributed: each replica identified on its /metrics)",
+        );
     }
     fn pass(&mut self, kind: PassKind, label: &str, total: u64, secs: u64, rewritten: u64) {
         let pass = self.id();
@@ -315,14 +349,30 @@ fn rotate_twice() -> Seq {
     for (r, (first, key)) in [(1, K1), (8, K2)].into_iter().enumerate() {
         let label = format!("rotation {} of 2", r + 1);
         s.step(first, "plant-canary", Seq::agree, "");
-        s.step(first + 1, "rotate-key", |_| {}, &format!("new version {key}"));
+        s.step(
+            first + 1,
+            "rotate-key",
+            |_| {},
+            &format!("new version {key}"),
+        );
         s.step(
             first + 2,
             "update-kms",
-            |s| s.operation("Azure's operation changing securityProfile.azureKeyVaultKms", why, 50),
+            |s| {
+                s.operation(
+                    "Azure's operation changing securityProfile.azureKeyVaultKms",
+                    why,
+                    50,
+                )
+            },
             "cluster updated",
         );
-        s.step(first + 3, "verify-kms", |_| {}, "securityProfile.azureKeyVaultKms is as asked");
+        s.step(
+            first + 3,
+            "verify-kms",
+            |_| {},
+            "securityProfile.azureKeyVaultKms is as asked",
+        );
         s.step(
             first + 4,
             "prove-key-switch",
@@ -347,7 +397,11 @@ fn rotate_twice() -> Seq {
             reason: "not asked for".into(),
         },
     );
-    let l = ledger(&[(K0, true, true, false), (K1, true, true, false), (K2, false, false, false)]);
+    let l = ledger(&[
+        (K0, true, true, false),
+        (K1, true, true, false),
+        (K2, false, false, false),
+    ]);
     let mut p = passes("rotation 1 of 2", 20001);
     p.extend(passes("rotation 2 of 2", 20001));
     s.end(Summary {
@@ -389,7 +443,12 @@ fn disable() -> Seq {
         },
         "cluster updated",
     );
-    s.step(3, "verify-kms", |_| {}, "securityProfile.azureKeyVaultKms is as asked");
+    s.step(
+        3,
+        "verify-kms",
+        |_| {},
+        "securityProfile.azureKeyVaultKms is as asked",
+    );
     s.step(
         4,
         "prove-key-switch",
@@ -421,8 +480,24 @@ fn migrate_v2() -> Seq {
     );
     let kms = "AKS restarts the API servers with the new KMS configuration; only then can they be shown writing with it";
     s.step(1, "plant-canary", Seq::agree, "");
-    s.step(2, "update-kms", |s| s.operation("Azure's operation changing securityProfile.azureKeyVaultKms", kms, 40), "cluster updated");
-    s.step(3, "verify-kms", |_| {}, "securityProfile.azureKeyVaultKms is as asked");
+    s.step(
+        2,
+        "update-kms",
+        |s| {
+            s.operation(
+                "Azure's operation changing securityProfile.azureKeyVaultKms",
+                kms,
+                40,
+            )
+        },
+        "cluster updated",
+    );
+    s.step(
+        3,
+        "verify-kms",
+        |_| {},
+        "securityProfile.azureKeyVaultKms is as asked",
+    );
     s.step(4, "prove-key-switch", |s| s.proof("writes without KMS"), "every API server replica writes without KMS (proven by each replica's own writes after 75s)");
     s.step(5, "reencrypt", |s| s.reencrypt("KMS off, 1 of 2", 5001, 4), "5000 rewritten, 1 unchanged by the replica that served them, 0 deleted meanwhile; verification pass over fresh connections rewrote nothing (5001 unchanged)");
     s.step(
@@ -449,8 +524,24 @@ fn migrate_v2() -> Seq {
         "Kubernetes 1.25.11 -> 1.27.16 in 2 upgrade(s)",
     );
     s.step(7, "plant-canary", Seq::agree, "");
-    s.step(8, "update-kms", |s| s.operation("Azure's operation changing securityProfile.azureKeyVaultKms", kms, 40), "cluster updated");
-    s.step(9, "verify-kms", |_| {}, "securityProfile.azureKeyVaultKms is as asked; KMS v2");
+    s.step(
+        8,
+        "update-kms",
+        |s| {
+            s.operation(
+                "Azure's operation changing securityProfile.azureKeyVaultKms",
+                kms,
+                40,
+            )
+        },
+        "cluster updated",
+    );
+    s.step(
+        9,
+        "verify-kms",
+        |_| {},
+        "securityProfile.azureKeyVaultKms is as asked; KMS v2",
+    );
     s.step(10, "prove-key-switch", |s| s.proof(&format!("writes with {K1}")), &format!("every API server replica writes with {K1} (proven by each replica's own writes after 75s)"));
     s.step(11, "reencrypt", |s| s.reencrypt("KMS on, 2 of 2", 5001, 4), "5000 rewritten, 1 unchanged by the replica that served them, 0 deleted meanwhile; verification pass over fresh connections rewrote nothing (5001 unchanged)");
     let l = ledger(&[(K0, true, true, false), (K1, false, false, false)]);
@@ -466,7 +557,10 @@ fn migrate_v2() -> Seq {
             "Kubernetes 1.25.11 -> 1.27.16".into(),
             format!("KMS key now {K1}"),
         ],
-        switches: vec![switch("KMS off, 1 of 2", None), switch("KMS on, 2 of 2", Some(K1))],
+        switches: vec![
+            switch("KMS off, 1 of 2", None),
+            switch("KMS on, 2 of 2", Some(K1)),
+        ],
         passes: p,
         keys: keys(&l),
         keys_error: None,
