@@ -1,7 +1,8 @@
 //! Running a journaled run to its end (or to SIGINT/SIGTERM), `resume` (same cluster only) and
 //! `runs` (the table, and `--abandon`).
 
-use super::lifecycle::{confirm, identity};
+use super::lifecycle::{confirm, refusal};
+use crate::engine::session::{Begun, identity};
 use super::{Refusal, setup};
 use crate::cli::{ResumeArgs, RunsArgs, StateArgs};
 use crate::engine::context::Context;
@@ -241,41 +242,35 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             .barrier_timeout_seconds
             .max(journal::RunParams::default().barrier_timeout_seconds),
     );
-    let lease = Lease::acquire(ctx.kube.clone(), &h.run_id)
-        .await
-        .map_err(|e| Refusal(e.to_string()))?;
     let next = record
         .next_step()
         .map(|i| h.procedure.steps[i].name())
         .unwrap_or("the end");
-    crate::say!(
-        "resuming run {} ({}) at step {next}",
-        h.run_id,
-        h.procedure.name
-    );
-    if !a.yes {
-        let question = format!("Continue run {}?", h.run_id);
-        let answer = tokio::select! {
-            a = confirm(&question) => a,
-            s = signalled() => {
-                lease.release().await;
-                crate::say!("\n{s}: nothing was changed");
-                return Ok(INTERRUPTED);
+    let question = format!("Continue run {}?", h.run_id);
+    let ask = async {
+        crate::say!(
+            "resuming run {} ({}) at step {next}",
+            h.run_id,
+            h.procedure.name
+        );
+        if a.yes { Ok(true) } else { confirm(&question).await }
+    };
+    match session::begin(&ctx, &h.run_id, true, ask)
+        .await
+        .map_err(refusal)?
+    {
+        Begun::Ready(true, Some(lease)) => execute(&ctx, j, record, lease, format).await,
+        Begun::Ready(_, lease) => {
+            if let Some(l) = lease {
+                l.release().await;
             }
-        };
-        match answer {
-            Ok(true) => {}
-            Ok(false) => {
-                lease.release().await;
-                return Ok(exit_codes::REFUSED);
-            }
-            Err(e) => {
-                lease.release().await;
-                return Err(e);
-            }
+            Ok(exit_codes::REFUSED)
+        }
+        Begun::Interrupted(s) => {
+            crate::say!("\n{s}: nothing was changed");
+            Ok(INTERRUPTED)
         }
     }
-    execute(&ctx, j, record, lease, format).await
 }
 
 /// Why `run` must not be abandoned: it changed the KMS write key and the key ledger shows that

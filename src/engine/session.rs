@@ -118,3 +118,111 @@ fn honest_refusal(e: StepError, path: &std::path::Path, report: &mut RunReport) 
     }
     e
 }
+
+/// What a run records about its cluster, so `resume` never continues it elsewhere.
+pub async fn identity(ctx: &Context) -> anyhow::Result<journal::ClusterIdentity> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(ctx.kube.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        BeginError::Refused(format!(
+            "cannot read namespace kube-system: {}",
+            crate::k8s::KubeError::from(e)
+        ))
+    })?;
+    let arm_id = match &ctx.azure {
+        Some(az) => az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body["id"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| Some(az.cluster_path.clone())),
+        None => None,
+    };
+    Ok(journal::ClusterIdentity {
+        arm_id,
+        api_server: ctx.kube_server.clone(),
+        kube_system_uid: ns.metadata.uid.unwrap_or_default(),
+        kubeconfig: ctx.kubeconfig.clone(),
+        context: ctx.kube_context.clone(),
+    })
+}
+
+/// Why a run could not begin; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum BeginError {
+    /// Another process holds the lease, or the cluster cannot be read: a refusal (exit 2).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A new run's journal: its header (with the cluster's identity) and any entries already made
+/// (the preflight `start` ran before its prompt), replayed.
+pub async fn create_journal(
+    ctx: &Context,
+    dir: &std::path::Path,
+    target: &journal::Target,
+    run_id: String,
+    procedure: crate::playbook::Procedure,
+    params: journal::RunParams,
+    seed: &[Entry],
+) -> anyhow::Result<(Journal, Record)> {
+    let header = journal::RunHeader {
+        format: journal::FORMAT_VERSION,
+        run_id,
+        procedure,
+        params,
+        target: target.clone(),
+        cluster: Some(identity(ctx).await?),
+        created_at: chrono::Utc::now(),
+    };
+    let mut j = Journal::create(dir, header)?;
+    for entry in seed {
+        j.append(entry)?;
+    }
+    let record = journal::replay(&j.path)?;
+    Ok((j, record))
+}
+
+/// How the preparation of a run (preflight, plan, confirmation) ended.
+pub enum Begun<T> {
+    /// Prepared; the lease (None for a dry run) is the caller's to pass to `execute` or release.
+    Ready(T, Option<Lease>),
+    /// A signal arrived: the lease is released, nothing was changed.
+    Interrupted(&'static str),
+}
+
+/// Takes the cluster's lease (unless `lease` is false: a dry run only looks), then prepares the
+/// run; a signal meanwhile, or a failed preparation, gives the lease back rather than leaving it
+/// to expire.
+pub async fn begin<T>(
+    ctx: &Context,
+    run_id: &str,
+    lease: bool,
+    prepare: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Begun<T>> {
+    let lease = if lease {
+        Some(
+            Lease::acquire(ctx.kube.clone(), run_id)
+                .await
+                .map_err(|e| BeginError::Refused(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let prepared = tokio::select! {
+        p = prepare => p,
+        s = signalled() => {
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            return Ok(Begun::Interrupted(s));
+        }
+    };
+    match prepared {
+        Ok(t) => Ok(Begun::Ready(t, lease)),
+        Err(e) => {
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            Err(e)
+        }
+    }
+}
