@@ -146,7 +146,9 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         .await
         .map_err(refusal)?
     {
-        Begun::Ready((j, record), Some(lease)) => runs::execute(&ctx, j, record, lease, format).await,
+        Begun::Ready((j, record), Some(lease)) => {
+            runs::execute(&ctx, j, record, lease, format).await
+        }
         Begun::Ready(_, None) => Ok(exit_codes::OK),
         Begun::Interrupted(s) => {
             crate::say!("\n{s}: stopped before any change; nothing was changed");

@@ -2,13 +2,13 @@
 //! `runs` (the table, and `--abandon`).
 
 use super::lifecycle::{confirm, refusal};
-use crate::engine::session::{Begun, identity};
 use super::{Refusal, setup};
 use crate::cli::{ResumeArgs, RunsArgs, StateArgs};
 use crate::engine::context::Context;
 use crate::engine::journal::{self, ClusterIdentity, Entry, Journal, Record, RunStatus, Target};
 use crate::engine::preflight;
 use crate::engine::session::{self, Ended};
+use crate::engine::session::{Begun, identity};
 use crate::exit_codes;
 use crate::k8s::lease::Lease;
 use crate::output::run::render_report;
@@ -253,7 +253,11 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             h.run_id,
             h.procedure.name
         );
-        if a.yes { Ok(true) } else { confirm(&question).await }
+        if a.yes {
+            Ok(true)
+        } else {
+            confirm(&question).await
+        }
     };
     match session::begin(&ctx, &h.run_id, true, ask)
         .await

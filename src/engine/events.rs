@@ -110,7 +110,9 @@ pub enum Event {
         seconds: f64,
     },
     #[serde(rename_all = "camelCase")]
-    RunFinished { summary: super::summary::Summary },
+    RunFinished {
+        summary: Box<super::summary::Summary>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -181,6 +183,9 @@ fn next_id() -> u32 {
 /// changed (a poll every 10 ms while the proof meets replicas would flood a log).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// When a wait's progress was last reported, and what it said.
+type Reported = (Instant, Option<String>, Option<Replicas>);
+
 /// One wait, from start to finish. A wait dropped without `finish` (an error left through `?`)
 /// reports that it ended without its outcome.
 pub struct Wait<'a> {
@@ -188,7 +193,7 @@ pub struct Wait<'a> {
     id: u32,
     started: Instant,
     deadline: Duration,
-    last: Mutex<Option<(Instant, Option<String>, Option<Replicas>)>>,
+    last: Mutex<Option<Reported>>,
     finished: std::sync::atomic::AtomicBool,
 }
 

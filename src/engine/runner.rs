@@ -257,7 +257,7 @@ pub async fn execute(
         failed_pass.as_ref().map(|(i, s)| (*i, s)),
     );
     sink.emit(&RunEvent::RunFinished {
-        summary: summary.clone(),
+        summary: Box::new(summary.clone()),
     });
     let report = RunReport {
         run_id: header.run_id.clone(),

@@ -182,6 +182,10 @@ pub async fn create_journal(
 }
 
 /// How the preparation of a run (preflight, plan, confirmation) ended.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per run, moved once into execute"
+)]
 pub enum Begun<T> {
     /// Prepared; the lease (None for a dry run) is the caller's to pass to `execute` or release.
     Ready(T, Option<Lease>),

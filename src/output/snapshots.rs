@@ -231,7 +231,12 @@ impl Seq {
         self.pass(PassKind::Verification, label, total, secs, 0);
     }
     fn end(&mut self, summary: Summary) {
-        self.at(1, Event::RunFinished { summary });
+        self.at(
+            1,
+            Event::RunFinished {
+                summary: Box::new(summary),
+            },
+        );
     }
 }
 
