@@ -176,7 +176,7 @@ impl Twin {
             network_access: Some("Public".into()),
             vault_resource_id: None,
         };
-        update(&arm, &path, &desired, |_| {}).await?;
+        update(&arm, &path, &desired, &kmsctl::engine::events::Silent).await?;
         Ok(format!("kms:v2:{}", new.id))
     }
 

@@ -619,3 +619,164 @@ async fn a_run_that_loses_its_lease_stops_and_can_be_resumed() {
     );
     w.resume_to_the_end().await;
 }
+
+/// `--progress json`: every stderr line is one JSON event; every wait (Azure's operation, the
+/// replicas' agreement, the key-switch proof) starts, reports where it stands with its deadline,
+/// and ends; the passes are labelled per rotation; the closing summary is the report's and
+/// names the key versions that must stay alive as `status` does.
+#[tokio::test]
+async fn progress_json_parses_line_by_line_and_covers_every_wait() {
+    let w = world(SimOptions {
+        lro_seconds: 2,
+        apiserver_replicas: 2,
+        kms_status_period_seconds: 2,
+        ..small(200)
+    })
+    .await;
+    let out = w
+        .run(&[
+            "rotate",
+            "--twice",
+            "--yes",
+            "--progress",
+            "json",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == kind).collect() };
+    for e in &events {
+        assert!(e["at"].is_string(), "{e}");
+    }
+    let started = of("waitStarted");
+    let kinds: Vec<&str> = started
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for (kind, at_least) in [
+        ("clusterOperation", 2),
+        ("keySwitchProof", 2),
+        ("replicaAgreement", 2),
+    ] {
+        assert!(
+            kinds.iter().filter(|k| **k == kind).count() >= at_least,
+            "{kind}: {kinds:?}"
+        );
+    }
+    for s in &started {
+        let id = &s["wait"];
+        assert!(s["what"].as_str().is_some_and(|t| !t.is_empty()), "{s}");
+        assert!(s["why"].as_str().is_some_and(|t| !t.is_empty()), "{s}");
+        assert!(s["deadlineSeconds"].as_u64().is_some_and(|d| d > 0), "{s}");
+        let progress: Vec<&Value> = of("waitProgress")
+            .into_iter()
+            .filter(|p| p["wait"] == *id)
+            .collect();
+        if s["kind"] != "otherOperation" {
+            assert!(!progress.is_empty(), "no progress for {s}");
+        }
+        for p in &progress {
+            assert!(
+                p["elapsedSeconds"].as_u64().unwrap() <= p["deadlineSeconds"].as_u64().unwrap(),
+                "{p}"
+            );
+        }
+        let ended: Vec<&Value> = of("waitFinished")
+            .into_iter()
+            .filter(|f| f["wait"] == *id)
+            .collect();
+        assert_eq!(ended.len(), 1, "{s}: {ended:?}");
+        assert_eq!(ended[0]["ok"], true, "{s}: {ended:?}");
+    }
+    for p in of("waitProgress") {
+        if p["status"].is_string() {
+            // Azure's word on its operation.
+            assert!(
+                started
+                    .iter()
+                    .any(|s| s["wait"] == p["wait"] && s["kind"] != "keySwitchProof"),
+                "{p}"
+            );
+        }
+    }
+    let proofs: Vec<&Value> = of("waitProgress")
+        .into_iter()
+        .filter(|p| {
+            started
+                .iter()
+                .any(|s| s["wait"] == p["wait"] && s["kind"] == "keySwitchProof")
+        })
+        .collect();
+    assert!(
+        proofs
+            .iter()
+            .all(|p| p["replicas"]["of"] == 2 && p["evidence"].is_string()),
+        "{proofs:?}"
+    );
+    let passes: Vec<(String, String)> = of("passStarted")
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["label"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for label in ["rotation 1 of 2", "rotation 2 of 2"] {
+        for kind in ["reencryption", "verification"] {
+            assert!(
+                passes.contains(&(kind.to_string(), label.to_string())),
+                "{kind} {label}: {passes:?}"
+            );
+        }
+    }
+    assert_eq!(of("passStarted").len(), of("passFinished").len());
+    assert_eq!(of("stepStarted").len(), of("stepFinished").len());
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "runFinished", "{last}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["summary"], last["summary"]);
+    let s = &report["summary"];
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(s["switches"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s["passes"].as_array().unwrap().len(), 4, "{s}");
+    assert_eq!(s["keys"]["inUse"], w.kms()["keyId"], "{s}");
+    let alive = |v: &Value| -> Vec<String> {
+        let mut v: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                k.as_str().map_or_else(
+                    || k["keyId"].as_str().unwrap().to_lowercase(),
+                    str::to_lowercase,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let status = w.run(&["status", "-o", "json"]).await;
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        alive(&s["keys"]["mustStayAlive"]),
+        alive(&status["ledger"]["mustStayAlive"]),
+        "{s}\n{status}"
+    );
+    // The oldest version may go: the summary says so, and what to run.
+    assert_eq!(
+        s["keys"]["retirableNow"].as_array().unwrap().len(),
+        1,
+        "{s}"
+    );
+    assert!(
+        s["next"].as_str().unwrap().contains("--enabled false"),
+        "{s}"
+    );
+}

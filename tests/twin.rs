@@ -226,7 +226,9 @@ async fn aks_rules_are_enforced_with_arm_errors() {
         network_access: None,
         vault_resource_id: None,
     };
-    update(&c.arm, &c.path, &disable, |_| {}).await.unwrap();
+    update(&c.arm, &c.path, &disable, &kmsctl::engine::events::Silent)
+        .await
+        .unwrap();
     let mut private = c.arm.get(&c.path, &c.arm.api.aks).await.unwrap().body;
     private["properties"]["securityProfile"]["azureKeyVaultKms"] =
         json!({ "enabled": true, "keyId": c.key.to_string(), "keyVaultNetworkAccess": "Private" });
@@ -462,7 +464,7 @@ async fn kubectl_pipeline_moves_secrets_only_after_a_key_change() {
             network_access: Some("Public".into()),
             vault_resource_id: None,
         },
-        |_| {},
+        &kmsctl::engine::events::Silent,
     )
     .await
     .unwrap();

@@ -367,3 +367,21 @@ mod tests {
         assert!(matches!(plan(nbf), ExtendPlan::Refuse(_)));
     }
 }
+
+/// `check-expiry --fix`: what to do about versions that make the check fail.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fix {
+    Extend(chrono::Duration),
+    Rotate,
+}
+
+/// Parses `--fix` (`extend=90d` or `rotate`).
+pub fn parse_fix(s: &str) -> Result<Fix, String> {
+    match s.split_once('=') {
+        Some(("extend", d)) => Ok(Fix::Extend(parse_span(d)?)),
+        None if s == "rotate" => Ok(Fix::Rotate),
+        _ => Err(format!(
+            "'{s}': use extend=<duration> (e.g. extend=90d) or rotate"
+        )),
+    }
+}

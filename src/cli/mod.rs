@@ -34,6 +34,10 @@ pub struct Cli {
     /// -vv every request. RUST_LOG, when set, wins.
     #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Progress on stderr while a run goes: auto (a live view on a terminal, else plain lines),
+    /// plain (lines, at least every 10 s during any wait), json (one event per line; see README).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub progress: crate::output::events::Progress,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -379,8 +383,8 @@ pub struct ExpiryArgs {
     /// version the cluster needs that is inside a window, the key ledger's included; never on a
     /// disabled version, never on one without an expiry) or `rotate` (the rotate playbook).
     /// Asks first unless --yes.
-    #[arg(long, value_parser = crate::commands::expiry_fix::parse, conflicts_with_all = ["all", "cronjob"])]
-    pub fix: Option<crate::commands::expiry_fix::Fix>,
+    #[arg(long, value_parser = crate::checks::expiry::parse_fix, conflicts_with_all = ["all", "cronjob"])]
+    pub fix: Option<crate::checks::expiry::Fix>,
     /// Do not ask for confirmation (--fix).
     #[arg(long, short = 'y', requires = "fix")]
     pub yes: bool,

@@ -32,13 +32,15 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
         kms_status_period_seconds: status_period,
         ..Default::default()
     };
-    eprintln!(
+    crate::say!(
         "starting a twin: AKS {} with KMS on a public vault, {} namespaces, {} Secrets, 2 API server replicas (each learns a new key at its own KMS status call, every {status_period}s)",
-        opts.kubernetes_version, opts.namespaces, opts.secrets
+        opts.kubernetes_version,
+        opts.namespaces,
+        opts.secrets
     );
     let twin = Twin::start(opts).await?;
     twin.write_files(&dir)?;
-    eprintln!("before:\n  {}", storage_line(&twin));
+    crate::say!("before:\n  {}", storage_line(&twin));
     let exe = std::env::current_exe().context("finding the kmsctl binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["rotate", "--twice", "--yes", "-o", "json"])
@@ -52,7 +54,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
     for (k, v) in twin.env_vars(&dir) {
         cmd.env(k, v);
     }
-    eprintln!("running: kmsctl rotate --twice --yes\n");
+    crate::say!("running: kmsctl rotate --twice --yes\n");
     // Not `output()`: it would capture stderr too, and the run's progress must show.
     let output = cmd
         .spawn()
@@ -60,9 +62,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<i32> {
         .wait_with_output()
         .await
         .context("running kmsctl rotate --twice")?;
-    eprintln!("\nafter:\n  {}", storage_line(&twin));
+    crate::say!("\nafter:\n  {}", storage_line(&twin));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    eprintln!("{}", explain(&report, started.elapsed()));
+    crate::say!("{}", explain(&report, started.elapsed()));
     // The twin ends with the demo, and so do its files (for a lasting one: kmsctl sim serve).
     let _ = std::fs::remove_dir_all(&dir);
     Ok(output.status.code().unwrap_or(1))

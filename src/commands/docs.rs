@@ -97,7 +97,7 @@ pub fn man(a: ManArgs) -> anyhow::Result<i32> {
         for (name, roff) in &pages {
             std::fs::write(dir.join(name), roff)?;
         }
-        eprintln!("wrote {} man pages into {}", pages.len(), dir.display());
+        crate::say!("wrote {} man pages into {}", pages.len(), dir.display());
         return Ok(exit_codes::OK);
     }
     let want = match a.command {

@@ -332,7 +332,7 @@ fn unknown(e: anyhow::Error) -> anyhow::Result<i32> {
     if e.downcast_ref::<Refusal>().is_some() {
         return Err(e);
     }
-    eprintln!("UNKNOWN: {e:#}");
+    crate::say!("UNKNOWN: {e:#}");
     Ok(Status::Unknown.code())
 }
 
@@ -437,7 +437,7 @@ pub fn textfile_code(reports: &mut [ClusterReport], textfile: Option<&std::path:
         Ok(()) => worst,
         Err(e) => {
             let why = format!("{e:#}");
-            eprintln!("UNKNOWN: {why}");
+            crate::say!("UNKNOWN: {why}");
             for r in reports.iter_mut() {
                 r.notes.push(why.clone());
             }

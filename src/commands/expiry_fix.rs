@@ -6,27 +6,13 @@
 use super::Refusal;
 use super::expiry::{ClusterReport, Extension};
 use crate::azure::keys::KeyId;
-use crate::checks::expiry::{ExtendPlan, parse_span, plan_extension};
+use crate::checks::expiry::{ExtendPlan, plan_extension};
 use crate::cli::{ExpiryArgs, RotateArgs};
 use crate::engine::context::Azure;
 use crate::output::Format;
 use clap::{Args, FromArgMatches};
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum Fix {
-    Extend(chrono::Duration),
-    Rotate,
-}
-
-pub fn parse(s: &str) -> Result<Fix, String> {
-    match s.split_once('=') {
-        Some(("extend", d)) => Ok(Fix::Extend(parse_span(d)?)),
-        None if s == "rotate" => Ok(Fix::Rotate),
-        _ => Err(format!(
-            "'{s}': use extend=<duration> (e.g. extend=90d) or rotate"
-        )),
-    }
-}
+pub use crate::checks::expiry::{Fix, parse_fix as parse};
 
 /// Sets a new expiry, now + `by`, on each version that makes `report` WARNING or CRITICAL (the
 /// one in use and the ones the key ledger says must stay alive), after confirmation; returns
@@ -51,7 +37,7 @@ pub async fn extend(
         }
     }
     for s in &skipped {
-        eprintln!("left as it is: {s}");
+        crate::say!("left as it is: {s}");
     }
     if targets.is_empty() {
         let why = if report.versions.is_empty() {
@@ -108,7 +94,7 @@ pub async fn extend(
 }
 
 fn print_done(x: &Extension) {
-    eprintln!(
+    crate::say!(
         "extended {}: {} -> {}",
         x.key_id,
         x.from.map_or("no expiry".to_string(), |f| f.to_string()),

@@ -7,10 +7,11 @@ use crate::cli::{
     ChangeArgs, EnableArgs, NetworkAccess, ReencryptArgs, ReencryptCommand, RotateArgs,
 };
 use crate::engine::context::Context;
-use crate::engine::journal::{self, Journal, ReencryptParams, RunHeader, RunParams, Target};
+use crate::engine::journal::{self, Journal, ReencryptParams, RunParams, Target};
+use crate::engine::session::{self, Begun};
 use crate::engine::{preflight, proof};
 use crate::exit_codes;
-use crate::k8s::{lease::Lease, ledger};
+use crate::k8s::ledger;
 use crate::output::run::{render_findings, render_plan};
 use crate::output::{Format, out, print_json};
 use crate::playbook::{self, Procedure};
@@ -121,42 +122,46 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
     }
     let procedure = playbook::built_in("reencrypt")?;
     let run_id = journal::new_run_id("reencrypt");
-    let lease = Lease::acquire(ctx.kube.clone(), &run_id)
-        .await
-        .map_err(|e| Refusal(e.to_string()))?;
-    let prepared = async {
+    let prepare = async {
         // AKS's API server guard means the API server is struggling: go gently.
-        let (guard, cluster) = futures::join!(
-            crate::checks::facts::apiserver_guard(&ctx.kube),
-            identity(&ctx)
-        );
         let mut p = p;
-        if guard {
-            eprintln!(
+        if crate::checks::facts::apiserver_guard(&ctx.kube).await {
+            crate::say!(
                 "AKS's API server guard (FlowSchema aks-managed-apiserver-guard) is in place: at most 4 requests in flight"
             );
             p.reencrypt.concurrency = p.reencrypt.concurrency.min(4);
         }
-        let header = RunHeader {
-            format: journal::FORMAT_VERSION,
-            run_id: run_id.clone(),
+        session::create_journal(
+            &ctx,
+            &runs::state_dir(&a.state),
+            &target,
+            run_id.clone(),
             procedure,
-            params: p,
-            target: target.clone(),
-            cluster: Some(cluster?),
-            created_at: chrono::Utc::now(),
-        };
-        let j = Journal::create(&runs::state_dir(&a.state), header)?;
-        let record = journal::replay(&j.path)?;
-        anyhow::Ok((j, record))
-    }
-    .await;
-    match prepared {
-        Ok((j, record)) => runs::execute(&ctx, j, record, lease, format).await,
-        Err(e) => {
-            lease.release().await;
-            Err(e)
+            p,
+            &[],
+        )
+        .await
+    };
+    match session::begin(&ctx, &run_id, true, prepare)
+        .await
+        .map_err(refusal)?
+    {
+        Begun::Ready((j, record), Some(lease)) => {
+            runs::execute(&ctx, j, record, lease, format).await
         }
+        Begun::Ready(_, None) => Ok(exit_codes::OK),
+        Begun::Interrupted(s) => {
+            crate::say!("\n{s}: stopped before any change; nothing was changed");
+            Ok(runs::INTERRUPTED)
+        }
+    }
+}
+
+/// A run that could not begin (the lease is held, the cluster cannot be read) is a refusal.
+pub fn refusal(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<session::BeginError>() {
+        Ok(b) => Refusal(b.to_string()).into(),
+        Err(e) => e,
     }
 }
 
@@ -169,50 +174,6 @@ fn named_cluster(target: &Target) -> Option<Target> {
         resource_group: Some(var("KMSCTL_RESOURCE_GROUP")?),
         cluster: Some(var("KMSCTL_CLUSTER")?),
         ..target.clone()
-    })
-}
-
-/// What a run records about its cluster, so `resume` never continues it elsewhere.
-pub async fn identity(ctx: &Context) -> anyhow::Result<journal::ClusterIdentity> {
-    use k8s_openapi::api::core::v1::Namespace;
-    let api: kube::Api<Namespace> = kube::Api::all(ctx.kube.clone());
-    let ns = api.get("kube-system").await.map_err(|e| {
-        Refusal(format!(
-            "cannot read namespace kube-system: {}",
-            crate::k8s::KubeError::from(e)
-        ))
-    })?;
-    let arm_id = match &ctx.azure {
-        Some(az) => az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body["id"]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| Some(az.cluster_path.clone())),
-        None => None,
-    };
-    Ok(journal::ClusterIdentity {
-        arm_id,
-        api_server: ctx.kube_server.clone(),
-        kube_system_uid: ns.metadata.uid.unwrap_or_default(),
-        kubeconfig: ctx.kubeconfig.clone(),
-        context: ctx.kube_context.clone(),
-    })
-}
-
-async fn header(
-    ctx: &Context,
-    target: &Target,
-    run_id: String,
-    procedure: Procedure,
-    params: RunParams,
-) -> anyhow::Result<RunHeader> {
-    Ok(RunHeader {
-        format: journal::FORMAT_VERSION,
-        run_id,
-        procedure,
-        params,
-        target: target.clone(),
-        cluster: Some(identity(ctx).await?),
-        created_at: chrono::Utc::now(),
     })
 }
 
@@ -233,41 +194,27 @@ pub async fn start(
     let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
     let run_id = journal::new_run_id(&procedure.name);
     // The dry run only looks; a real run takes the cluster's lease before it reads anything.
-    let lease = if c.dry_run {
-        None
-    } else {
-        Some(
-            Lease::acquire(ctx.kube.clone(), &run_id)
-                .await
-                .map_err(|e| Refusal(e.to_string()))?,
-        )
-    };
-    // A signal during preflight or at the confirmation prompt: nothing changed; give the
-    // lease back rather than leaving it to expire.
-    let prepared = tokio::select! {
-        p = prepare(&ctx, c, &target, run_id, procedure, p, format) => p,
-        s = runs::signalled() => {
-            if let Some(l) = lease {
-                l.release().await;
-            }
-            eprintln!("\n{s}: stopped before any change; nothing was changed");
-            return Ok(runs::INTERRUPTED);
-        }
-    };
-    match (prepared, lease) {
-        (Ok(Prepared::Run(run)), Some(lease)) => {
+    let prepare = prepare(&ctx, c, &target, run_id.clone(), procedure, p, format);
+    match session::begin(&ctx, &run_id, !c.dry_run, prepare)
+        .await
+        .map_err(refusal)?
+    {
+        Begun::Ready(Prepared::Run(run), Some(lease)) => {
             let (j, record) = *run;
             runs::execute(&ctx, j, record, lease, format).await
         }
-        (Ok(Prepared::Run(..)), None) => Ok(exit_codes::OK),
-        (other, lease) => {
+        Begun::Ready(prepared, lease) => {
             if let Some(l) = lease {
                 l.release().await;
             }
-            other.map(|p| match p {
+            Ok(match prepared {
                 Prepared::Stop(code) => code,
                 Prepared::Run(..) => exit_codes::OK,
             })
+        }
+        Begun::Interrupted(s) => {
+            crate::say!("\n{s}: stopped before any change; nothing was changed");
+            Ok(runs::INTERRUPTED)
         }
     }
 }
@@ -328,12 +275,12 @@ async fn prepare(
             if c.dry_run {
                 out(&text)
             } else {
-                eprint!("{text}")
+                crate::output::ask(&text)
             }
         }
     }
     if refused {
-        eprintln!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
+        crate::say!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
     if c.dry_run {
@@ -341,23 +288,31 @@ async fn prepare(
     }
     if !c.yes
         && !confirm(&format!(
-            "{} cluster {}?",
+            "{}: {}.\nGo ahead on cluster {}?",
+            procedure.name,
             procedure.description,
-            c.target.cluster.as_deref().unwrap_or_default()
+            c.target
+                .cluster
+                .as_deref()
+                .unwrap_or("(the one the environment names)")
         ))
         .await?
     {
-        eprintln!("{NOT_CONFIRMED}");
+        crate::say!("{NOT_CONFIRMED}");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
     let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
-    let header = header(ctx, target, run_id, procedure, p).await?;
-    let mut j = Journal::create(&runs::state_dir(&c.target.state), header)?;
-    for entry in &seed {
-        j.append(entry)?;
-    }
-    let record = journal::replay(&j.path)?;
-    Ok(Prepared::Run(Box::new((j, record))))
+    let run = session::create_journal(
+        ctx,
+        &runs::state_dir(&c.target.state),
+        target,
+        run_id,
+        procedure,
+        p,
+        &seed,
+    )
+    .await?;
+    Ok(Prepared::Run(Box::new(run)))
 }
 
 /// What an answer other than yes at the prompt says (exit 2, as any refusal before a change).
@@ -370,7 +325,7 @@ pub async fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(Refusal("refusing to change the cluster without confirmation: stdin is not a terminal; pass --yes".into()).into());
     }
-    eprint!("{question} [y/N] ");
+    crate::output::ask(&format!("{question} [y/N] "));
     let answer = tokio::task::spawn_blocking(|| {
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer).map(|_| answer)

@@ -25,6 +25,7 @@ pub struct Refusal(pub String);
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let format = cli.output;
+    crate::output::events::set_mode(cli.progress);
     if matches!(format, Format::Prometheus | Format::Html)
         && !matches!(cli.command, Command::CheckExpiry(_))
     {

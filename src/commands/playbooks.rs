@@ -43,7 +43,7 @@ pub async fn vault_mode(a: VaultModeArgs, format: Format) -> anyhow::Result<i32>
             )
             .into());
         }
-        eprintln!(
+        crate::say!(
             "--key-id names a key to move KMS to: pointing KMS at a different vault is a plain update with KMS on (no off/on, no vault change); running `enable` with it"
         );
         return start(playbook::built_in("enable")?, &a.change, p, format).await;

@@ -1,15 +1,17 @@
 //! Running a journaled run to its end (or to SIGINT/SIGTERM), `resume` (same cluster only) and
 //! `runs` (the table, and `--abandon`).
 
-use super::lifecycle::{confirm, identity};
+use super::lifecycle::{confirm, refusal};
 use super::{Refusal, setup};
 use crate::cli::{ResumeArgs, RunsArgs, StateArgs};
 use crate::engine::context::Context;
 use crate::engine::journal::{self, ClusterIdentity, Entry, Journal, Record, RunStatus, Target};
-use crate::engine::{preflight, runner};
+use crate::engine::preflight;
+use crate::engine::session::{self, Ended};
+use crate::engine::session::{Begun, identity};
 use crate::exit_codes;
 use crate::k8s::lease::Lease;
-use crate::output::run::{RunDisplay, render_report};
+use crate::output::run::render_report;
 use crate::output::{Format, out, print_json};
 use crate::playbook::Intent;
 
@@ -19,23 +21,10 @@ pub fn state_dir(s: &StateArgs) -> std::path::PathBuf {
         .unwrap_or_else(journal::default_state_dir)
 }
 
-/// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
-pub const INTERRUPTED: i32 = 130;
+pub use crate::engine::session::{INTERRUPTED, signalled};
 
-/// Waits for SIGINT or SIGTERM (registering for them replaces the default of dying at once).
-pub async fn signalled() -> &'static str {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
-/// Runs the engine; on SIGINT/SIGTERM abandons the request in flight, journals the run as
-/// interrupted, releases the lease and says how to continue.
+/// Runs the engine with the reporter `--progress` asks for, then prints the report (text with
+/// its closing summary, or JSON).
 pub async fn execute(
     ctx: &Context,
     j: Journal,
@@ -43,32 +32,13 @@ pub async fn execute(
     lease: Lease,
     format: Format,
 ) -> anyhow::Result<i32> {
-    let display = RunDisplay::default();
-    let path = j.path.clone();
-    let run_id = record.header.run_id.clone();
-    let outcome = tokio::select! {
-        r = runner::execute(ctx, j, record, &display, &lease.lost) => Some(r),
-        s = signalled() => { eprintln!(); tracing::warn!("{s} received"); None }
+    let reporter = crate::output::events::reporter(crate::output::events::mode());
+    let ended = session::execute(ctx, j, record, lease, &*reporter).await;
+    reporter.finish();
+    let (report, result) = match ended {
+        Ended::Interrupted { .. } => return Ok(INTERRUPTED),
+        Ended::Finished(report, result) => (report, result),
     };
-    display.finish();
-    let Some((mut report, result)) = outcome else {
-        // The engine's future (and with it the journal's lock) is gone: append the end by path.
-        if let Ok((mut j, _)) = Journal::open(&path) {
-            let _ = j.append(&Entry::Finished {
-                at: chrono::Utc::now(),
-                status: RunStatus::Interrupted,
-                message: Some("interrupted by a signal".into()),
-            });
-        }
-        lease.release().await;
-        eprintln!(
-            "interrupted: run {run_id} stopped; every step is idempotent, so nothing is lost. Continue it with `kmsctl resume --run {run_id}` (journal {})",
-            path.display()
-        );
-        return Ok(INTERRUPTED);
-    };
-    lease.release().await;
-    let result = result.map_err(|e| honest_refusal(e, &path, &mut report));
     match format {
         Format::Json => print_json(&report),
         Format::Text | Format::Prometheus | Format::Html => out(&render_report(&report)),
@@ -77,45 +47,11 @@ pub async fn execute(
         Ok(()) => exit_codes::OK,
         Err(e) => {
             if format == Format::Json {
-                eprintln!("error: {e}");
+                crate::say!("error: {e}");
             }
             e.exit_code()
         }
     })
-}
-
-/// A step's refusal says what the step did; whether the run had changed the cluster before it
-/// is in the journal. With changes, the refusal becomes resumable (exit 1) and says what changed,
-/// in the report and as the journal's last word on the run.
-fn honest_refusal(
-    e: crate::engine::StepError,
-    path: &std::path::Path,
-    report: &mut runner::RunReport,
-) -> crate::engine::StepError {
-    if !matches!(e, crate::engine::StepError::Refused(_)) {
-        return e;
-    }
-    let changes = journal::replay(path)
-        .map(|r| r.changes())
-        .unwrap_or_default();
-    let e = e.after_changes(&changes);
-    if changes.is_empty() {
-        return e;
-    }
-    report.error = Some(e.to_string());
-    match Journal::open(path) {
-        Ok((mut j, _)) => {
-            if let Err(err) = j.append(&Entry::Finished {
-                at: chrono::Utc::now(),
-                status: RunStatus::Failed,
-                message: Some(e.to_string()),
-            }) {
-                tracing::warn!(error = %err, "could not journal what the run had changed");
-            }
-        }
-        Err(err) => tracing::warn!(error = %err, "could not journal what the run had changed"),
-    }
-    e
 }
 
 fn same(a: Option<&str>, b: Option<&str>) -> bool {
@@ -199,7 +135,7 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
     let dir = state_dir(&a.target.state);
     let (runs, damaged) = journal::list_all(&dir);
     for (p, why) in &damaged {
-        eprintln!(
+        crate::say!(
             "warning: the journal {} is damaged and was skipped: {why}",
             p.display()
         );
@@ -226,7 +162,7 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
                 // is nothing to continue, and nothing is wrong.
                 None if newest.is_some_and(|r| r.state() == "succeeded") => {
                     let r = newest.expect("checked");
-                    eprintln!(
+                    crate::say!(
                         "nothing to resume: the newest run of cluster {}, {} ({}), succeeded",
                         names(&env),
                         r.header.run_id,
@@ -306,41 +242,42 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             .barrier_timeout_seconds
             .max(journal::RunParams::default().barrier_timeout_seconds),
     );
-    let lease = Lease::acquire(ctx.kube.clone(), &h.run_id)
-        .await
-        .map_err(|e| Refusal(e.to_string()))?;
     let next = record
         .next_step()
         .map(|i| h.procedure.steps[i].name())
         .unwrap_or("the end");
-    eprintln!(
-        "resuming run {} ({}) at step {next}",
-        h.run_id, h.procedure.name
-    );
-    if !a.yes {
-        let question = format!("Continue run {}?", h.run_id);
-        let answer = tokio::select! {
-            a = confirm(&question) => a,
-            s = signalled() => {
-                lease.release().await;
-                eprintln!("\n{s}: nothing was changed");
-                return Ok(INTERRUPTED);
+    let question = format!("Continue run {}?", h.run_id);
+    let ask = async {
+        crate::say!(
+            "resuming run {} ({}) at step {next}",
+            h.run_id,
+            h.procedure.name
+        );
+        if a.yes {
+            return Ok(true);
+        }
+        let yes = confirm(&question).await?;
+        if !yes {
+            crate::say!("{}", super::lifecycle::NOT_CONFIRMED);
+        }
+        Ok(yes)
+    };
+    match session::begin(&ctx, &h.run_id, true, ask)
+        .await
+        .map_err(refusal)?
+    {
+        Begun::Ready(true, Some(lease)) => execute(&ctx, j, record, lease, format).await,
+        Begun::Ready(_, lease) => {
+            if let Some(l) = lease {
+                l.release().await;
             }
-        };
-        match answer {
-            Ok(true) => {}
-            Ok(false) => {
-                lease.release().await;
-                eprintln!("{}", super::lifecycle::NOT_CONFIRMED);
-                return Ok(exit_codes::REFUSED);
-            }
-            Err(e) => {
-                lease.release().await;
-                return Err(e);
-            }
+            Ok(exit_codes::REFUSED)
+        }
+        Begun::Interrupted(s) => {
+            crate::say!("\n{s}: nothing was changed");
+            Ok(INTERRUPTED)
         }
     }
-    execute(&ctx, j, record, lease, format).await
 }
 
 /// Why `run` must not be abandoned: it changed the KMS write key and the key ledger shows that
@@ -401,7 +338,7 @@ pub async fn runs(a: RunsArgs, format: Format) -> anyhow::Result<i32> {
             status: RunStatus::Abandoned,
             message: Some("abandoned with `kmsctl runs --abandon`".into()),
         })?;
-        eprintln!(
+        crate::say!(
             "run {id} abandoned: `kmsctl resume` will no longer pick it. It left no key switch unproven."
         );
         return Ok(exit_codes::OK);

@@ -67,7 +67,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
         SimCommand::Serve(a) => {
             let twin = Twin::start(options(&a)?).await?;
             twin.write_files(&a.dir)?;
-            println!("ready");
+            crate::output::out("ready\n");
             use std::io::Write;
             std::io::stdout().flush()?;
             tracing::info!(address = %twin.addr, dir = %a.dir.display(), "twin serving");
@@ -81,7 +81,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
         }
         SimCommand::Inspect { dir } => {
             let doc = admin_request(&dir, reqwest::Method::GET, "/_sim/inspect", None).await?;
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            crate::output::out(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
             Ok(0)
         }
         SimCommand::Fault(f) => fault(f).await,
@@ -97,7 +97,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
                 Some(serde_json::json!({ "downSeconds": down_seconds })),
             )
             .await?;
-            println!("{doc}");
+            crate::output::out(&format!("{doc}\n"));
             Ok(0)
         }
         SimCommand::Scenarios => {
@@ -135,6 +135,6 @@ async fn fault(f: FaultArgs) -> anyhow::Result<i32> {
         Some(serde_json::to_value(&rule)?),
     )
     .await?;
-    println!("{doc}");
+    crate::output::out(&format!("{doc}\n"));
     Ok(0)
 }

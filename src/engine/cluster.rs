@@ -2,8 +2,9 @@
 //! resource back with If-Match (every other field kept byte for byte), follow the long-running
 //! operation. Idempotent, so a resumed step neither repeats nor skips a change.
 
+use super::events::{Event, Sink, Wait, WaitKind};
 use crate::azure::RemoteError;
-use crate::azure::arm::ArmClient;
+use crate::azure::arm::{ArmClient, OPERATION_DEADLINE};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -16,6 +17,10 @@ pub trait ClusterChange: Send + Sync {
     fn apply_to(&self, resource: &mut Value);
     /// What is changed, for progress messages.
     fn what(&self) -> &'static str;
+    /// Why the run waits for Azure's operation on it, for progress messages.
+    fn why(&self) -> String {
+        "the cluster is changed only once Azure's operation on it succeeds".into()
+    }
 }
 
 fn terminal(state: &str) -> bool {
@@ -58,13 +63,12 @@ async fn settled(
     path: &str,
     began: std::time::Instant,
     report: &mut UpdateReport,
-    on_status: &mut impl FnMut(&str),
+    sink: &dyn Sink,
 ) -> Result<crate::azure::arm::Answer, UpdateError> {
+    let mut wait: Option<Wait> = None;
     loop {
-        if began.elapsed() >= crate::azure::arm::OPERATION_DEADLINE {
-            return Err(UpdateError::Busy(
-                crate::azure::arm::OPERATION_DEADLINE.as_secs() / 60,
-            ));
+        if began.elapsed() >= OPERATION_DEADLINE {
+            return Err(UpdateError::Busy(OPERATION_DEADLINE.as_secs() / 60));
         }
         let current = arm.get(path, &arm.api.aks).await?;
         let state = current.body["properties"]["provisioningState"]
@@ -72,11 +76,21 @@ async fn settled(
             .unwrap_or("Unknown")
             .to_string();
         if terminal(&state) {
+            if let Some(w) = wait {
+                w.finish(true, format!("provisioningState {state}"));
+            }
             return Ok(current);
         }
-        on_status(&format!(
-            "waiting for the cluster's running operation ({state})"
-        ));
+        let w = wait.get_or_insert_with(|| {
+            Wait::start(
+                sink,
+                WaitKind::OtherOperation,
+                "the operation already running on the cluster",
+                "Azure accepts one operation at a time on a cluster: a change is made only once none runs",
+                OPERATION_DEADLINE.saturating_sub(began.elapsed()),
+            )
+        });
+        w.progress(Some(&state), None, None);
         report.waited_for_other_operations += 1;
         tokio::time::sleep(
             current
@@ -90,21 +104,13 @@ async fn settled(
 
 /// The cluster resource once no operation runs on it (a resumed step first lets a running
 /// upgrade or update finish).
-pub async fn when_idle(
-    arm: &ArmClient,
-    path: &str,
-    mut on_status: impl FnMut(&str),
-) -> Result<Value, UpdateError> {
+pub async fn when_idle(arm: &ArmClient, path: &str, sink: &dyn Sink) -> Result<Value, UpdateError> {
     let mut report = UpdateReport::default();
-    Ok(settled(
-        arm,
-        path,
-        std::time::Instant::now(),
-        &mut report,
-        &mut on_status,
+    Ok(
+        settled(arm, path, std::time::Instant::now(), &mut report, sink)
+            .await?
+            .body,
     )
-    .await?
-    .body)
 }
 
 /// Brings the cluster to `desired`. Idempotent: an already-matching Succeeded cluster is left
@@ -114,9 +120,9 @@ pub async fn update(
     arm: &ArmClient,
     path: &str,
     change: &dyn ClusterChange,
-    on_status: impl FnMut(&str),
+    sink: &dyn Sink,
 ) -> Result<UpdateReport, UpdateError> {
-    update_checked(arm, path, change, &|_| None, on_status).await
+    update_checked(arm, path, change, &|_| None, sink).await
 }
 
 /// `update`, with `recheck` asked about every read of the cluster it would change (the first,
@@ -127,13 +133,13 @@ pub async fn update_checked(
     path: &str,
     change: &dyn ClusterChange,
     recheck: &(dyn Fn(&Value) -> Option<String> + Sync),
-    mut on_status: impl FnMut(&str),
+    sink: &dyn Sink,
 ) -> Result<UpdateReport, UpdateError> {
     let mut report = UpdateReport::default();
     const MAX_REPLANS: u32 = 5;
     let began = std::time::Instant::now();
     loop {
-        let current = settled(arm, path, began, &mut report, &mut on_status).await?;
+        let current = settled(arm, path, began, &mut report, sink).await?;
         let state = current.body["properties"]["provisioningState"]
             .as_str()
             .unwrap_or("Unknown")
@@ -147,7 +153,6 @@ pub async fn update_checked(
         let mut body = current.body.clone();
         change.apply_to(&mut body);
         let etag = current.etag.clone().unwrap_or_else(|| "*".into());
-        on_status(&format!("updating {}", change.what()));
         let started = match arm.put_if_match(path, &arm.api.aks, &body, &etag).await {
             Ok(a) => a,
             Err(e) if e.status() == Some(412) && report.replans < MAX_REPLANS => {
@@ -155,29 +160,51 @@ pub async fn update_checked(
                 tracing::warn!(
                     "the cluster changed since it was read (412 PreconditionFailed): re-reading and re-planning"
                 );
-                on_status(
-                    "the cluster changed since it was read (412): re-reading and re-planning",
-                );
+                sink.emit(&Event::Note {
+                    message:
+                        "the cluster changed since it was read (412): re-reading and re-planning"
+                            .into(),
+                });
                 continue;
             }
             Err(e) if e.status() == Some(412) => {
                 return Err(UpdateError::KeptChanging(report.replans));
             }
             Err(e) if e.status() == Some(409) => {
-                on_status("another operation is running on the cluster (409): waiting");
                 report.waited_for_other_operations += 1;
                 // OperationNotAllowed says when to ask again; honour it.
-                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
-                tokio::time::sleep(wait.clamp(Duration::from_secs(1), Duration::from_secs(120)))
-                    .await;
+                let pause = e
+                    .retry_after()
+                    .unwrap_or(Duration::from_secs(5))
+                    .clamp(Duration::from_secs(1), Duration::from_secs(120));
+                let w = Wait::start(
+                    sink,
+                    WaitKind::OtherOperation,
+                    "another operation on the cluster (409 OperationNotAllowed)",
+                    "Azure refused the change while another operation runs; it says when to ask again",
+                    pause,
+                );
+                tokio::time::sleep(pause).await;
+                w.finish(true, "asking again");
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
         report.changed = true;
+        let w = Wait::start(
+            sink,
+            WaitKind::ClusterOperation,
+            format!("Azure's operation changing {}", change.what()),
+            change.why(),
+            OPERATION_DEADLINE,
+        );
         let outcome = arm
-            .wait_operation(&started, |s| on_status(&format!("cluster operation {s}")))
+            .wait_operation(&started, |s| w.progress(Some(s), None, None))
             .await?;
+        w.finish(
+            outcome.status.eq_ignore_ascii_case("Succeeded"),
+            format!("Azure says {}", outcome.status),
+        );
         if !outcome.status.eq_ignore_ascii_case("Succeeded") {
             let error = outcome
                 .error

@@ -103,6 +103,9 @@ impl super::cluster::ClusterChange for DesiredKms {
     fn what(&self) -> &'static str {
         "securityProfile.azureKeyVaultKms"
     }
+    fn why(&self) -> String {
+        "AKS restarts the API servers with the new KMS configuration; only then can they be shown writing with it".into()
+    }
 }
 
 #[cfg(test)]

@@ -4,13 +4,16 @@
 
 pub mod cluster;
 pub mod context;
+pub mod events;
 pub mod journal;
 pub mod kms;
 pub mod preflight;
 pub mod proof;
 pub mod runner;
+pub mod session;
 pub mod state;
 pub mod steps;
+pub mod summary;
 pub mod upgrade;
 pub mod vault_network;
 
@@ -79,15 +82,6 @@ impl StepError {
             StepError::Failed(_) => exit_codes::FAILED,
         }
     }
-}
-
-/// What the engine tells its reporters.
-pub trait RunObserver: Send + Sync {
-    fn step_started(&self, index: usize, total: usize, name: &str);
-    fn step_status(&self, message: &str);
-    fn step_finished(&self, index: usize, name: &str, detail: &str);
-    fn step_skipped(&self, index: usize, name: &str, reason: &str);
-    fn reencrypt(&self) -> &dyn crate::reencrypt::Observer;
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use super::StepError;
 use super::context::Context;
+use super::events::{Event, PassEvents, PassKind, PassLabel, Sink};
 use super::journal::RunParams;
 use super::state::RunState;
 use crate::k8s::canary::{self, Agreement, Barrier, Proof};
@@ -32,7 +33,12 @@ pub fn refuse_unproven(l: &ledger::Ledger, run_id: &str) -> Result<(), StepError
 
 /// Before any change: the key in service goes into the ledger, the canary is made current on
 /// every replica, and each replica's key id hash is noted where /metrics is readable.
-pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<Value, StepError> {
+pub async fn plant(
+    ctx: &Context,
+    run_id: &str,
+    kms_at_plant: Value,
+    sink: &dyn Sink,
+) -> Result<Value, StepError> {
     let (l, _) = ledger::load(&ctx.kube).await?;
     refuse_unproven(&l, run_id)?;
     let in_service = (kms_at_plant["enabled"].as_bool() == Some(true))
@@ -41,7 +47,7 @@ pub async fn plant(ctx: &Context, run_id: &str, kms_at_plant: Value) -> Result<V
     let now = chrono::Utc::now();
     ledger::update(&ctx.kube, |l| l.put_in_service(in_service.as_deref(), now)).await?;
     canary::plant(&ctx.kube).await?;
-    let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN).await?;
+    let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN, sink).await?;
     // The replicas must write with what the cluster reports before anything changes: if not, an
     // earlier change (by anyone) has not reached them yet, and what the proof would see after
     // this change could be that one arriving.
@@ -77,6 +83,10 @@ fn not_as_reported(
 /// How long the replicas may take to agree on the canary when nothing is being changed.
 const AGREE_WITHIN: Duration = Duration::from_secs(180);
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the barrier's run, evidence, lease flag and reporting"
+)]
 fn barrier<'a>(
     ctx: &'a Context,
     state: &RunState,
@@ -85,11 +95,28 @@ fn barrier<'a>(
     known: &[String],
     run_id: &'a str,
     lease_lost: &'a AtomicBool,
+    sink: &'a dyn Sink,
 ) -> Barrier<'a> {
     let to = state
         .desired
         .as_ref()
         .map(|d| d.enabled.then(|| d.key_id.clone()).flatten());
+    let writes = match &to {
+        Some(Some(k)) => format!("writes with {k}"),
+        Some(None) => "writes without KMS".to_string(),
+        None => "writes with one key".to_string(),
+    };
+    let (what, why) = if need_flip {
+        (
+            format!("proof that every API server replica {writes}"),
+            "each replica switches at its own next KMS status call; Secrets rewritten by one that has not would stay under the old key".to_string(),
+        )
+    } else {
+        (
+            format!("every API server replica to be shown settled ({writes})"),
+            "no Secret is rewritten while a replica may still write with another key".to_string(),
+        )
+    };
     Barrier {
         config: &ctx.kube_config,
         client: &ctx.kube,
@@ -102,6 +129,9 @@ fn barrier<'a>(
         timeout: Duration::from_secs(params.barrier_timeout_seconds),
         poll: Duration::from_millis(params.barrier_poll_millis),
         lease_lost,
+        sink,
+        what,
+        why,
     }
 }
 
@@ -135,6 +165,7 @@ pub async fn prove_key_switch(
     params: &RunParams,
     run_id: &str,
     lease_lost: &AtomicBool,
+    sink: &dyn Sink,
 ) -> Result<Value, StepError> {
     let desired = state.desired.clone().ok_or_else(|| {
         StepError::Failed(anyhow::anyhow!(
@@ -169,6 +200,7 @@ pub async fn prove_key_switch(
                 &known_keys(&l, state),
                 run_id,
                 lease_lost,
+                sink,
             )
             .prove()
             .await?;
@@ -186,7 +218,7 @@ pub async fn prove_key_switch(
 /// key: wait for the replicas to settle again and start over.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the step needs the run, its observers and its lease flag"
+    reason = "the step needs the run, its journal, its reporting and its lease flag"
 )]
 pub async fn reencrypt_verified(
     ctx: &Context,
@@ -195,31 +227,40 @@ pub async fn reencrypt_verified(
     options: &reencrypt::Options,
     checkpoint: Checkpoint,
     journaled: &dyn Observer,
-    display: &dyn Observer,
-    on_status: &dyn Fn(&str),
+    sink: &dyn Sink,
+    label: &str,
     lease_lost: &AtomicBool,
 ) -> Result<(Value, reencrypt::Summary), StepError> {
     const ROUNDS: usize = 5;
     let mut checkpoint = Some(checkpoint);
     let mut first: Option<reencrypt::Summary> = None;
+    let pass = |kind, round: usize| PassLabel {
+        kind,
+        label: label.to_string(),
+        round: round as u32,
+    };
     for round in 1..=ROUNDS {
-        let observer = if round == 1 { journaled } else { display };
-        let pass = reencrypt::run(
+        let events = PassEvents::new(sink, pass(PassKind::Reencryption, round));
+        // Only the first round continues from (and keeps) the journal's checkpoints: a later
+        // round starts over, as it must rewrite every Secret again.
+        let both = super::events::Both(journaled, &events);
+        let observer: &dyn Observer = if round == 1 { &both } else { &events };
+        let done = reencrypt::run(
             ctx.kube.clone(),
             options,
             checkpoint.take().unwrap_or_default(),
             observer,
         )
         .await?;
-        if !pass.ok() {
-            return Err(StepError::Incomplete(Box::new(pass)));
+        events.finished(&done);
+        if !done.ok() {
+            return Err(StepError::Incomplete(Box::new(done)));
         }
-        first.get_or_insert(pass);
-        on_status(
-            "verification pass: every Secret PUT again over fresh connections; it must rewrite nothing",
-        );
+        first.get_or_insert(done);
         let fresh = crate::k8s::client::fresh(&ctx.kube_config)?;
-        let check = reencrypt::run(fresh, options, Checkpoint::default(), display).await?;
+        let events = PassEvents::new(sink, pass(PassKind::Verification, round));
+        let check = reencrypt::run(fresh, options, Checkpoint::default(), &events).await?;
+        events.finished(&check);
         if !check.ok() {
             return Err(StepError::Incomplete(Box::new(check)));
         }
@@ -257,10 +298,12 @@ pub async fn reencrypt_verified(
             rewritten = check.totals.rewritten,
             "the verification pass rewrote Secrets: an API server replica still wrote with another key"
         );
-        on_status(&format!(
-            "the verification pass rewrote {} Secrets: an API server replica still writes with another key; waiting for every replica to settle, then re-encrypting again",
-            check.totals.rewritten
-        ));
+        sink.emit(&Event::Note {
+            message: format!(
+                "the verification pass rewrote {} Secrets: an API server replica still writes with another key; waiting for every replica to settle, then re-encrypting again",
+                check.totals.rewritten
+            ),
+        });
         let (l, _) = ledger::load(&ctx.kube).await?;
         barrier(
             ctx,
@@ -271,6 +314,7 @@ pub async fn reencrypt_verified(
             // No switch of its own to record: only agreement is needed here.
             "",
             lease_lost,
+            sink,
         )
         .prove()
         .await?;
@@ -282,11 +326,11 @@ pub async fn reencrypt_verified(
 
 /// Before or after a standalone re-encryption: no switch kmsctl made may be unproven (else the
 /// replicas may still write with the key being left), and every replica writes with one key.
-pub async fn standalone_check(ctx: &Context) -> Result<Agreement, StepError> {
+pub async fn standalone_check(ctx: &Context, sink: &dyn Sink) -> Result<Agreement, StepError> {
     let (l, _) = ledger::load(&ctx.kube).await?;
     refuse_unproven(&l, "")?;
     canary::plant(&ctx.kube).await?;
-    let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN)
+    let agreement = canary::agree(&ctx.kube_config, &ctx.kube, AGREE_WITHIN, sink)
         .await
         .map_err(|e| match e {
             canary::BarrierError::NotCurrent => StepError::Refused(format!(

@@ -2,9 +2,11 @@
 //! (with what it needs to resume safely) and as finished (with its output) around its execution.
 
 use super::context::Context;
+use super::events::Sink;
 use super::journal::{Entry, Journal, Record, RunStatus};
 use super::state::RunState;
-use super::{RunObserver, StepError, steps};
+use super::{StepError, steps};
+use crate::engine::events::Event as RunEvent;
 use crate::playbook::{Procedure, Step};
 use crate::reencrypt::{Event, Observer, Summary};
 use serde::Serialize;
@@ -32,13 +34,14 @@ pub struct RunReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reencrypt: Vec<Summary>,
+    /// What the run did, as its closing summary says it.
+    pub summary: super::summary::Summary,
 }
 
-/// Journals the engine's checkpoint events and passes every event on to the progress display.
+/// Journals the engine's checkpoint events.
 struct JournalObserver<'a> {
     journal: &'a Mutex<Journal>,
     index: usize,
-    inner: &'a dyn Observer,
 }
 
 impl Observer for JournalObserver<'_> {
@@ -52,7 +55,6 @@ impl Observer for JournalObserver<'_> {
                 tracing::warn!(error = %e, "could not write a re-encryption checkpoint");
             }
         }
-        self.inner.event(event);
     }
 }
 
@@ -93,12 +95,25 @@ pub async fn execute(
     ctx: &Context,
     journal: Journal,
     record: Record,
-    observer: &dyn RunObserver,
+    sink: &dyn Sink,
     lease_lost: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (RunReport, Result<(), StepError>) {
+    let began = std::time::Instant::now();
     let journal = Mutex::new(journal);
     let header = &record.header;
     let steps = &header.procedure.steps;
+    sink.emit(&RunEvent::RunStarted {
+        run_id: header.run_id.clone(),
+        procedure: header.procedure.name.clone(),
+        description: header.procedure.description.clone(),
+        steps: steps.len(),
+        from_step: if resumed(&record) {
+            record.next_step().unwrap_or(0)
+        } else {
+            0
+        },
+    });
+    let mut failed_pass = None;
     let mut state = RunState::default();
     let mut reports = Vec::new();
     let mut summaries = Vec::new();
@@ -128,7 +143,11 @@ pub async fn execute(
                 result = Err(e);
                 break;
             }
-            observer.step_skipped(index, step.name(), "not asked for");
+            sink.emit(&RunEvent::StepSkipped {
+                index,
+                step: step.name().into(),
+                reason: "not asked for".into(),
+            });
             reports.push(StepReport {
                 index,
                 step: step.name().into(),
@@ -145,9 +164,14 @@ pub async fn execute(
             )));
             break;
         }
-        observer.step_started(index, steps.len(), step.name());
+        sink.emit(&RunEvent::StepStarted {
+            index,
+            total: steps.len(),
+            step: step.name().into(),
+        });
+        let step_began = std::time::Instant::now();
         let outcome = run_step(
-            ctx, &journal, &record, index, step, &state, observer, lease_lost,
+            ctx, &journal, &record, index, step, &state, sink, lease_lost,
         )
         .await;
         match outcome {
@@ -165,7 +189,12 @@ pub async fn execute(
                     break;
                 }
                 state.apply(step, &output);
-                observer.step_finished(index, step.name(), &describe(step, &output));
+                sink.emit(&RunEvent::StepFinished {
+                    index,
+                    step: step.name().into(),
+                    detail: describe(step, &output),
+                    seconds: step_began.elapsed().as_secs_f64(),
+                });
                 reports.push(StepReport {
                     index,
                     step: step.name().into(),
@@ -176,6 +205,7 @@ pub async fn execute(
             Err(e) => {
                 if let StepError::Incomplete(s) = &e {
                     summaries.push((**s).clone());
+                    failed_pass = Some((index, (**s).clone()));
                 }
                 let _ = append(
                     &journal,
@@ -212,6 +242,23 @@ pub async fn execute(
         .into_inner()
         .map(|j| j.path)
         .unwrap_or_else(|e| e.into_inner().path.clone());
+    // The summary reads the whole journal (steps an earlier process of a resumed run did
+    // included) and the key ledger as the run leaves it.
+    let done = super::journal::replay(&path).unwrap_or_else(|_| record.clone());
+    let ledger = crate::k8s::ledger::load(&ctx.kube)
+        .await
+        .map(|(l, _)| l)
+        .map_err(|e| e.to_string());
+    let summary = super::summary::build(
+        &done,
+        result.is_ok(),
+        began.elapsed().as_secs_f64(),
+        ledger.as_ref().map_err(Clone::clone),
+        failed_pass.as_ref().map(|(i, s)| (*i, s)),
+    );
+    sink.emit(&RunEvent::RunFinished {
+        summary: Box::new(summary.clone()),
+    });
     let report = RunReport {
         run_id: header.run_id.clone(),
         procedure: header.procedure.name.clone(),
@@ -224,6 +271,7 @@ pub async fn execute(
         steps: reports,
         error: message,
         reencrypt: summaries,
+        summary,
     };
     (report, result)
 }
@@ -239,7 +287,7 @@ async fn run_step(
     index: usize,
     step: &Step,
     state: &RunState,
-    observer: &dyn RunObserver,
+    sink: &dyn Sink,
     lease_lost: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Value, Option<Summary>), StepError> {
     let params = &record.header.params;
@@ -259,7 +307,6 @@ async fn run_step(
             data: prepared.clone(),
         },
     )?;
-    let status = |m: &str| observer.step_status(m);
     let output = match step {
         Step::Preflight => {
             let p = super::preflight::run(
@@ -280,29 +327,21 @@ async fn run_step(
             }
             p.output
         }
-        Step::PlantCanary => {
-            status("making the canary Secret current on every API server replica");
-            steps::plant_canary(ctx, run_id).await?
-        }
+        Step::PlantCanary => steps::plant_canary(ctx, run_id, sink).await?,
         Step::RotateKey => steps::rotate_key(ctx, state, &prepared).await?,
         Step::UpdateKms { enabled } => {
-            steps::update_kms(ctx, state, *enabled, run_id, status).await?
+            steps::update_kms(ctx, state, *enabled, run_id, sink).await?
         }
         Step::VerifyKms { kms_version } => steps::verify_kms(ctx, state, *kms_version).await?,
         Step::SetVaultNetwork => super::vault_network::set_vault_network(ctx, state).await?,
         Step::UpgradeKubernetes => {
-            super::upgrade::upgrade_kubernetes(ctx, params, &status, lease_lost).await?
+            super::upgrade::upgrade_kubernetes(ctx, params, sink, lease_lost).await?
         }
         Step::ProveKeySwitch => {
-            status("proving that every API server replica writes with the new key");
-            super::proof::prove_key_switch(ctx, state, params, run_id, lease_lost).await?
+            super::proof::prove_key_switch(ctx, state, params, run_id, lease_lost, sink).await?
         }
         Step::Reencrypt => {
-            let obs = JournalObserver {
-                journal,
-                index,
-                inner: observer.reencrypt(),
-            };
+            let obs = JournalObserver { journal, index };
             let checkpoint = record.steps[index].checkpoint.clone();
             let lifecycle = record.header.procedure.intent != crate::playbook::Intent::Reencrypt;
             let (out, summary) = steps::reencrypt(
@@ -312,8 +351,8 @@ async fn run_step(
                 lifecycle,
                 checkpoint,
                 &obs,
-                observer.reencrypt(),
-                &status,
+                sink,
+                &super::summary::pass_label(&record.header.procedure, index),
                 lease_lost,
             )
             .await?;
@@ -323,6 +362,16 @@ async fn run_step(
         Step::RetireOldest { .. } => steps::retire_oldest(ctx, state).await?,
     };
     Ok((output, None))
+}
+
+/// Whether an earlier process worked on this run (the preflight `start` journals before its
+/// prompt does not count).
+fn resumed(record: &Record) -> bool {
+    let steps = &record.header.procedure.steps;
+    record.steps.iter().enumerate().any(|(i, r)| {
+        (r.started.is_some() || r.finished.is_some() || r.skipped)
+            && !(i == 0 && steps.first() == Some(&Step::Preflight))
+    })
 }
 
 fn describe(step: &Step, output: &Value) -> String {

@@ -4,6 +4,7 @@
 use super::StepError;
 use super::cluster::{self, UpdateError};
 use super::context::Context;
+use super::events::{Event, PassEvents, PassKind, PassLabel, Sink};
 use super::kms::DesiredKms;
 use super::state::RunState;
 use crate::azure::keys::KeyId;
@@ -66,12 +67,16 @@ fn kms_config(c: &Value) -> Value {
     json!({ "enabled": k["enabled"].as_bool() == Some(true), "keyId": k["keyId"], "networkAccess": k["keyVaultNetworkAccess"], "vaultResourceId": k["keyVaultResourceId"] })
 }
 
-pub async fn plant_canary(ctx: &Context, run_id: &str) -> Result<Value, StepError> {
+pub async fn plant_canary(
+    ctx: &Context,
+    run_id: &str,
+    sink: &dyn Sink,
+) -> Result<Value, StepError> {
     let kms_at_plant = match &ctx.azure {
         Some(az) => kms_config(&cluster(az).await?),
         None => Value::Null,
     };
-    super::proof::plant(ctx, run_id, kms_at_plant).await
+    super::proof::plant(ctx, run_id, kms_at_plant, sink).await
 }
 
 /// Reads the newest version before rotating; kept in the journal so a resumed run can tell
@@ -110,7 +115,7 @@ pub async fn update_kms(
     state: &RunState,
     enabled: bool,
     run_id: &str,
-    on_status: impl FnMut(&str),
+    sink: &dyn Sink,
 ) -> Result<Value, StepError> {
     let az = ctx.azure()?;
     let desired = state.desired(enabled);
@@ -168,7 +173,7 @@ pub async fn update_kms(
         &az.cluster_path,
         &desired,
         &changed_by_others,
-        on_status,
+        sink,
     )
     .await;
     if let Err(UpdateError::Refused(why)) = updated {
@@ -259,7 +264,7 @@ async fn verify_kms_version(
 /// the old key marked re-encrypted away); a standalone `reencrypt` proves nothing for the ledger.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the step needs the run, its observers and its lease flag"
+    reason = "the step needs the run, its journal, its reporting and its lease flag"
 )]
 pub async fn reencrypt(
     ctx: &Context,
@@ -268,8 +273,8 @@ pub async fn reencrypt(
     lifecycle: bool,
     checkpoint: Checkpoint,
     journaled: &dyn Observer,
-    display: &dyn Observer,
-    on_status: &dyn Fn(&str),
+    sink: &dyn Sink,
+    label: &str,
     lease_lost: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Value, reencrypt::Summary), StepError> {
     let p = &params.reencrypt;
@@ -286,28 +291,43 @@ pub async fn reencrypt(
     };
     if lifecycle && p.namespaces.is_empty() {
         return super::proof::reencrypt_verified(
-            ctx, state, params, &options, checkpoint, journaled, display, on_status, lease_lost,
+            ctx, state, params, &options, checkpoint, journaled, sink, label, lease_lost,
         )
         .await;
     }
     // A standalone pass proves nothing for the ledger, but must not report Secrets "unchanged"
     // while some replica still writes with another key: it checks before and after.
-    on_status("checking that every API server replica writes with one key");
-    let before = super::proof::standalone_check(ctx).await?;
+    let before = super::proof::standalone_check(ctx, sink).await?;
     if !before.attributed {
-        on_status(&format!(
-            "could not check that every API server replica writes with one key ({}): /metrics does not identify the replicas",
-            before.detail
-        ));
+        sink.emit(&Event::Note {
+            message: format!(
+                "could not check that every API server replica writes with one key ({}): /metrics does not identify the replicas",
+                before.detail
+            ),
+        });
     }
-    let summary = reencrypt::run(ctx.kube.clone(), &options, checkpoint, journaled).await?;
+    let events = PassEvents::new(
+        sink,
+        PassLabel {
+            kind: PassKind::Reencryption,
+            label: label.to_string(),
+            round: 1,
+        },
+    );
+    let summary = reencrypt::run(
+        ctx.kube.clone(),
+        &options,
+        checkpoint,
+        &super::events::Both(journaled, &events),
+    )
+    .await?;
+    events.finished(&summary);
     if !summary.ok() {
         return Err(StepError::Incomplete(Box::new(summary)));
     }
-    on_status("checking again that every API server replica writes with the same key");
     // Secrets were rewritten by now: whatever this finds is a failure to resume from, not a
     // refusal before any change.
-    let after = super::proof::standalone_check(ctx)
+    let after = super::proof::standalone_check(ctx, sink)
         .await
         .map_err(|e| match e {
             StepError::Refused(m) => StepError::Failed(anyhow::anyhow!(m)),

@@ -6,6 +6,7 @@
 use super::StepError;
 use super::cluster::{self, ClusterChange, UpdateError};
 use super::context::Context;
+use super::events::{Event, Sink};
 use crate::checks::facts::minor;
 use crate::engine::journal::RunParams;
 use serde_json::{Value, json};
@@ -50,6 +51,12 @@ impl ClusterChange for KubernetesUpgrade {
     }
     fn what(&self) -> &'static str {
         "kubernetesVersion"
+    }
+    fn why(&self) -> String {
+        format!(
+            "AKS upgrades the control plane and every node pool to Kubernetes {} (one minor version at a time; tens of minutes on AKS)",
+            self.version
+        )
     }
 }
 
@@ -147,7 +154,7 @@ pub async fn verify_apiserver(ctx: &Context, version: &str) -> Result<(), StepEr
 pub async fn upgrade_kubernetes(
     ctx: &Context,
     params: &RunParams,
-    on_status: &dyn Fn(&str),
+    sink: &dyn Sink,
     lease_lost: &AtomicBool,
 ) -> Result<Value, StepError> {
     let az = ctx.azure()?;
@@ -160,7 +167,7 @@ pub async fn upgrade_kubernetes(
                 "lost the cluster's lease between upgrades; run `kmsctl resume` once no other run is active"
             )));
         }
-        let c = cluster::when_idle(&az.arm, &az.cluster_path, on_status)
+        let c = cluster::when_idle(&az.arm, &az.cluster_path, sink)
             .await
             .map_err(update_error)?;
         let current = current_version(&c);
@@ -187,20 +194,22 @@ pub async fn upgrade_kubernetes(
                 "KMS v1 is still enabled: AKS blocks upgrading {current} to {next}. Nothing was changed; KMS must be disabled and every Secret re-encrypted first (kmsctl migrate-v2 does that)"
             )));
         }
-        on_status(&format!(
-            "upgrading Kubernetes {current} -> {next} (one minor version at a time; each takes a while on AKS)"
-        ));
+        sink.emit(&Event::Note {
+            message: format!(
+                "upgrading Kubernetes {current} -> {next} (one minor version at a time; each takes a while on AKS)"
+            ),
+        });
         cluster::update(
             &az.arm,
             &az.cluster_path,
             &KubernetesUpgrade {
                 version: next.clone(),
             },
-            |m| on_status(m),
+            sink,
         )
         .await
         .map_err(update_error)?;
-        let after = cluster::when_idle(&az.arm, &az.cluster_path, on_status)
+        let after = cluster::when_idle(&az.arm, &az.cluster_path, sink)
             .await
             .map_err(update_error)?;
         let now = current_version(&after);

@@ -16,6 +16,7 @@ use super::KubeError;
 use super::evidence::{self, Chain, Expected, ReplicaSet};
 use super::probe::{self, Metrics, Outcome, Write, WriteKey};
 use super::replicas;
+use crate::engine::events::{Replicas, Sink, Wait, WaitKind};
 use crate::retry::RetryPolicy;
 use kube::api::{Api, DynamicObject, PostParams};
 use serde::Serialize;
@@ -117,8 +118,16 @@ pub async fn agree(
     config: &kube::Config,
     client: &kube::Client,
     timeout: Duration,
+    sink: &dyn Sink,
 ) -> Result<Agreement, BarrierError> {
     let start = Instant::now();
+    let report = Wait::start(
+        sink,
+        WaitKind::ReplicaAgreement,
+        "every API server replica to agree on the canary",
+        "before anything changes, the replicas must be shown writing with one key (each probe is a PUT over a fresh connection)",
+        timeout,
+    );
     let mut chain = Chain::new(None, start);
     let mut set = ReplicaSet::default();
     set.leases_read(replicas::live_leases(client).await?);
@@ -165,6 +174,14 @@ pub async fn agree(
             leases_at = now;
         }
         let members = set.members(now);
+        report.progress(
+            None,
+            shown(&members, &chain, ask_metrics),
+            Some(format!(
+                "{} fresh-connection probes since the canary's last write",
+                chain.probes
+            )),
+        );
         let attributed = ask_metrics && chain.attributed(&members, false, &Expected::default());
         touches += usize::from(wave.iter().any(|p| p.touched));
         if attributed && chain.current.is_none() && touches < MAX_TOUCHES {
@@ -177,6 +194,13 @@ pub async fn agree(
             chain.probes >= evidence::probes_needed(known) && (failed_reads == 0 || !ask_metrics);
         if attributed || unattributed {
             let key = chain.current.clone().filter(|_| attributed);
+            report.finish(
+                true,
+                match &key {
+                    Some(k) => format!("every replica writes with {k}"),
+                    None => "the replicas agree".into(),
+                },
+            );
             return Ok(Agreement {
                 detail: format!(
                     "{} over {} fresh connections{}",
@@ -212,6 +236,19 @@ pub async fn agree(
         let pause = if disagreed || reads_failed { 300 } else { 20 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
+}
+
+/// Replicas identified on /metrics and shown agreeing since the canary's last write, of those
+/// known (None where they cannot be identified).
+fn shown(
+    members: &std::collections::BTreeSet<String>,
+    chain: &Chain,
+    ask_metrics: bool,
+) -> Option<Replicas> {
+    (ask_metrics && !members.is_empty()).then(|| Replicas {
+        switched: members.intersection(&chain.agree).count(),
+        of: members.len(),
+    })
 }
 
 /// Touches that may try to show a key before kmsctl stops trying (a replica that exports no
@@ -304,6 +341,10 @@ pub struct Barrier<'a> {
     pub timeout: Duration,
     pub poll: Duration,
     pub lease_lost: &'a AtomicBool,
+    /// Where the wait is reported, and what it is for.
+    pub sink: &'a dyn Sink,
+    pub what: String,
+    pub why: String,
 }
 
 /// What proved the switch, for the journal and the run's output.
@@ -336,6 +377,13 @@ impl Barrier<'_> {
     pub async fn prove(&self) -> Result<Proof, BarrierError> {
         let start = Instant::now();
         let settle = self.settle();
+        let report = Wait::start(
+            self.sink,
+            WaitKind::KeySwitchProof,
+            self.what.clone(),
+            self.why.clone(),
+            self.timeout,
+        );
         let mut chain = Chain::new(self.old.clone(), start);
         let mut set = ReplicaSet::default();
         let mut rv: Option<String> = None;
@@ -435,8 +483,26 @@ impl Barrier<'_> {
             }
             let members = set.members(now);
             let note = set.disagreement(now);
+            let known = members.len().max(set.most_leases).max(1);
+            let needed = evidence::probes_needed(known);
+            report.progress(
+                None,
+                shown(&members, &chain, ask_metrics),
+                Some(self.so_far(&chain, now, settle, needed)),
+            );
             if ask_metrics && chain.attributed(&members, self.need_flip, &self.expected) {
                 let key = chain.current.clone();
+                report.finish(
+                    true,
+                    format!(
+                        "proven ({}: each replica identified on its /metrics)",
+                        if self.need_flip {
+                            "attributed"
+                        } else {
+                            "settled"
+                        }
+                    ),
+                );
                 return Ok(Proof {
                     evidence: if self.need_flip {
                         "attributed"
@@ -467,10 +533,17 @@ impl Barrier<'_> {
                     replica_count_note: note,
                 });
             }
-            let known = members.len().max(set.most_leases).max(1);
-            let needed = evidence::probes_needed(known);
             if chain.timed(self.need_flip, settle, needed, now) {
                 let quiet = now.duration_since(chain.last_write);
+                report.finish(
+                    true,
+                    format!(
+                        "proven ({}: quiet for {:.0}s over {} fresh connections)",
+                        if chain.flips > 0 { "time" } else { "settled" },
+                        quiet.as_secs_f64(),
+                        chain.probes
+                    ),
+                );
                 return Ok(Proof {
                     evidence: if chain.flips > 0 { "time" } else { "settled" }.into(),
                     replicas: Some(known),
@@ -498,6 +571,7 @@ impl Barrier<'_> {
                 });
             }
             if start.elapsed() >= self.timeout {
+                report.finish(false, "timed out");
                 return Err(BarrierError::Timeout {
                     waited: start.elapsed().as_secs(),
                     detail: if chain.flips == 0 {
@@ -515,6 +589,27 @@ impl Barrier<'_> {
             }
             tokio::time::sleep(self.pace(&chain, ask_metrics, &members, settle, needed)).await;
         }
+    }
+
+    /// What the proof has seen so far, in a few words.
+    fn so_far(&self, chain: &Chain, now: Instant, settle: Duration, needed: u32) -> String {
+        if self.need_flip && chain.flips == 0 {
+            return format!(
+                "no replica has written the canary with another key yet ({} probes)",
+                chain.probes
+            );
+        }
+        format!(
+            "{}quiet for {:.0}s (time-based evidence needs {:.0}s), {}/{needed} probes since the last write",
+            if chain.flips > 0 {
+                format!("canary rewritten with another key {}x; ", chain.flips)
+            } else {
+                String::new()
+            },
+            now.duration_since(chain.last_write).as_secs_f64(),
+            settle.as_secs_f64(),
+            chain.probes
+        )
     }
 
     async fn record_flip(&self, rv: String) -> Result<(), KubeError> {

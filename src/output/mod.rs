@@ -1,8 +1,10 @@
 //! Everything kmsctl shows: progress on stderr (indicatif, hidden when stderr is not a
 //! terminal), human summaries, and machine-readable JSON on stdout (`-o json`).
 
-pub mod progress;
+pub mod events;
 pub mod run;
+#[cfg(test)]
+mod snapshots;
 pub mod timeline;
 
 use serde::Serialize;
@@ -27,6 +29,29 @@ pub fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+}
+
+/// A line on stderr: what a command says beside its output (warnings, what it did). Every
+/// module but the reporters and main writes to the terminal through this or `out`.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// The same without a line end (a prompt).
+pub fn ask(text: &str) {
+    use std::io::Write;
+    let mut e = std::io::stderr().lock();
+    let _ = write!(e, "{text}");
+    let _ = e.flush();
+}
+
+/// `say!("...", args)`: `say` with `format!` arguments.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::output::say(&format!($($t)*))
+    };
 }
 
 pub fn print_json<T: Serialize>(value: &T) {
