@@ -77,37 +77,15 @@ fn explain(report: &serde_json::Value, elapsed: std::time::Duration) -> String {
         elapsed.as_secs_f64(),
         report["status"].as_str().unwrap_or("did not report")
     );
-    let steps = report["steps"].as_array().cloned().unwrap_or_default();
-    let label = ["first rotation", "second rotation"];
-    let mut rotation = 0;
-    for s in &steps {
-        let o = &s["output"];
-        match s["step"].as_str() {
-            Some("rotate-key") => out.push_str(&format!(
-                "- {}: new key version {}\n",
-                label.get(rotation).unwrap_or(&"rotation"),
-                o["keyId"].as_str().unwrap_or("?")
-            )),
-            Some("prove-key-switch") => out.push_str(&format!(
-                "  proof that both API server replicas write with it ({}): {}\n",
-                o["evidence"].as_str().unwrap_or("?"),
-                o["detail"].as_str().unwrap_or_default()
-            )),
-            Some("reencrypt") => {
-                out.push_str(&format!(
-                    "  re-encryption ({}): {} Secrets rewritten under the new key, then a verification pass over fresh connections rewrote none ({} checked)\n",
-                    label.get(rotation).unwrap_or(&"rotation"),
-                    o["totals"]["rewritten"],
-                    o["verification"]["unchanged"]
-                ));
-                rotation += 1;
-            }
-            _ => {}
-        }
+    // The run's own closing summary: what changed, what proved each switch, the passes, and
+    // which key versions must stay alive or may be retired.
+    match serde_json::from_value::<crate::engine::summary::Summary>(report["summary"].clone()) {
+        Ok(s) => out.push_str(&crate::output::run::render_summary(&s)),
+        Err(e) => out.push_str(&format!("(the run reported no summary: {e})\n")),
     }
     out.push_str(
-        "- one Secret more than seeded: kube-system/kmsctl-canary, which kmsctl owns to prove each key switch before re-encrypting\n\
-         - the oldest key version is now safe to retire (kmsctl rotate --twice --retire-old disables it, never deletes it); the previous one must stay alive\n\
+        "\n- one Secret more than seeded: kube-system/kmsctl-canary, which kmsctl owns to prove each key switch before re-encrypting\n\
+         - `kmsctl rotate --twice --retire-old` disables (never deletes) the version in use before the run once it may go\n\
          - the run's journal was in a temporary folder; a real run keeps it in $XDG_STATE_HOME/kmsctl/runs (or ~/.local/state/kmsctl/runs), so `kmsctl resume` continues it after a kill\n\
          next: start a lasting twin with `kmsctl sim serve --dir /tmp/twin`, then `. /tmp/twin/env` and try `kmsctl status`, `kmsctl rotate --dry-run`, `kmsctl disable --yes`, or kill a run and `kmsctl resume --yes`\n",
     );

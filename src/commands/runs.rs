@@ -34,23 +34,33 @@ pub async fn execute(
 ) -> anyhow::Result<i32> {
     let reporter = crate::output::events::reporter(crate::output::events::mode());
     let ended = session::execute(ctx, j, record, lease, &*reporter).await;
-    reporter.finish();
     let (report, result) = match ended {
-        Ended::Interrupted { .. } => return Ok(INTERRUPTED),
+        Ended::Interrupted { .. } => {
+            reporter.finish();
+            return Ok(INTERRUPTED);
+        }
         Ended::Finished(report, result) => (report, result),
     };
+    // With -o json the error is not in the text report: it goes to stderr, as an event where
+    // stderr is JSON lines.
+    if let Err(e) = &result
+        && format == Format::Json
+    {
+        match crate::output::events::mode() {
+            crate::output::events::Progress::Json => reporter.emit(&crate::engine::events::Event::Note {
+                message: format!("error: {e}"),
+            }),
+            _ => crate::say!("error: {e}"),
+        }
+    }
+    reporter.finish();
     match format {
         Format::Json => print_json(&report),
         Format::Text | Format::Prometheus | Format::Html => out(&render_report(&report)),
     }
     Ok(match result {
         Ok(()) => exit_codes::OK,
-        Err(e) => {
-            if format == Format::Json {
-                crate::say!("error: {e}");
-            }
-            e.exit_code()
-        }
+        Err(e) => e.exit_code(),
     })
 }
 

@@ -128,7 +128,7 @@ pub enum WaitKind {
     ReplicaAgreement,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum PassKind {
     Reencryption,

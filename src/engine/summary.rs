@@ -6,9 +6,9 @@
 use super::journal::Record;
 use crate::k8s::ledger::Ledger;
 use crate::playbook::{Intent, Procedure, Step};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub run_id: String,
@@ -28,7 +28,7 @@ pub struct Summary {
     pub next: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SwitchProof {
     /// Which part of the run (as the passes are labelled).
@@ -41,7 +41,7 @@ pub struct SwitchProof {
     pub waited_seconds: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PassSummary {
     pub label: String,
@@ -56,7 +56,7 @@ pub struct PassSummary {
     pub rounds: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyVersions {
     pub in_use: Option<String>,
@@ -65,7 +65,7 @@ pub struct KeyVersions {
     pub retired: Vec<KeyLife>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyLife {
     pub key_id: String,
