@@ -165,7 +165,13 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") && eq(k, "keys") =>
         {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.vault) {
-                return not_found("Microsoft.KeyVault/vaults", name, rg);
+                return super::missing::resource_missing(
+                    &w,
+                    s[1],
+                    rg,
+                    "Microsoft.KeyVault/vaults",
+                    name,
+                );
             }
             super::arm_keys::handle(&w, req, rest)
         }
