@@ -30,7 +30,8 @@ fn main() {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
-        .with_writer(std::io::stderr)
+        // Log lines go where the run's progress display wants them (above its live lines).
+        .with_writer(kmsctl::output::events::LogWriter)
         // Colour codes only for a terminal: logs in files and CI stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -47,9 +47,11 @@ pub async fn execute(
         && format == Format::Json
     {
         match crate::output::events::mode() {
-            crate::output::events::Progress::Json => reporter.emit(&crate::engine::events::Event::Note {
-                message: format!("error: {e}"),
-            }),
+            crate::output::events::Progress::Json => {
+                reporter.emit(&crate::engine::events::Event::Note {
+                    message: format!("error: {e}"),
+                })
+            }
             _ => crate::say!("error: {e}"),
         }
     }

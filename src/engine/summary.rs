@@ -321,4 +321,155 @@ mod tests {
         assert_eq!(k.retirable_now, ["k1"]);
         assert_eq!(k.retired[0].key_id, "k0");
     }
+
+    /// A rotate --twice journal with the given steps finished (index, output).
+    fn record(finished: &[(usize, serde_json::Value)]) -> (tempfile::TempDir, Record) {
+        use crate::engine::journal::{self, Entry, Journal, RunHeader};
+        let dir = tempfile::tempdir().unwrap();
+        let header = RunHeader {
+            format: journal::FORMAT_VERSION,
+            run_id: "r1".into(),
+            procedure: crate::playbook::built_in("rotate-twice").unwrap(),
+            params: Default::default(),
+            target: Default::default(),
+            cluster: None,
+            created_at: chrono::Utc::now(),
+        };
+        let mut j = Journal::create(dir.path(), header).unwrap();
+        for (index, output) in finished {
+            let at = chrono::Utc::now();
+            j.append(&Entry::StepStarted {
+                index: *index,
+                at,
+                data: serde_json::Value::Null,
+            })
+            .unwrap();
+            j.append(&Entry::StepFinished {
+                index: *index,
+                at,
+                output: output.clone(),
+            })
+            .unwrap();
+        }
+        let r = crate::engine::journal::replay(&j.path).unwrap();
+        (dir, r)
+    }
+
+    #[test]
+    fn a_summary_labels_proofs_and_passes_per_rotation_and_says_what_next() {
+        use serde_json::json;
+        let proof = |k: &str| json!({ "writesWith": k, "evidence": "attributed", "detail": "d", "waitedSeconds": 75.0 });
+        let pass = json!({ "totals": { "rewritten": 9, "unchanged": 1, "deleted": 0, "failed": 0, "conflicts": 0, "throttled": 0 },
+                           "verification": { "rounds": 1, "unchanged": 10, "rewritten": 0 } });
+        let kms = |k: &str| json!({ "desired": { "enabled": true, "keyId": k }, "report": { "changed": true } });
+        let (_d, r) = record(&[
+            (2, json!({ "keyId": "k1" })),
+            (3, kms("k1")),
+            (5, proof("k1")),
+            (6, pass.clone()),
+            (9, json!({ "keyId": "k2" })),
+            (10, kms("k2")),
+            (12, proof("k2")),
+            (13, pass.clone()),
+        ]);
+        let l = Ledger {
+            entries: vec![
+                LedgerEntry {
+                    key_id: "k0".into(),
+                    out_of_service_since: Some(chrono::Utc::now()),
+                    reencrypted_away_at: Some(chrono::Utc::now()),
+                    ..Default::default()
+                },
+                LedgerEntry {
+                    key_id: "k1".into(),
+                    out_of_service_since: Some(chrono::Utc::now()),
+                    reencrypted_away_at: Some(chrono::Utc::now()),
+                    ..Default::default()
+                },
+                LedgerEntry {
+                    key_id: "k2".into(),
+                    ..Default::default()
+                },
+            ],
+            switch: None,
+        };
+        let s = build(&r, true, 12.0, Ok(&l), None);
+        assert_eq!(s.status, "succeeded");
+        assert_eq!(
+            s.changed,
+            [
+                "new key version k1",
+                "KMS key now k1",
+                "new key version k2",
+                "KMS key now k2"
+            ]
+        );
+        let proofs: Vec<(&str, Option<&str>)> = s
+            .switches
+            .iter()
+            .map(|p| (p.label.as_str(), p.to.as_deref()))
+            .collect();
+        assert_eq!(
+            proofs,
+            [
+                ("rotation 1 of 2", Some("k1")),
+                ("rotation 2 of 2", Some("k2"))
+            ]
+        );
+        let passes: Vec<(&str, super::super::events::PassKind, u64)> = s
+            .passes
+            .iter()
+            .map(|p| (p.label.as_str(), p.kind, p.unchanged))
+            .collect();
+        use super::super::events::PassKind::{Reencryption, Verification};
+        assert_eq!(
+            passes,
+            [
+                ("rotation 1 of 2", Reencryption, 1),
+                ("rotation 1 of 2", Verification, 10),
+                ("rotation 2 of 2", Reencryption, 1),
+                ("rotation 2 of 2", Verification, 10),
+            ]
+        );
+        let k = s.keys.as_ref().unwrap();
+        assert_eq!(k.in_use.as_deref(), Some("k2"));
+        assert_eq!(k.retirable_now, ["k0"]);
+        assert!(
+            s.next.as_deref().unwrap().contains("--id k0"),
+            "{:?}",
+            s.next
+        );
+
+        // Stopped in the second re-encryption, with an unreadable ledger: the failed pass is
+        // counted, the key versions are not guessed, and the next command resumes the run.
+        let (_d, r) = record(&[
+            (2, json!({ "keyId": "k1" })),
+            (3, kms("k1")),
+            (5, proof("k1")),
+            (6, pass),
+        ]);
+        let failed = crate::reencrypt::Summary {
+            totals: crate::reencrypt::Counts {
+                rewritten: 5,
+                failed: 2,
+                ..Default::default()
+            },
+            namespaces: Default::default(),
+            failures: vec![],
+            seconds: 1.0,
+            per_second: 5.0,
+            requests: 7,
+            throttled_share: 0.0,
+        };
+        let s = build(&r, false, 3.0, Err("forbidden".into()), Some((13, &failed)));
+        assert_eq!(s.status, "failed");
+        assert_eq!(s.passes.len(), 3);
+        assert_eq!(
+            (s.passes[2].label.as_str(), s.passes[2].failed),
+            ("rotation 2 of 2", 2)
+        );
+        assert!(s.keys.is_none());
+        assert_eq!(s.keys_error.as_deref(), Some("forbidden"));
+        assert_eq!(s.next.as_deref(), Some("kmsctl resume --run r1"));
+    }
 }

@@ -587,6 +587,7 @@ pub fn json_line(e: &Event) -> String {
 
 impl JsonReporter {
     pub fn new() -> JsonReporter {
+        *LOG_ROUTE.lock().unwrap_or_else(|e| e.into_inner()) = LogRoute::Json;
         let state: Arc<Mutex<(Lines, BTreeMap<u32, Instant>)>> = Arc::default();
         let s = state.clone();
         let ticker = Ticker::start(move || {
@@ -639,6 +640,7 @@ impl Sink for JsonReporter {
 
 impl Reporter for JsonReporter {
     fn finish(&self) {
+        *LOG_ROUTE.lock().unwrap_or_else(|e| e.into_inner()) = LogRoute::Plain;
         self.ticker.stop();
     }
 }
@@ -651,8 +653,10 @@ pub struct TerminalReporter {
 
 impl TerminalReporter {
     pub fn new() -> TerminalReporter {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        *LOG_ROUTE.lock().unwrap_or_else(|e| e.into_inner()) = LogRoute::Above(multi.clone());
         TerminalReporter {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            multi,
             state: Mutex::new((Lines::terminal(), BTreeMap::new())),
         }
     }
@@ -664,7 +668,7 @@ impl TerminalReporter {
                 let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
                 pb.set_style(
                     ProgressStyle::with_template(
-                        "{prefix} {bar:30.cyan/blue} {pos}/{len} Secrets {msg}",
+                        "{prefix} {bar:30.cyan/blue} {pos}/{len} Secrets {wide_msg}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
@@ -673,7 +677,7 @@ impl TerminalReporter {
             None => {
                 let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
                 pb.set_style(
-                    ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    ProgressStyle::with_template("{spinner} [{elapsed}] {wide_msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 pb
@@ -736,6 +740,7 @@ impl Sink for TerminalReporter {
 
 impl Reporter for TerminalReporter {
     fn finish(&self) {
+        *LOG_ROUTE.lock().unwrap_or_else(|e| e.into_inner()) = LogRoute::Plain;
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (_, pb) in std::mem::take(&mut g.1) {
             pb.finish_and_clear();
@@ -763,4 +768,67 @@ pub fn set_mode(mode: Progress) {
 
 pub fn mode() -> Progress {
     MODE.get().copied().unwrap_or_default()
+}
+
+/// Where log lines (tracing) go while a reporter owns stderr: above the live lines of the
+/// terminal view (they would tear it), or as `log` events among the JSON lines (so stderr stays
+/// one JSON object per line).
+enum LogRoute {
+    Plain,
+    Above(MultiProgress),
+    Json,
+}
+
+static LOG_ROUTE: Mutex<LogRoute> = Mutex::new(LogRoute::Plain);
+
+/// The writer for tracing's log lines (main installs it): each log event is written whole,
+/// where the active reporter wants it.
+#[derive(Clone, Copy, Default)]
+pub struct LogWriter;
+
+/// One log event's bytes, written when tracing is done with them.
+pub struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if self.0.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.0);
+        let route = LOG_ROUTE.lock().unwrap_or_else(|e| e.into_inner());
+        match &*route {
+            LogRoute::Plain => {
+                let _ = std::io::stderr().lock().write_all(&self.0);
+            }
+            LogRoute::Above(multi) => {
+                let _ = multi.println(text.trim_end());
+            }
+            LogRoute::Json => {
+                let line = serde_json::json!({
+                    "event": "log",
+                    "message": text.trim_end(),
+                    "at": chrono::Utc::now().to_rfc3339(),
+                });
+                write_err(&line.to_string());
+            }
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
 }
