@@ -358,8 +358,17 @@ fn kmsctl_arm(twin: &Twin, extra: &[&str]) -> anyhow::Result<(Arm, Value)> {
 /// (d) The ceiling: everything listed beforehand; only the PUTs are timed.
 async fn ceiling_arm(twin: &Twin, in_flight: usize) -> anyhow::Result<Arm> {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(twin.dir.join("ca.pem"))?)?;
-    let client = reqwest::Client::builder().tls_certs_only([ca]).build()?;
     let kc = std::fs::read_to_string(twin.kubeconfig())?;
+    // The API server's host name resolves nowhere: like kubectl, go through the kubeconfig's
+    // proxy-url when it names one.
+    let mut builder = reqwest::Client::builder().tls_certs_only([ca]);
+    if let Some(proxy) = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proxy-url: "))
+    {
+        builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+    }
+    let client = builder.build()?;
     let server = kc
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: "))
