@@ -442,7 +442,9 @@ fn network_checks(i: &Inputs, out: &mut Vec<Finding>) {
             out.push(Finding::refuse(
                 "vault-network",
                 format!("the vault's public network access is {public} with firewall default {default_action}: a public-mode KMS vault must allow public access, or it blocks the KMS plugin"),
-                format!("az keyvault update --name {} --public-network-access Enabled --default-action Allow, or enable KMS in private mode (--network-access private --vault-resource-id {})", vault["name"].as_str().unwrap_or("<vault>"), vault["id"].as_str().unwrap_or("<id>")),
+                // kmsctl never tells anyone to open a vault: the way that keeps it closed is
+                // private mode; public mode's requirement is stated, not handed out as a command.
+                format!("keep the vault as it is and use KMS in private mode (`--network-access private --vault-resource-id {}`, with API Server VNet Integration); public-mode KMS works only with a vault that allows public access, which AKS requires and this vault does not", vault["id"].as_str().unwrap_or("<id>")),
             ));
         } else {
             out.push(Finding::pass(
