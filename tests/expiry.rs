@@ -471,7 +471,11 @@ async fn fix_extend_sets_a_later_expiry_never_on_a_disabled_version() {
         .run(&["check-expiry", "--fix", "extend=30d", "--yes"])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("nothing needed extending"), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing needed extending"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(w.fingerprint(), before);
     w.first_key_version(|v| v.enabled = false);
     let before_disabled = w.fingerprint();
@@ -721,7 +725,11 @@ async fn a_version_list_that_cannot_be_read_is_unknown() {
         .run(&["check-expiry", "--warn", "10d", "--critical", "7d"])
         .await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("version list could not be read"), "{}", text(&out));
+    assert!(
+        text(&out).contains("version list could not be read"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test]
@@ -732,7 +740,15 @@ async fn a_rotation_policy_that_cannot_be_read_is_unknown() {
         serde_json::json!({ "method": "GET", "path": "/subscriptions/**/vaults/*/keys/kms-key", "status": 429 }),
     );
     let out = w
-        .run(&["check-expiry", "--warn", "1d", "--critical", "1h", "-o", "json"])
+        .run(&[
+            "check-expiry",
+            "--warn",
+            "1d",
+            "--critical",
+            "1h",
+            "-o",
+            "json",
+        ])
         .await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -776,7 +792,11 @@ async fn whatever_keeps_the_check_from_judging_is_unknown_and_fix_extend_with_no
         .run(&["check-expiry", "--fix", "extend=90d", "--yes"])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("nothing needed extending"), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing needed extending"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(w.fingerprint(), before);
     // A version that cannot be read: UNKNOWN, nothing changed.
     w.first_key_version(|v| v.exp = Some(now() + 3 * DAY));
@@ -860,9 +880,7 @@ async fn all_judges_older_enabled_versions_as_possibly_needed() {
     assert_eq!(check(&w, &[]).await.0, 2);
     let (code, out) = check(&w, &["--all"]).await;
     assert_eq!(code, 2, "{out}");
-    let out = w
-        .run(&["check-expiry", "--all", "-o", "json"])
-        .await;
+    let out = w.run(&["check-expiry", "--all", "-o", "json"]).await;
     let t = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         t.contains("possibly-needed") && t.contains("check-expiry --subscription"),
@@ -901,10 +919,14 @@ async fn fix_extend_failing_part_way_says_what_changed_and_which_failed() {
     let t = text(&out);
     // The check after the fix: still CRITICAL, from the version that was not extended.
     assert_eq!(out.status.code(), Some(2), "{t}");
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {t}"));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {t}"));
     let c = &doc["clusters"][0];
     assert_eq!(c["extended"].as_array().map(Vec::len), Some(1), "{doc}");
-    assert!(!c["extended"][0]["keyId"].as_str().unwrap().contains(&v2), "{doc}");
+    assert!(
+        !c["extended"][0]["keyId"].as_str().unwrap().contains(&v2),
+        "{doc}"
+    );
     assert!(
         c["notes"].to_string().contains(&v2) && c["notes"].to_string().contains("could not set"),
         "{doc}"

@@ -319,8 +319,16 @@ mod tests {
         assert!(parse_span("30x").is_err());
         assert!(parse_span("").is_err());
         // Overflows are refused, never a panic.
-        assert!(parse_span("99999999999999999d").unwrap_err().contains("too long"));
-        assert!(parse_span("18446744073709551615s").unwrap_err().contains("too long"));
+        assert!(
+            parse_span("99999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_span("18446744073709551615s")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     fn report(status: Status, exp_days: Option<i64>, enabled: bool, needed: bool) -> VersionReport {

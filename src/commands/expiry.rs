@@ -207,7 +207,11 @@ pub async fn check_cluster(
     let without_ledger = ledger.is_none();
     match ledger {
         Some(Ok(l)) => {
-            let ids: Vec<String> = l.must_stay_alive().iter().map(|e| e.key_id.clone()).collect();
+            let ids: Vec<String> = l
+                .must_stay_alive()
+                .iter()
+                .map(|e| e.key_id.clone())
+                .collect();
             judge_ledger(az, &ids, &mut judged).await
         }
         Some(Err(e)) => {
@@ -219,7 +223,13 @@ pub async fn check_cluster(
         None => {}
     }
     if without_ledger && let Ok(all) = &all {
-        judge_older(all, &judged.reports[0].key_id.clone(), &single_check_args(&id), &mut judged, &mut report.notes);
+        judge_older(
+            all,
+            &judged.reports[0].key_id.clone(),
+            &single_check_args(&id),
+            &mut judged,
+            &mut report.notes,
+        );
     }
     if let Some(n) = &newest {
         judged.add(&n.id.to_string(), "newest", false, Ok(n));
@@ -529,7 +539,9 @@ fn is_this_cluster(cluster: &Value, k: &crate::k8s::client::Cluster) -> bool {
         return true;
     }
     let at = crate::k8s::client::server_endpoint(&k.server);
-    endpoints(cluster).iter().any(|h| h.eq_ignore_ascii_case(&at))
+    endpoints(cluster)
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(&at))
 }
 
 /// Prints the reports and writes the Prometheus form into `textfile` (atomically: a
@@ -577,6 +589,10 @@ pub fn write_textfile(
     let Some(path) = textfile else {
         return Ok(());
     };
+    // A symlink (a textfile collector's directory linked to elsewhere) is written through: the
+    // rename happens beside its target, which a rename onto the link would replace with a
+    // regular file.
+    let path = &resolve_link(path);
     let metrics = prometheus(reports);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, &metrics).map_err(|e| {
@@ -593,6 +609,18 @@ pub fn write_textfile(
             path.display(),
             tmp.display()
         )
+    })
+}
+
+/// The file a path names, through any symlinks (a dangling one: its target).
+fn resolve_link(path: &std::path::Path) -> std::path::PathBuf {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return path.to_path_buf();
+    }
+    std::fs::canonicalize(path).unwrap_or_else(|_| match std::fs::read_link(path) {
+        Ok(t) => path.parent().map_or(t.clone(), |p| p.join(&t)),
+        Err(_) => path.to_path_buf(),
     })
 }
 
@@ -700,4 +728,27 @@ pub fn prometheus(reports: &[ClusterReport]) -> String {
         }
     }
     format!("{expiry}{enabled}{status}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_textfile_behind_a_symlink_is_written_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.prom");
+        let link = dir.path().join("kmsctl.prom");
+        std::fs::write(&target, "old").unwrap();
+        std::os::unix::fs::symlink("real.prom", &link).unwrap();
+        let r = super::ClusterReport::unknown("/x/aks", "why".into());
+        super::write_textfile(&[r], Some(&link)).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link stays a link"
+        );
+        let written = std::fs::read_to_string(&target).unwrap();
+        assert!(written.contains("kmsctl_check_status"), "{written}");
+    }
 }

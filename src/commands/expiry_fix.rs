@@ -158,12 +158,12 @@ async fn reach(az: &Azure, key_id: &str) -> anyhow::Result<()> {
             Err(Refusal(format!(
                 "{}. Nothing was changed. Ways forward: {}",
                 crate::checks::reach::message(id.vault_name(), vault.as_ref(), block, &detail),
-                crate::checks::reach::ways_forward(vault.as_ref())
+                crate::checks::reach::ways_forward_for(vault.as_ref(), block)
             ))
             .into())
         }
-        Reach::Failed(e) => Err(Refusal(format!(
-            "{id} could not be read on the vault's data plane, which setting its expiry needs: {e}. Nothing was changed"
+        Reach::Failed { detail, .. } => Err(Refusal(format!(
+            "{id} could not be read on the vault's data plane, which setting its expiry needs: {detail}. Nothing was changed"
         ))
         .into()),
     }
