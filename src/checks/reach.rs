@@ -116,7 +116,7 @@ mod tests {
         let open = json!({ "properties": { "publicNetworkAccess": "Enabled", "networkAcls": { "defaultAction": "Allow" } } });
         let d = super::message("kv1", Some(&open), "unreachable", "connection reset");
         assert!(
-            d.contains("did not answer") && !d.contains("private endpoint"),
+            d.contains("did not answer") && !d.contains("cannot be reached from this network"),
             "{d}"
         );
         let w = super::ways_forward_for(Some(&open), "unreachable");
