@@ -464,12 +464,19 @@ async fn fix_extend_sets_a_later_expiry_never_on_a_disabled_version() {
         .as_i64()
         .unwrap_or_else(|| panic!("{:?}", w.key_versions()));
     assert!((exp - (now() + 90 * DAY)).abs() < 120, "{exp}");
-    // Never shorter, never on a disabled version; both refuse and change nothing.
+    // The check is OK now: a shorter extension has nothing to do (exit 0, nothing changed);
+    // a disabled version is refused, nothing changed.
     let before = w.fingerprint();
     let out = w
         .run(&["check-expiry", "--fix", "extend=30d", "--yes"])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing needed extending"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before);
     w.first_key_version(|v| v.enabled = false);
     let before_disabled = w.fingerprint();
     let out = w
@@ -484,9 +491,13 @@ async fn fix_extend_sets_a_later_expiry_never_on_a_disabled_version() {
     assert_eq!(w.fingerprint(), before_disabled);
     assert_ne!(before, before_disabled);
     // Without --yes and without a terminal: refused, nothing changed.
-    w.first_key_version(|v| v.enabled = true);
+    w.first_key_version(|v| {
+        v.enabled = true;
+        v.exp = Some(now() + 3 * DAY);
+    });
     let before = w.fingerprint();
     let out = w.run(&["check-expiry", "--fix", "extend=200d"]).await;
+    assert!(text(&out).contains("pass --yes"), "{}", text(&out));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(w.fingerprint(), before);
 }
@@ -603,18 +614,21 @@ async fn kms_off_with_nothing_in_the_ledger_is_ok_off() {
 #[tokio::test]
 async fn durations_need_a_unit_and_the_error_names_the_flag() {
     let w = world(small(10)).await;
-    for (args, flag) in [
-        (&["check-expiry", "--warn", "30"][..], "--warn"),
-        (&["check-expiry", "--critical", "7"][..], "--critical"),
+    // Without --fix the check cannot judge: UNKNOWN (3), as a monitor reads it; --fix is a
+    // change, refused (2).
+    for (args, flag, code) in [
+        (&["check-expiry", "--warn", "30"][..], "--warn", 3),
+        (&["check-expiry", "--critical", "7"][..], "--critical", 3),
         (
             &["check-expiry", "--fix", "extend=90", "--yes"][..],
             "--fix",
+            2,
         ),
     ] {
         let before = w.fingerprint();
         let out = w.run(args).await;
         let t = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {t}");
         assert!(t.contains(flag) && t.contains("unit"), "{args:?}: {t}");
         let other = if flag == "--warn" {
             "--critical"
@@ -692,4 +706,230 @@ async fn a_textfile_that_cannot_be_written_is_unknown_and_named() {
         "{}",
         text(&out)
     );
+}
+
+fn fault(w: &World, rule: serde_json::Value) {
+    w.twin
+        .add_faults(vec![serde_json::from_value(rule).expect("a fault rule")]);
+}
+
+#[tokio::test]
+async fn a_version_list_that_cannot_be_read_is_unknown() {
+    let w = world(small(10)).await;
+    assert_eq!(check(&w, &[]).await.0, 0);
+    fault(
+        &w,
+        serde_json::json!({ "method": "GET", "path": "/subscriptions/**/keys/kms-key/versions", "status": 500 }),
+    );
+    let out = w
+        .run(&["check-expiry", "--warn", "10d", "--critical", "7d"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("version list could not be read"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_policy_that_cannot_be_read_is_unknown() {
+    let w = world(small(10)).await;
+    fault(
+        &w,
+        serde_json::json!({ "method": "GET", "path": "/subscriptions/**/vaults/*/keys/kms-key", "status": 429 }),
+    );
+    let out = w
+        .run(&[
+            "check-expiry",
+            "--warn",
+            "1d",
+            "--critical",
+            "1h",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["clusters"][0]["status"], "UNKNOWN", "{doc}");
+    assert!(
+        doc["clusters"][0]["rotation"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{doc}"
+    );
+}
+
+#[tokio::test]
+async fn whatever_keeps_the_check_from_judging_is_unknown_and_fix_extend_with_nothing_to_do_is_ok()
+{
+    let w = world(small(10)).await;
+    // No credential secret: a refusal of the configuration, which a monitor must read as
+    // UNKNOWN, not CRITICAL.
+    let mut c = w.command(&["check-expiry"]);
+    c.env_remove("AZURE_CLIENT_SECRET");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("UNKNOWN"), "{}", text(&out));
+    // Overflowing durations: refused naming the flag, never a panic.
+    let out = w
+        .run(&["check-expiry", "--warn", "99999999999999999d"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("--warn"), "{}", text(&out));
+    let before = w.fingerprint();
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=100000000d", "--yes"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--fix"), "{}", text(&out));
+    // Everything OK: nothing needed extending, exit 0, nothing changed.
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=90d", "--yes"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing needed extending"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.fingerprint(), before);
+    // A version that cannot be read: UNKNOWN, nothing changed.
+    w.first_key_version(|v| v.exp = Some(now() + 3 * DAY));
+    let before = w.fingerprint();
+    fault(
+        &w,
+        serde_json::json!({ "method": "GET", "path": "/subscriptions/**/keys/kms-key/versions/*", "status": 500 }),
+    );
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=90d", "--yes"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(w.fingerprint(), before);
+}
+
+#[tokio::test]
+async fn the_ledger_of_another_cluster_is_not_trusted() {
+    let w = fleet().await;
+    // The twin's kubeconfig is aks-twin's: aks-fleet-1's check cannot read its ledger there.
+    let (code, out) = check(&w, &["-g", "rg-fleet", "-n", "aks-fleet-1"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("is not this cluster's API server"), "{out}");
+    // aks-twin's own check reads it.
+    assert_eq!(check(&w, &[]).await.0, 0);
+}
+
+#[tokio::test]
+async fn a_disable_that_rewrote_every_secret_leaves_nothing_to_watch() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(3 * DAY as u64)),
+        kms_status_period_seconds: 1,
+        ..small(20)
+    })
+    .await;
+    let out = w.run(&["disable", "--yes", "--margin-days", "1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        ledger(&w).to_string().contains("reencryptedAwayAt"),
+        "{}",
+        ledger(&w)
+    );
+    let (code, out) = check(&w, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(off)") && !out.contains("resume"), "{out}");
+}
+
+#[tokio::test]
+async fn a_disabled_newest_version_the_cluster_does_not_use_is_a_note() {
+    let w = world(small(10)).await;
+    {
+        let mut wld = w.twin.shared.world();
+        let key = wld.keys.get_mut("kms-key").unwrap();
+        let mut v = key.versions[0].clone();
+        v.version = "f".repeat(32);
+        v.enabled = false;
+        v.created += 60;
+        key.versions.push(v);
+    }
+    let (code, out) = check(&w, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("newest"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        !line.contains("CRITICAL") && line.contains("note") && line.contains("disabled"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn all_judges_older_enabled_versions_as_possibly_needed() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(3 * DAY as u64)),
+        kms_status_period_seconds: 1,
+        ..small(30)
+    })
+    .await;
+    let out = w.run(&["rotate", "--yes", "--margin-days", "1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(check(&w, &[]).await.0, 2);
+    let (code, out) = check(&w, &["--all"]).await;
+    assert_eq!(code, 2, "{out}");
+    let out = w.run(&["check-expiry", "--all", "-o", "json"]).await;
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        t.contains("possibly-needed") && t.contains("check-expiry --subscription"),
+        "{t}"
+    );
+    // Disabled, an older version decides nothing.
+    w.first_key_version(|v| v.enabled = false);
+    assert_eq!(check(&w, &["--all"]).await.0, 0);
+}
+
+#[tokio::test]
+async fn fix_extend_failing_part_way_says_what_changed_and_which_failed() {
+    let w = world(SimOptions {
+        kms_status_period_seconds: 1,
+        ..small(30)
+    })
+    .await;
+    let out = w.run(&["rotate", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let v2 = {
+        let mut wld = w.twin.shared.world();
+        let key = wld.keys.get_mut("kms-key").unwrap();
+        for v in key.versions.iter_mut() {
+            v.exp = Some(now() + 3 * DAY);
+        }
+        // The previous version (must stay alive) comes after the one in use.
+        key.versions[0].version.clone()
+    };
+    fault(
+        &w,
+        serde_json::json!({ "method": "PATCH", "host": "vault.azure.net", "path": format!("/keys/kms-key/{v2}"), "status": 403 }),
+    );
+    let out = w
+        .run(&["check-expiry", "--fix", "extend=90d", "--yes", "-o", "json"])
+        .await;
+    let t = text(&out);
+    // The check after the fix: still CRITICAL, from the version that was not extended.
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {t}"));
+    let c = &doc["clusters"][0];
+    assert_eq!(c["extended"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert!(
+        !c["extended"][0]["keyId"].as_str().unwrap().contains(&v2),
+        "{doc}"
+    );
+    assert!(
+        c["notes"].to_string().contains(&v2) && c["notes"].to_string().contains("could not set"),
+        "{doc}"
+    );
+    assert_eq!(t.matches("extended https").count(), 1, "{t}");
 }

@@ -292,3 +292,27 @@ async fn reads_need_only_the_resource_manager_key_actions_kmsctl_rbac_lists() {
     let out = w.run(&["rotate", "--yes"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn a_server_error_at_the_reach_probe_is_not_called_a_permission_problem() {
+    let w = world(SimOptions {
+        kms_status_period_seconds: 1,
+        ..common::small(20)
+    })
+    .await;
+    w.twin.add_faults(vec![
+        serde_json::from_value(serde_json::json!({
+            "method": "GET", "host": "vault.azure.net", "path": "/keys/kms-key", "status": 500
+        }))
+        .unwrap(),
+    ]);
+    let before = w.fingerprint();
+    let out = w.run(&["rotate", "--yes"]).await;
+    let t = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("retry later") && !t.contains("Crypto Officer"),
+        "{t}"
+    );
+    assert_eq!(w.fingerprint(), before);
+}

@@ -48,7 +48,14 @@ pub fn from_resource(r: &Value) -> Result<KeyVersionInfo, RemoteError> {
             .flatten()
             .filter_map(|o| o.as_str().map(str::to_string))
             .collect(),
-        enabled: a["enabled"].as_bool().unwrap_or(true),
+        // A missing field is unknown, not enabled: a check must not call it fine.
+        enabled: a["enabled"].as_bool().ok_or_else(|| RemoteError::Other {
+            service: SERVICE,
+            detail: format!(
+                "the key resource {} has no properties.attributes.enabled: whether the version is enabled is unknown",
+                r["id"]
+            ),
+        })?,
         expires_on: time(&a["exp"]),
         not_before: time(&a["nbf"]),
         created_on: time(&a["created"]),
@@ -156,6 +163,14 @@ mod tests {
         assert_eq!(v.not_before, None);
         assert_eq!(v.kty.as_deref(), Some("RSA"));
         assert!(from_resource(&json!({ "properties": {} })).is_err());
+        // No `enabled`: unknown, never taken as enabled.
+        let mut no_enabled = r.clone();
+        no_enabled["properties"]["attributes"]
+            .as_object_mut()
+            .unwrap()
+            .remove("enabled");
+        let e = from_resource(&no_enabled).unwrap_err().to_string();
+        assert!(e.contains("attributes.enabled"), "{e}");
     }
 
     #[test]

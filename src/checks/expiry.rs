@@ -54,13 +54,16 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 90m or 45s"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("'{s}' has an unknown unit: use s, m, h or d")),
     };
+    let secs = n
+        .checked_mul(per)
+        .ok_or_else(|| format!("'{s}' is too long a duration"))?;
     Ok(std::time::Duration::from_secs(secs))
 }
 
@@ -74,7 +77,11 @@ pub fn parse_span(s: &str) -> Result<Duration, String> {
         ));
     }
     let d = parse_duration(t)?;
-    Ok(Duration::seconds(d.as_secs() as i64))
+    // Past chrono's range (about 292 million years) it is no date anyone means.
+    i64::try_from(d.as_secs())
+        .ok()
+        .and_then(Duration::try_seconds)
+        .ok_or_else(|| format!("'{t}' is too long a duration"))
 }
 
 /// One key version and what it is to the cluster.
@@ -311,6 +318,17 @@ mod tests {
         assert!(e.contains("no unit") && e.contains("30d"), "{e}");
         assert!(parse_span("30x").is_err());
         assert!(parse_span("").is_err());
+        // Overflows are refused, never a panic.
+        assert!(
+            parse_span("99999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_span("18446744073709551615s")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     fn report(status: Status, exp_days: Option<i64>, enabled: bool, needed: bool) -> VersionReport {

@@ -327,8 +327,12 @@ pub enum Reach {
         block: &'static str,
         detail: String,
     },
-    /// Reached, but the read failed otherwise (authorization, ...).
-    Failed(String),
+    /// Reached, but the read failed otherwise; `denied`: the answer was 401/403 (a permission),
+    /// not a server error or throttling.
+    Failed {
+        detail: String,
+        denied: bool,
+    },
 }
 
 /// An authenticated read of the key on the data plane.
@@ -340,7 +344,16 @@ pub async fn reach(vault: &KeyVault, id: &KeyId) -> Reach {
                 block,
                 detail: e.to_string(),
             },
-            None => Reach::Failed(e.to_string()),
+            None => Reach::Failed {
+                denied: matches!(
+                    e,
+                    crate::azure::RemoteError::Status {
+                        status: 401 | 403,
+                        ..
+                    }
+                ),
+                detail: e.to_string(),
+            },
         },
     }
 }

@@ -92,12 +92,18 @@ fn reach_check(i: &Inputs, out: &mut Vec<Finding>) {
         Reach::Blocked { block, detail } => Finding::refuse(
             "vault-reach",
             super::reach::message(&name, vault, block, detail),
-            super::reach::ways_forward(vault),
+            super::reach::ways_forward_for(vault, block),
         ),
-        Reach::Failed(e) => Finding::refuse(
+        Reach::Failed { detail, denied: true } => Finding::refuse(
             "vault-reach",
-            format!("the key could not be read on the data plane of vault {name}, which rotating it needs: {e}"),
+            format!("the key could not be read on the data plane of vault {name}, which rotating it needs: {detail}"),
             "give kmsctl's identity the data actions `kmsctl rbac` lists for rotate (Microsoft.KeyVault/vaults/keys/read, .../rotate/action, .../update/action), e.g. Key Vault Crypto Officer on the vault",
+        ),
+        // A server error or throttling is no permission problem.
+        Reach::Failed { detail, denied: false } => Finding::refuse(
+            "vault-reach",
+            format!("the key could not be read on the data plane of vault {name}, which rotating it needs: Key Vault did not answer as it should ({detail})"),
+            "retry later (a server error or throttling on Key Vault's side); nothing was changed",
         ),
     });
 }

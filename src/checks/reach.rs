@@ -24,9 +24,30 @@ pub fn network_settings(vault: Option<&Value>) -> String {
     )
 }
 
+/// A vault whose network lets anyone in (public access enabled, firewall default Allow): a
+/// connection that fails there is this machine's network or the service, not the vault's
+/// settings.
+fn open(vault: Option<&Value>) -> bool {
+    vault.is_some_and(|v| {
+        let p = &v["properties"];
+        p["publicNetworkAccess"]
+            .as_str()
+            .is_none_or(|a| a.eq_ignore_ascii_case("Enabled"))
+            && p["networkAcls"]["defaultAction"]
+                .as_str()
+                .is_none_or(|a| a.eq_ignore_ascii_case("Allow"))
+    })
+}
+
 /// Why the data plane is out of reach, and what to do, for `vault_name` (`block`: what
 /// `RemoteError::network_block` said; `detail`: the service's answer).
 pub fn message(vault_name: &str, vault: Option<&Value>, block: &str, detail: &str) -> String {
+    if block == "unreachable" && open(vault) {
+        return format!(
+            "vault {vault_name} did not answer on its data plane (the connection failed or was dropped), although its network lets this machine in ({}): retry, or check this machine's network (DNS, proxy, outbound HTTPS to {vault_name}.vault.azure.net). Error: {detail}",
+            network_settings(vault)
+        );
+    }
     let why = match block {
         "ForbiddenByConnection" => {
             "Key Vault refused this machine's connection (403 ForbiddenByConnection: public network access is disabled and the request did not come through an approved private endpoint)"
@@ -46,6 +67,14 @@ pub fn message(vault_name: &str, vault: Option<&Value>, block: &str, detail: &st
         "the data plane of vault {vault_name} cannot be reached from this network: {why}. The vault: {}. Key state is read through Azure Resource Manager, so status and check-expiry work from here, but rotating a key, changing an expiry and disabling a version go through the vault's own endpoint. Service answer: {detail}",
         network_settings(vault)
     )
+}
+
+/// The ways forward for what `message` said about `block`.
+pub fn ways_forward_for(vault: Option<&Value>, block: &str) -> String {
+    if block == "unreachable" && open(vault) {
+        return "retry once this machine's network reaches the vault (DNS, proxy, outbound HTTPS); nothing needs to change on the vault".into();
+    }
+    ways_forward(vault)
 }
 
 /// The ways forward, for a refusal's fix.
@@ -83,6 +112,19 @@ mod tests {
         );
         let public = json!({ "properties": { "publicNetworkAccess": "Enabled", "networkAcls": { "defaultAction": "Deny" } } });
         assert!(super::ways_forward(Some(&public)).contains("firewall allows"));
+        // A dropped connection to a vault that lets everyone in is no network setting.
+        let open = json!({ "properties": { "publicNetworkAccess": "Enabled", "networkAcls": { "defaultAction": "Allow" } } });
+        let d = super::message("kv1", Some(&open), "unreachable", "connection reset");
+        assert!(
+            d.contains("did not answer") && !d.contains("cannot be reached from this network"),
+            "{d}"
+        );
+        let w = super::ways_forward_for(Some(&open), "unreachable");
+        assert!(
+            w.contains("retry") && !w.contains("private endpoint"),
+            "{w}"
+        );
+        assert!(super::ways_forward_for(Some(&v), "unreachable").contains("private endpoint"));
         for t in [m, f] {
             assert!(!t.to_ascii_lowercase().contains("enable public"), "{t}");
         }

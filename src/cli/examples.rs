@@ -84,7 +84,7 @@ pub const EXIT_STATUS: &str = "0  done as asked
 3  the cluster's reported state differs from what was asked: kmsctl stopped
 4  some Secrets could not be re-encrypted; they are listed by namespace/name
 130  stopped by SIGINT or SIGTERM: the run is journaled as interrupted; `kmsctl resume` continues it
-check-expiry: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the monitoring plugin convention)";
+check-expiry: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the monitoring plugin convention; without --fix, anything that keeps it from judging, a refusal included, is 3)";
 
 pub const ENVIRONMENT: &str = "AZURE_SUBSCRIPTION_ID   the cluster's subscription (--subscription)
 KMSCTL_RESOURCE_GROUP   the cluster's resource group (-g)

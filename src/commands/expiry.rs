@@ -175,6 +175,15 @@ pub async fn check_cluster(
     // newest, which AKS picks up within 6 hours.
     let all = kv.versions(&key.name).await.map_err(|e| e.to_string());
     let newest = all.as_ref().ok().and_then(|v| v.last().cloned());
+    // The version list is what finds the newest version (and, with --all, the older ones
+    // Secrets may still need): a list that cannot be read leaves them unchecked, not fine.
+    let mut unread = false;
+    if let Err(e) = &all {
+        unread = true;
+        report.notes.push(format!(
+            "the key's version list could not be read ({e}): the newest version and any older one were not checked"
+        ));
+    }
     if key.version.is_empty() {
         let v = newest.as_ref().ok_or_else(|| match &all {
             Err(e) => e.clone(),
@@ -195,9 +204,16 @@ pub async fn check_cluster(
     }
     // A ledger that cannot be read hides the versions Secrets may still need: UNKNOWN, unless
     // something known is CRITICAL already.
-    let mut unread = false;
+    let without_ledger = ledger.is_none();
     match ledger {
-        Some(Ok(l)) => judge_ledger(az, &l, &mut judged).await,
+        Some(Ok(l)) => {
+            let ids: Vec<String> = l
+                .must_stay_alive()
+                .iter()
+                .map(|e| e.key_id.clone())
+                .collect();
+            judge_ledger(az, &ids, &mut judged).await
+        }
         Some(Err(e)) => {
             unread = true;
             report.notes.push(format!(
@@ -205,6 +221,15 @@ pub async fn check_cluster(
             ));
         }
         None => {}
+    }
+    if without_ledger && let Ok(all) = &all {
+        judge_older(
+            all,
+            &judged.reports[0].key_id.clone(),
+            &single_check_args(&id),
+            &mut judged,
+            &mut report.notes,
+        );
     }
     if let Some(n) = &newest {
         judged.add(&n.id.to_string(), "newest", false, Ok(n));
@@ -228,7 +253,12 @@ pub async fn check_cluster(
         }
         Ok(None) if platform => "no rotation policy: AKS's platform-managed rotation follows the key's newest version, so give the key a rotation policy (az keyvault key rotation-policy update) or rotate it in Key Vault (az keyvault key rotate) before the newest version expires; `kmsctl rotate` is for versioned key ids".into(),
         Ok(None) => "no rotation policy: rotate with `kmsctl rotate --twice` before the version in use expires".into(),
-        Err(e) => format!("the rotation policy could not be read: {e}"),
+        Err(e) => {
+            // What rotates the key (for the platform-managed experience, the only thing that
+            // keeps the newest version fresh) is unknown: the check cannot say OK.
+            report.status = report.status.worst(Status::Unknown);
+            format!("the rotation policy could not be read: {e}")
+        }
     });
     report
 }
@@ -242,10 +272,63 @@ fn needed_status(versions: &[VersionReport], unread: bool) -> Status {
         .fold(start, |s, v| s.worst(v.status))
 }
 
+/// Without the key ledger (`--all` reads Azure only), every enabled version older than the one
+/// in use may still encrypt Secrets: each is judged as the ledger's must-stay-alive ones are,
+/// since only the ledger, inside the cluster, could clear it.
+fn judge_older(
+    all: &[KeyVersionInfo],
+    in_use: &str,
+    target: &str,
+    judged: &mut Judged<'_>,
+    notes: &mut Vec<String>,
+) {
+    let at = all
+        .iter()
+        .position(|v| crate::k8s::ledger::same_key_id(&v.id.to_string(), in_use));
+    // An in-use version missing from the list: every other one may be older.
+    let older: Vec<&KeyVersionInfo> = match at {
+        Some(i) => all[..i].iter().collect(),
+        None => all
+            .iter()
+            .filter(|v| !crate::k8s::ledger::same_key_id(&v.id.to_string(), in_use))
+            .collect(),
+    };
+    let older: Vec<_> = older.into_iter().filter(|v| v.enabled).collect();
+    if older.is_empty() {
+        return;
+    }
+    for v in &older {
+        judged.add(&v.id.to_string(), "possibly-needed", true, Ok(v));
+    }
+    notes.push(format!(
+        "{} enabled version(s) older than the one in use were judged as possibly still needed: the key ledger was not read here, and only it can say Secrets no longer need them. The cluster's key ledger decides: `kmsctl check-expiry {target}`; or move every Secret off them and retire them with `kmsctl rotate --twice --retire-old`",
+        older.len()
+    ));
+}
+
+/// `--subscription S -g RG -n NAME` of a cluster resource id: the single-cluster check's flags.
+fn single_check_args(id: &str) -> String {
+    let parts: Vec<&str> = id.split('/').collect();
+    let after = |k: &str| {
+        parts
+            .iter()
+            .position(|p| p.eq_ignore_ascii_case(k))
+            .and_then(|i| parts.get(i + 1))
+            .copied()
+            .unwrap_or("?")
+    };
+    format!(
+        "--subscription {} -g {} -n {}",
+        after("subscriptions"),
+        after("resourceGroups"),
+        after("managedClusters")
+    )
+}
+
 /// Judges every version the key ledger says must stay alive.
-async fn judge_ledger(az: &Azure, l: &Ledger, judged: &mut Judged<'_>) {
-    for e in l.must_stay_alive() {
-        let v = match KeyId::parse(&e.key_id) {
+async fn judge_ledger(az: &Azure, ids: &[String], judged: &mut Judged<'_>) {
+    for key_id in ids {
+        let v = match KeyId::parse(key_id) {
             Ok(id) => match az.key_reader(&id, None).await {
                 Ok(kv) => kv.version(&id).await.map_err(|e| e.to_string()),
                 Err(e) => Err(format!("{e:#}")),
@@ -255,7 +338,7 @@ async fn judge_ledger(az: &Azure, l: &Ledger, judged: &mut Judged<'_>) {
             )),
         };
         judged.add(
-            &e.key_id,
+            key_id,
             "must-stay-alive",
             true,
             v.as_ref().map_err(Clone::clone),
@@ -288,7 +371,17 @@ async fn check_off(
         }
         Some(Ok(l)) => l,
     };
-    if l.must_stay_alive().is_empty() {
+    // With KMS off there is no plugin keeping the previous key for reads: a version that a
+    // proven switch to KMS off and a whole re-encryption moved every Secret away from (the
+    // ledger marks it so only then) is needed by nothing.
+    let proven_off = l.switch.is_none() || l.switch_proven_to(None);
+    let still: Vec<_> = l
+        .must_stay_alive()
+        .into_iter()
+        .filter(|e| e.reencrypted_away_at.is_none() || !proven_off)
+        .map(|e| e.key_id.clone())
+        .collect();
+    if still.is_empty() {
         r.notes
             .push("KMS is off and the key ledger lists no version Secrets may still need: no key to watch".into());
         return r;
@@ -299,10 +392,10 @@ async fn check_off(
         windows,
         reports: &mut versions,
     };
-    judge_ledger(az, &l, &mut judged).await;
+    judge_ledger(az, &still, &mut judged).await;
     r.status = needed_status(&versions, false);
     r.notes.push(format!(
-        "KMS is off, but the key ledger lists {} version(s) Secrets may still be encrypted with (a `disable` that did not rewrite every Secret?): keep them enabled and unexpired, and finish it with `kmsctl resume`",
+        "KMS is off, but the key ledger lists {} version(s) Secrets may still be encrypted with (a `disable` that did not rewrite every Secret?): keep them enabled and unexpired, and finish it with `kmsctl resume` on the machine that ran it (`kmsctl runs` lists its runs)",
         versions.len()
     ));
     r.versions = versions;
@@ -326,27 +419,39 @@ fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
     Ok(w)
 }
 
-/// A failure to read what the check needs is UNKNOWN (exit 3), as monitoring expects; a
-/// refusal (the arguments, the credential's configuration) stays exit 2.
-fn unknown(e: anyhow::Error) -> anyhow::Result<i32> {
-    if e.downcast_ref::<Refusal>().is_some() {
+/// Anything that keeps the check from judging is UNKNOWN (exit 3), as monitoring expects: a
+/// read that failed, and (without `--fix`) a refusal too, of the arguments or of the
+/// credential's configuration. With `--fix`, a refusal before any change stays exit 2 and a
+/// failure exit 1, as for every command that changes something, except that a fix that could
+/// not read what it would act on is UNKNOWN.
+fn unknown(e: anyhow::Error, fixing: bool) -> anyhow::Result<i32> {
+    if fixing && e.downcast_ref::<super::expiry_fix::Unreadable>().is_none() {
         return Err(e);
     }
-    crate::say!("UNKNOWN: {e:#}");
+    let refused = if e.downcast_ref::<Refusal>().is_some() {
+        "refused: "
+    } else {
+        ""
+    };
+    crate::say!("UNKNOWN: {refused}{e:#}");
     Ok(Status::Unknown.code())
 }
 
 pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
-    let windows = windows(&a)?;
     if a.cronjob {
+        // Prints a manifest: no check runs, so its refusals are the usual exit 2.
+        windows(&a)?;
         out(&super::cronjob::render(&a)?);
         return Ok(crate::exit_codes::OK);
     }
+    let fixing = a.fix.is_some();
+    check(a, format).await.or_else(|e| unknown(e, fixing))
+}
+
+async fn check(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
+    let windows = windows(&a)?;
     if a.all {
-        let az = match setup::azure_any(a.target.auth, &a.target.aks_api_version) {
-            Ok(az) => az,
-            Err(e) => return unknown(e),
-        };
+        let az = setup::azure_any(a.target.auth, &a.target.aks_api_version)?;
         let mut reports = super::fleet::run(&az, windows).await;
         return super::fleet::print(&mut reports, format, windows, a.textfile.as_deref());
     }
@@ -354,11 +459,8 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
         return Err(Refusal("-o html is for --all (one page for the fleet)".into()).into());
     }
     let target = setup::target(&a.target);
-    let az = match setup::azure(&target, a.target.auth, &a.target.aks_api_version) {
-        Ok(az) => az,
-        Err(e) => return unknown(e),
-    };
-    let mut extended = Vec::new();
+    let az = setup::azure(&target, a.target.auth, &a.target.aks_api_version)?;
+    let mut extended = super::expiry_fix::Extended::default();
     match &a.fix {
         Some(super::expiry_fix::Fix::Extend(by)) => {
             let before = check_one(&az, &target, windows).await;
@@ -374,7 +476,10 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     }
     // After a fix, the check runs again: its exit code says what the fix achieved.
     let mut report = check_one(&az, &target, windows).await;
-    report.extended = extended;
+    report.extended = extended.done;
+    if let Some(f) = extended.failed {
+        report.notes.push(f);
+    }
     Ok(emit(&mut [report], format, a.textfile.as_deref()))
 }
 
@@ -398,6 +503,13 @@ async fn check_one(
             )
             .await
             {
+                Ok(k) if !is_this_cluster(&c.body, &k) => Err(format!(
+                    "the kubeconfig context {} (server {}) is not this cluster's API server ({}; host and port are compared), so its key ledger is another cluster's: point --kubeconfig/--context at {}",
+                    k.context.as_deref().unwrap_or("(current)"),
+                    k.server,
+                    endpoints(&c.body).join(" or "),
+                    c.body["name"].as_str().unwrap_or("this cluster")
+                )),
                 Ok(k) => crate::k8s::ledger::load(&k.client)
                     .await
                     .map(|(l, _)| l)
@@ -407,6 +519,29 @@ async fn check_one(
             check_cluster(az, &c.body, Some(ledger), windows).await
         }
     }
+}
+
+/// Where the cluster's API server answers (its public and private FQDN, port 443), as the
+/// wrong-cluster guard of `status` and preflight compares them.
+fn endpoints(cluster: &Value) -> Vec<String> {
+    crate::checks::facts::ClusterFacts {
+        resource: cluster.clone(),
+        etag: None,
+        subscription_tenant: None,
+    }
+    .api_server_endpoints()
+}
+
+/// Whether the kubeconfig names this cluster's API server. Inside a pod (the CronJob, no
+/// kubeconfig) the service account's API server is the pod's own cluster's, by address only.
+fn is_this_cluster(cluster: &Value, k: &crate::k8s::client::Cluster) -> bool {
+    if k.kubeconfig.is_none() && k.context.is_none() {
+        return true;
+    }
+    let at = crate::k8s::client::server_endpoint(&k.server);
+    endpoints(cluster)
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(&at))
 }
 
 /// Prints the reports and writes the Prometheus form into `textfile` (atomically: a
@@ -454,6 +589,10 @@ pub fn write_textfile(
     let Some(path) = textfile else {
         return Ok(());
     };
+    // A symlink (a textfile collector's directory linked to elsewhere) is written through: the
+    // rename happens beside its target, which a rename onto the link would replace with a
+    // regular file.
+    let path = &resolve_link(path);
     let metrics = prometheus(reports);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, &metrics).map_err(|e| {
@@ -473,6 +612,18 @@ pub fn write_textfile(
     })
 }
 
+/// The file a path names, through any symlinks (a dangling one: its target).
+fn resolve_link(path: &std::path::Path) -> std::path::PathBuf {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return path.to_path_buf();
+    }
+    std::fs::canonicalize(path).unwrap_or_else(|_| match std::fs::read_link(path) {
+        Ok(t) => path.parent().map_or(t.clone(), |p| p.join(&t)),
+        Err(_) => path.to_path_buf(),
+    })
+}
+
 fn text(reports: &[ClusterReport]) -> String {
     let mut s = String::new();
     for r in reports {
@@ -483,9 +634,16 @@ fn text(reports: &[ClusterReport]) -> String {
             r.experience
         ));
         for v in &r.versions {
+            // A version the cluster does not use decides nothing: what is wrong with it is a
+            // note, not a CRITICAL line under an OK headline.
+            let label = if v.needed || v.status == Status::Ok {
+                v.status.label()
+            } else {
+                "note"
+            };
             s.push_str(&format!(
                 "  {:<8} {:<24} {}: {}{}\n",
-                v.status.label(),
+                label,
                 v.roles.join(","),
                 v.key_id,
                 v.note,
@@ -570,4 +728,27 @@ pub fn prometheus(reports: &[ClusterReport]) -> String {
         }
     }
     format!("{expiry}{enabled}{status}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_textfile_behind_a_symlink_is_written_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.prom");
+        let link = dir.path().join("kmsctl.prom");
+        std::fs::write(&target, "old").unwrap();
+        std::os::unix::fs::symlink("real.prom", &link).unwrap();
+        let r = super::ClusterReport::unknown("/x/aks", "why".into());
+        super::write_textfile(&[r], Some(&link)).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link stays a link"
+        );
+        let written = std::fs::read_to_string(&target).unwrap();
+        assert!(written.contains("kmsctl_check_status"), "{written}");
+    }
 }

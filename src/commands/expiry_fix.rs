@@ -6,7 +6,7 @@
 use super::Refusal;
 use super::expiry::{ClusterReport, Extension};
 use crate::azure::keys::KeyId;
-use crate::checks::expiry::{ExtendPlan, plan_extension};
+use crate::checks::expiry::{ExtendPlan, Status, plan_extension};
 use crate::cli::{ExpiryArgs, RotateArgs};
 use crate::engine::context::Azure;
 use crate::output::Format;
@@ -14,20 +14,55 @@ use clap::{Args, FromArgMatches};
 
 pub use crate::checks::expiry::{Fix, parse_fix as parse};
 
+/// `--fix extend` could not read what it would act on: the check's UNKNOWN (exit 3), not a
+/// refusal of the request. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
+/// What `--fix extend` did: the expiries it set, and the version it failed on (the others
+/// after it were left as they were), if one.
+#[derive(Debug, Default)]
+pub struct Extended {
+    pub done: Vec<Extension>,
+    pub failed: Option<String>,
+}
+
 /// Sets a new expiry, now + `by`, on each version that makes `report` WARNING or CRITICAL (the
 /// one in use and the ones the key ledger says must stay alive), after confirmation; returns
 /// what it changed. Refuses, changing nothing, when one of those cannot be helped by a later
-/// expiry (disabled, not yet valid, unread) or would get an earlier one.
+/// expiry (disabled, not yet valid) or would get an earlier one; a version it could not read is
+/// `Unreadable` (UNKNOWN). With nothing in a window (the check is OK) it changes nothing and
+/// says so. A failure part-way is returned in `failed`, with what was changed before it.
 pub async fn extend(
     az: &Azure,
     report: &ClusterReport,
     by: chrono::Duration,
     yes: bool,
-) -> anyhow::Result<Vec<Extension>> {
+) -> anyhow::Result<Extended> {
     let now = chrono::Utc::now();
-    let new = now + by;
+    let new = now.checked_add_signed(by).ok_or_else(|| {
+        Refusal(format!(
+            "--fix extend: now + {} days is past the last date kmsctl can write: nothing was changed",
+            by.num_days()
+        ))
+    })?;
     let mut targets = Vec::new();
     let mut skipped = Vec::new();
+    if report.versions.is_empty() || report.status == Status::Unknown {
+        let unread: Vec<String> = report
+            .versions
+            .iter()
+            .filter(|v| v.needed && v.status == Status::Unknown)
+            .map(|v| format!("{}: {}", v.key_id, v.note))
+            .chain(report.notes.iter().cloned())
+            .collect();
+        return Err(Unreadable(format!(
+            "--fix extend: the check could not read what it would extend ({}): nothing was changed",
+            unread.join("; ")
+        ))
+        .into());
+    }
     for v in &report.versions {
         match plan_extension(v, now, new) {
             ExtendPlan::Extend => targets.push(v),
@@ -40,18 +75,12 @@ pub async fn extend(
         crate::say!("left as it is: {s}");
     }
     if targets.is_empty() {
-        let why = if report.versions.is_empty() {
-            format!(
-                "the check found no version to extend ({})",
-                report.notes.join("; ")
-            )
-        } else {
-            format!(
-                "no version the cluster needs is inside the warning or critical window (the check is {})",
-                report.status.label()
-            )
-        };
-        return Err(Refusal(format!("nothing to extend: {why}")).into());
+        // Nothing is inside a window: there was nothing to do, which is no refusal.
+        crate::say!(
+            "nothing needed extending: no version the cluster needs is inside the warning or critical window (the check is {})",
+            report.status.label()
+        );
+        return Ok(Extended::default());
     }
     let list: Vec<String> = targets
         .iter()
@@ -76,10 +105,22 @@ pub async fn extend(
     let mut done = Vec::new();
     for v in targets {
         if let Err(e) = set_one(az, &v.key_id, new).await {
-            for x in &done {
-                print_done(x);
-            }
-            return Err(e);
+            // Stop at the first failure; what was set before it is reported with the check
+            // that follows, which says what is still wrong.
+            let failed = format!(
+                "--fix extend could not set the expiry of {}: {e:#}. {} changed before it; the versions after it were left as they were",
+                v.key_id,
+                if done.is_empty() {
+                    "nothing was".to_string()
+                } else {
+                    format!("{} version(s) listed as extended were", done.len())
+                }
+            );
+            crate::say!("{failed}");
+            return Ok(Extended {
+                done,
+                failed: Some(failed),
+            });
         }
         let x = Extension {
             key_id: v.key_id.clone(),
@@ -90,7 +131,7 @@ pub async fn extend(
         print_done(&x);
         done.push(x);
     }
-    Ok(done)
+    Ok(Extended { done, failed: None })
 }
 
 fn print_done(x: &Extension) {
@@ -117,12 +158,12 @@ async fn reach(az: &Azure, key_id: &str) -> anyhow::Result<()> {
             Err(Refusal(format!(
                 "{}. Nothing was changed. Ways forward: {}",
                 crate::checks::reach::message(id.vault_name(), vault.as_ref(), block, &detail),
-                crate::checks::reach::ways_forward(vault.as_ref())
+                crate::checks::reach::ways_forward_for(vault.as_ref(), block)
             ))
             .into())
         }
-        Reach::Failed(e) => Err(Refusal(format!(
-            "{id} could not be read on the vault's data plane, which setting its expiry needs: {e}. Nothing was changed"
+        Reach::Failed { detail, .. } => Err(Refusal(format!(
+            "{id} could not be read on the vault's data plane, which setting its expiry needs: {detail}. Nothing was changed"
         ))
         .into()),
     }

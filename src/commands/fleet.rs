@@ -68,8 +68,8 @@ pub async fn run(az: &Azure, windows: Windows) -> Vec<ClusterReport> {
             )];
         }
     };
-    // The key ledger lives inside each cluster; a fleet check reads Azure only, so each
-    // cluster's previous version is checked by `check-expiry` against that cluster.
+    // The key ledger lives inside each cluster; a fleet check reads Azure only, so every
+    // enabled version older than the one in use counts as possibly still needed.
     let mut reports: Vec<ClusterReport> = futures::stream::iter(rows)
         .map(|row| async move { check_cluster(az, &row, None, windows).await })
         .buffer_unordered(PARALLEL)
@@ -108,7 +108,7 @@ pub fn table(reports: &[ClusterReport]) -> String {
         ));
     }
     s.push_str(&format!(
-        "{} cluster(s); worst: {}. A previous key version KMS may still need is in each cluster's key ledger: check it with `kmsctl check-expiry -n NAME`.\n",
+        "{} cluster(s); worst: {}. The key ledgers (inside each cluster) were not read: every enabled version older than the one in use was judged as possibly still needed (role possibly-needed); `kmsctl check-expiry -g RG -n NAME` reads a cluster's ledger and judges only what it lists. Clusters with KMS off are not listed: a former key their Secrets may still need is known only to their ledger, so check each with `kmsctl check-expiry -g RG -n NAME`.\n",
         reports.len(),
         worst(reports).label()
     ));

@@ -99,7 +99,10 @@ pub async fn gather(
     if data_plane {
         f.reach = Some(match az.key_vault(&id) {
             Ok(kv) => facts::reach(&kv, &id).await,
-            Err(e) => facts::Reach::Failed(format!("{e:#}")),
+            Err(e) => facts::Reach::Failed {
+                detail: format!("{e:#}"),
+                denied: false,
+            },
         });
     }
     f.key_id = Some(id);

@@ -58,6 +58,15 @@ pub fn seed(w: &mut World, members: &[Member]) {
             "/subscriptions/{sub}/resourceGroups/rg-fleet/providers/Microsoft.ContainerService/managedClusters/{name}"
         ));
         c["name"] = json!(name);
+        // Each cluster its own API server host, as AKS names them: a kubeconfig for aks-twin
+        // is not this cluster's, and the wrong-cluster guards can tell.
+        let dns = format!("{name}-dns");
+        c["properties"]["dnsPrefix"] = json!(dns);
+        c["properties"]["fqdn"] = json!(format!(
+            "{dns}-{}.hcp.{}.azmk8s.io",
+            &uuid::Uuid::new_v4().simple().to_string()[..8],
+            w.ids.location
+        ));
         let kid = super::resources::kid(&w.ids, &key_name, &version);
         let sp = &mut c["properties"]["securityProfile"];
         if m.platform_managed {
