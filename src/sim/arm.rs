@@ -161,8 +161,10 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
                 ),
             }
         }
-        [rg_, rg, "providers", p, "vaults", name, k, rest @ ..]
-            if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") && eq(k, "keys") =>
+        [rg_, rg, "providers", p, "vaults", name, rest @ ..]
+            if eq(rg_, "resourceGroups")
+                && eq(p, "Microsoft.KeyVault")
+                && (rest.is_empty() || eq(rest[0], "keys")) =>
         {
             if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.vault) {
                 return super::missing::resource_missing(
@@ -173,19 +175,8 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
                     name,
                 );
             }
-            super::arm_keys::handle(&w, req, rest)
-        }
-        [rg_, rg, "providers", p, "vaults", name]
-            if eq(rg_, "resourceGroups") && eq(p, "Microsoft.KeyVault") =>
-        {
-            if !eq(rg, &w.ids.resource_group) || !eq(name, &w.ids.vault) {
-                return super::missing::resource_missing(
-                    &w,
-                    s[1],
-                    rg,
-                    "Microsoft.KeyVault/vaults",
-                    name,
-                );
+            if let [_keys, rest @ ..] = rest {
+                return super::arm_keys::handle(&w, req, rest);
             }
             match *method {
                 Method::GET => json_resp(StatusCode::OK, &w.vault),

@@ -21,17 +21,6 @@ pub enum OperatorNetwork {
     Inside,
 }
 
-fn approved_private_endpoint(w: &World) -> bool {
-    w.vault["properties"]["privateEndpointConnections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| {
-            c["properties"]["privateLinkServiceConnectionState"]["status"].as_str()
-                == Some("Approved")
-        })
-}
-
 /// `1.2.3.4` or `1.2.3.0/24` (IPv4, as Key Vault's ipRules take them) holds `ip`.
 fn rule_allows(rule: &str, ip: IpAddr) -> bool {
     let IpAddr::V4(ip) = ip else {
@@ -66,7 +55,9 @@ fn caller(w: &World) -> String {
 /// Key Vault's answer to a data-plane request from `peer` that the vault's network refuses
 /// (None: it gets through).
 pub fn refused(w: &World, peer: IpAddr) -> Option<Resp> {
-    if w.opts.operator_network == OperatorNetwork::Inside && approved_private_endpoint(w) {
+    if w.opts.operator_network == OperatorNetwork::Inside
+        && super::private_link::approved_connection(w)
+    {
         return None;
     }
     let p = &w.vault["properties"];

@@ -109,7 +109,8 @@ pub fn reconcile(w: &mut World) -> Result<(), String> {
     Ok(())
 }
 
-fn approved_connection(w: &World) -> bool {
+/// The vault has an approved private endpoint connection (AKS's, or one made by hand).
+pub(super) fn approved_connection(w: &World) -> bool {
     w.vault["properties"]["privateEndpointConnections"]
         .as_array()
         .into_iter()
