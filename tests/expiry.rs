@@ -614,11 +614,10 @@ async fn kms_off_with_nothing_in_the_ledger_is_ok_off() {
 #[tokio::test]
 async fn durations_need_a_unit_and_the_error_names_the_flag() {
     let w = world(small(10)).await;
-    // Without --fix the check cannot judge: UNKNOWN (3), as a monitor reads it; --fix is a
-    // change, refused (2).
+    // A mistake in the command line is refused (2), as clap refuses an unknown flag.
     for (args, flag, code) in [
-        (&["check-expiry", "--warn", "30"][..], "--warn", 3),
-        (&["check-expiry", "--critical", "7"][..], "--critical", 3),
+        (&["check-expiry", "--warn", "30"][..], "--warn", 2),
+        (&["check-expiry", "--critical", "7"][..], "--critical", 2),
         (
             &["check-expiry", "--fix", "extend=90", "--yes"][..],
             "--fix",
@@ -779,7 +778,7 @@ async fn whatever_keeps_the_check_from_judging_is_unknown_and_fix_extend_with_no
     let out = w
         .run(&["check-expiry", "--warn", "99999999999999999d"])
         .await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--warn"), "{}", text(&out));
     let before = w.fingerprint();
     let out = w

@@ -176,6 +176,13 @@ impl ArmClient {
             .await
     }
 
+    /// One GET, no retry: for a read whose failure only means "find out later", so a throttled
+    /// or failing service does not delay what comes next.
+    pub async fn get_once(&self, path: &str, api: &str) -> Result<Answer, RemoteError> {
+        self.send_once(Method::Get, Self::url(path, api)?, None, None)
+            .await
+    }
+
     /// PUT the whole resource, only if it has not changed since `etag` was read (412 otherwise).
     pub async fn put_if_match(
         &self,

@@ -419,8 +419,8 @@ fn windows(a: &ExpiryArgs) -> anyhow::Result<Windows> {
     Ok(w)
 }
 
-/// Anything that keeps the check from judging is UNKNOWN (exit 3), as monitoring expects: a
-/// read that failed, and (without `--fix`) a refusal too, of the arguments or of the
+/// Anything that keeps a well-formed check from judging is UNKNOWN (exit 3), as monitoring
+/// expects: a read that failed, and (without `--fix`) a refusal too, such as of the
 /// credential's configuration. With `--fix`, a refusal before any change stays exit 2 and a
 /// failure exit 1, as for every command that changes something, except that a fix that could
 /// not read what it would act on is UNKNOWN.
@@ -444,6 +444,10 @@ pub async fn run(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
         out(&super::cronjob::render(&a)?);
         return Ok(crate::exit_codes::OK);
     }
+    // A flag's value that cannot be read is a mistake in the command line, refused (exit 2) as
+    // clap refuses an unknown flag: the person or the CronJob that wrote it must fix it. What
+    // keeps a well-formed check from judging is UNKNOWN.
+    windows(&a)?;
     let fixing = a.fix.is_some();
     check(a, format).await.or_else(|e| unknown(e, fixing))
 }

@@ -106,7 +106,9 @@ pub fn kubeconfig_refusal(e: &anyhow::Error, target: &Target) -> String {
 /// A cluster or resource group that is not there is a refusal before anything else is read or
 /// changed, naming the flags and what the subscription holds: a raw 404 says neither.
 async fn cluster_exists(az: &Azure, target: &Target) -> anyhow::Result<()> {
-    let e = match az.arm.get(&az.cluster_path, &az.arm.api.aks).await {
+    // One attempt: anything but a 404 is met again, with retries, by the reads that follow; a
+    // retried 503 here would only delay the run's lease and journal.
+    let e = match az.arm.get_once(&az.cluster_path, &az.arm.api.aks).await {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
