@@ -138,20 +138,7 @@ pub async fn agree(
     let mut touches = 0;
     let mut failed_reads = 0;
     loop {
-        // Once the touch is through, a wave is as large as what is still needed (bounded): the
-        // probes are independent fresh connections, so sending them together proves the same
-        // and a standalone reencrypt waits for two waves, not seven.
-        let size = if write == Write::Touch {
-            1
-        } else {
-            let known = set
-                .members(Instant::now())
-                .len()
-                .max(set.most_leases)
-                .max(1);
-            let left = evidence::probes_needed(known).saturating_sub(chain.probes) as usize;
-            left.clamp(WAVE, MAX_WAVE)
-        };
+        let size = if write == Write::Touch { 1 } else { WAVE };
         let wave = wave(config, rv.as_deref(), write, ask_metrics, size).await?;
         let now = Instant::now();
         ask_metrics &= wave.iter().all(|p| p.metrics != Metrics::Forbidden);
@@ -270,10 +257,6 @@ const MAX_TOUCHES: usize = 3;
 
 /// Probes sent at once while kmsctl only needs to meet replicas (each on its own connection).
 const WAVE: usize = 8;
-
-/// The most probes of one agreement wave: 32 fresh connections, each a GET and an unchanged PUT,
-/// are far below an API server's in-flight limits (400 reads, 200 writes by default).
-const MAX_WAVE: usize = 32;
 
 /// `size` probes at once, all expecting the canary at version `rv`.
 async fn wave(
