@@ -347,3 +347,68 @@ async fn vault_mode_killed_at_20_seeded_moments_resumes() {
 async fn migrate_v2_killed_at_20_seeded_moments_resumes() {
     sigkill_seeds(Cmd::MigrateV2).await;
 }
+
+/// A run killed while Azure is still being asked about the cluster (nothing read, nothing
+/// changed) is journaled already, so `resume` finds it and runs it from its first step.
+async fn killed_before_it_reads_anything(cmd: Cmd) {
+    let w = world(cmd.opts()).await;
+    // Resource Manager answers its first request slowly: the run is stuck before its lease.
+    w.twin.shared.world().faults.push(rule(
+        json!({ "host": "management.azure.com", "latencyMs": 4000, "count": 1 }),
+    ));
+    let args = cmd.args(&w);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let killed = w
+        .kill_when(&refs, |journal, _| {
+            journal.contains("\"type\":\"run\"") && !journal.contains("\"type\":\"identity\"")
+        })
+        .await;
+    assert!(killed, "{cmd:?}: killed before it read its cluster");
+    let label = format!("{cmd:?}, killed before it read anything");
+    let runs = w.run(&["runs", "-o", "json"]).await;
+    assert!(
+        text(&runs).contains("interrupted"),
+        "{label}: listed as interrupted: {}",
+        text(&runs)
+    );
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "{label}: resume: {}", text(&out));
+    assert!(
+        text(&out).contains("stopped before it began"),
+        "{label}: resume says it starts over: {}",
+        text(&out)
+    );
+    cmd.finished(&w);
+    w.assert_all_current();
+    sound(&w, &label);
+    // The cluster it read on resume is journaled, so a later resume checks against it.
+    assert!(w.journal_lines().contains("\"type\":\"identity\""), "{label}");
+}
+
+#[tokio::test]
+async fn every_command_killed_before_it_reads_anything_resumes_from_its_start() {
+    four_at_a_time(COMMANDS.map(killed_before_it_reads_anything)).await;
+}
+
+/// A run that ends before any change (not confirmed, refused, a dry run) leaves no journal:
+/// there is nothing for `resume` to continue.
+#[tokio::test]
+async fn a_run_that_changes_nothing_leaves_no_journal() {
+    let w = world(Cmd::RotateTwice.opts()).await;
+    // No --yes and stdin is not a terminal: refused before any change.
+    let out = w.run(&["rotate", "--twice"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = w.run(&["rotate", "--twice", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // A preflight refusal: listing Secrets is forbidden.
+    w.twin.shared.world().faults.push(rule(
+        json!({ "path": "/api/v1/secrets", "method": "GET", "status": 403 }),
+    ));
+    let out = w.run(&["rotate", "--twice", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    w.twin.shared.world().faults.clear();
+    assert_eq!(w.journal_lines(), "", "no journal left behind");
+    let out = w.run(&["resume", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no unfinished run"), "{}", text(&out));
+}

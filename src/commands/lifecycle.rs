@@ -191,10 +191,22 @@ pub async fn start(
     format: Format,
 ) -> anyhow::Result<i32> {
     let target = setup::target(&c.target);
-    let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
     let run_id = journal::new_run_id(&procedure.name);
-    // The dry run only looks; a real run takes the cluster's lease before it reads anything.
-    let prepare = prepare(&ctx, c, &target, run_id.clone(), procedure, p, format);
+    // Journaled before anything is read, so `resume` finds a run killed at any moment; the
+    // dry run only looks and leaves no journal.
+    let pending = match c.dry_run {
+        true => None,
+        false => Some(session::PendingRun::create(
+            &runs::state_dir(&c.target.state),
+            &target,
+            run_id.clone(),
+            procedure.clone(),
+            p.clone(),
+        )?),
+    };
+    let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
+    // A real run takes the cluster's lease before it reads anything else.
+    let prepare = prepare(&ctx, c, pending, run_id.clone(), procedure, p, format);
     match session::begin(&ctx, &run_id, !c.dry_run, prepare)
         .await
         .map_err(refusal)?
@@ -222,7 +234,7 @@ pub async fn start(
 async fn prepare(
     ctx: &Context,
     c: &ChangeArgs,
-    target: &Target,
+    pending: Option<session::PendingRun>,
     run_id: String,
     procedure: Procedure,
     p: RunParams,
@@ -302,16 +314,10 @@ async fn prepare(
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
     let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
-    let run = session::create_journal(
-        ctx,
-        &runs::state_dir(&c.target.state),
-        target,
-        run_id,
-        procedure,
-        p,
-        &seed,
-    )
-    .await?;
+    let Some(pending) = pending else {
+        return Ok(Prepared::Stop(exit_codes::OK));
+    };
+    let run = pending.commit(ctx, &seed).await?;
     Ok(Prepared::Run(Box::new(run)))
 }
 

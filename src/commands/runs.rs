@@ -245,7 +245,14 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         }
     }
     // The journal's lock first: a process executing this run right now holds it.
-    let (j, mut record) = Journal::open(&chosen.path).map_err(|e| Refusal(format!("{e:#}")))?;
+    let (mut j, mut record) =
+        Journal::open(&chosen.path).map_err(|e| Refusal(format!("{e:#}")))?;
+    // A run killed before it had read its cluster: this one is its cluster from now on, so a
+    // later resume checks against it.
+    if record.header.cluster.is_none() && need_azure {
+        j.append(&journal::Entry::Identity(Box::new(now.clone())))?;
+        record.header.cluster = Some(now.clone());
+    }
     // A run resumed because its proof timed out would time out again at once with the same
     // short timeout: without the flag, resume waits at least the default.
     let params = &mut record.header.params;
@@ -259,12 +266,22 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         .map(|i| h.procedure.steps[i].name())
         .unwrap_or("the end");
     let question = format!("Continue run {}?", h.run_id);
+    let never_began = record.steps.iter().all(|s| s.started.is_none() && !s.skipped);
     let ask = async {
-        crate::say!(
-            "resuming run {} ({}) at step {next}",
-            h.run_id,
-            h.procedure.name
-        );
+        if never_began {
+            crate::say!(
+                "run {} ({}) was stopped before it began, so nothing was changed: continuing it runs {} from its first step, preflight and all",
+                h.run_id,
+                h.procedure.name,
+                h.procedure.name
+            );
+        } else {
+            crate::say!(
+                "resuming run {} ({}) at step {next}",
+                h.run_id,
+                h.procedure.name
+            );
+        }
         if a.yes {
             return Ok(true);
         }

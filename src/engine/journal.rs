@@ -14,7 +14,9 @@ use std::io::{BufRead, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the cluster's identity may come after the header, as an `identity` entry (a run is
+/// journaled before it reads anything, so a kill at any moment leaves it resumable).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Which cluster a run is for, as given on the command line or by the environment.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -137,6 +139,8 @@ pub struct RunHeader {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Entry {
     Run(Box<RunHeader>),
+    /// The cluster the run acts on, once it has been read (before any change).
+    Identity(Box<ClusterIdentity>),
     StepStarted {
         index: usize,
         at: chrono::DateTime<chrono::Utc>,
@@ -432,6 +436,7 @@ fn step(r: &mut Record, i: usize) -> Option<&mut StepRecord> {
 fn apply(r: &mut Record, e: Entry) {
     match e {
         Entry::Run(_) => {}
+        Entry::Identity(c) => r.header.cluster = Some(*c),
         Entry::StepStarted { index, data, .. } => {
             if let Some(s) = step(r, index) {
                 s.started = Some(data);

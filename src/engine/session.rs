@@ -153,8 +153,75 @@ pub enum BeginError {
     Refused(String),
 }
 
-/// A new run's journal: its header (with the cluster's identity) and any entries already made
-/// (the preflight `start` ran before its prompt), replayed.
+/// A run journaled before it reads anything, so a run killed at any moment (SIGKILL, a lost
+/// machine) is there for `resume`, even one killed while Azure was still being asked about the
+/// cluster. A run that ends before any change (refused, not confirmed, nothing to do, a
+/// signal) drops it, which removes the journal: there is nothing to continue.
+pub struct PendingRun {
+    journal: Option<Journal>,
+}
+
+impl PendingRun {
+    pub fn create(
+        dir: &std::path::Path,
+        target: &journal::Target,
+        run_id: String,
+        procedure: crate::playbook::Procedure,
+        params: journal::RunParams,
+    ) -> anyhow::Result<PendingRun> {
+        let header = journal::RunHeader {
+            format: journal::FORMAT_VERSION,
+            run_id,
+            procedure,
+            params,
+            target: target.clone(),
+            // Read in `commit`, before any change; `resume` reads it if the run died first.
+            cluster: None,
+            created_at: chrono::Utc::now(),
+        };
+        Ok(PendingRun {
+            journal: Some(Journal::create(dir, header)?),
+        })
+    }
+
+    /// The run goes ahead: journals the cluster's identity and the entries already made (the
+    /// preflight `start` ran before its prompt), and hands the journal to the engine.
+    pub async fn commit(mut self, ctx: &Context, seed: &[Entry]) -> anyhow::Result<(Journal, Record)> {
+        let cluster = identity(ctx).await?;
+        let mut j = self.journal.take().expect("a pending run is committed once");
+        let path = j.path.clone();
+        let written = (|| {
+            j.append(&Entry::Identity(Box::new(cluster)))?;
+            for entry in seed {
+                j.append(entry)?;
+            }
+            journal::replay(&j.path)
+        })();
+        match written {
+            Ok(record) => Ok((j, record)),
+            Err(e) => {
+                drop(j);
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for PendingRun {
+    fn drop(&mut self) {
+        if let Some(j) = self.journal.take() {
+            let path = j.path.clone();
+            drop(j);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove the journal of a run that changed nothing");
+            }
+        }
+    }
+}
+
+/// A new run's journal, created and committed at once (a run whose preparation reads the
+/// cluster before it knows its parameters).
 pub async fn create_journal(
     ctx: &Context,
     dir: &std::path::Path,
@@ -164,21 +231,9 @@ pub async fn create_journal(
     params: journal::RunParams,
     seed: &[Entry],
 ) -> anyhow::Result<(Journal, Record)> {
-    let header = journal::RunHeader {
-        format: journal::FORMAT_VERSION,
-        run_id,
-        procedure,
-        params,
-        target: target.clone(),
-        cluster: Some(identity(ctx).await?),
-        created_at: chrono::Utc::now(),
-    };
-    let mut j = Journal::create(dir, header)?;
-    for entry in seed {
-        j.append(entry)?;
-    }
-    let record = journal::replay(&j.path)?;
-    Ok((j, record))
+    PendingRun::create(dir, target, run_id, procedure, params)?
+        .commit(ctx, seed)
+        .await
 }
 
 /// How the preparation of a run (preflight, plan, confirmation) ended.
