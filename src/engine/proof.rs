@@ -340,13 +340,45 @@ pub async fn standalone_check(ctx: &Context, sink: &dyn Sink) -> Result<Agreemen
         })?;
     // With the cluster named, what the API servers agree on must be what it reports: else a
     // key change is still on its way to them, and rewriting now keeps Secrets on the old key.
-    if let (Some(az), Some(key)) = (&ctx.azure, &agreement.key) {
-        let kms = super::steps::kms_of(&az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body);
-        if let Some(reported) = not_as_reported(key, &kms, &l) {
-            return Err(StepError::Refused(format!(
-                "the cluster reports {reported} but every API server replica still writes with {key}: a key change has not reached the API servers yet. Wait a few minutes (a replica learns a new key at its next KMS status call) and run `kmsctl reencrypt` again"
-            )));
+    let Some(az) = &ctx.azure else {
+        return Ok(agreement);
+    };
+    let kms = super::steps::kms_of(&az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body);
+    match &agreement.key {
+        Some(key) => {
+            if let Some(reported) = not_as_reported(key, &kms, &l) {
+                return Err(StepError::Refused(format!(
+                    "the cluster reports {reported} but every API server replica still writes with {key}: a key change has not reached the API servers yet. Wait a few minutes (a replica learns a new key at its next KMS status call) and run `kmsctl reencrypt` again"
+                )));
+            }
+        }
+        // Agreement on a key nobody identified says nothing about which key: only a switch to
+        // the reported key that kmsctl proved (the replicas never go back) lets it stand for it.
+        None => {
+            if let Some(reported) = unproven_report(&kms, &l) {
+                return Err(StepError::Refused(format!(
+                    "every API server replica writes with one key, but kmsctl could not tell which ({}), and the cluster reports {reported}, which no proof of kmsctl's shows the replicas using: a key change may not have reached them yet, and rewriting now could keep Secrets under the key being left. Nothing was rewritten. Let kmsctl read /metrics (`kmsctl rbac --kubernetes` grants it) so it can identify each replica's key, or wait a few minutes after a key change and run `kmsctl reencrypt` again",
+                    agreement.detail
+                )));
+            }
         }
     }
     Ok(agreement)
+}
+
+/// What the cluster reports (`KMS off`, `key ID`) unless the ledger holds kmsctl's proof that
+/// the replicas switched to exactly that (None: proven).
+fn unproven_report(kms: &Value, l: &ledger::Ledger) -> Option<String> {
+    let reported = (kms["enabled"].as_bool() == Some(true))
+        .then(|| kms["keyId"].as_str().map(str::to_string))
+        .flatten();
+    let proven = l.switch.as_ref().is_some_and(|s| {
+        s.proven_at.is_some()
+            && match (&s.to, &reported) {
+                (Some(a), Some(b)) => ledger::same_key_id(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    });
+    (!proven).then(|| reported.map_or("KMS off".to_string(), |k| format!("key {k}")))
 }
