@@ -932,3 +932,92 @@ async fn fix_extend_failing_part_way_says_what_changed_and_which_failed() {
     );
     assert_eq!(t.matches("extended https").count(), 1, "{t}");
 }
+
+#[tokio::test]
+async fn fix_rotate_with_nothing_inside_a_window_rotates_nothing() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(90 * DAY as u64)),
+        ..small(10)
+    })
+    .await;
+    let out = w.run(&["check-expiry", "--fix", "rotate", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing needed rotating"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.key_versions().len(), 1, "no rotation");
+}
+
+/// A schedule's `--fix rotate` finds the rotation a previous job left (killed mid-way) and
+/// finishes it instead of starting another.
+#[tokio::test]
+async fn fix_rotate_resumes_an_unfinished_run_first() {
+    let w = world(SimOptions {
+        key_expires_in: Some(Duration::from_secs(20 * DAY as u64)),
+        kms_status_period_seconds: 1,
+        lro_seconds: 1,
+        ..small(30)
+    })
+    .await;
+    let killed = w
+        .kill_when(&["rotate", "--yes"], |journal, _| {
+            journal.matches("\"type\":\"step-finished\"").count() >= 3
+        })
+        .await;
+    assert!(killed, "the rotation was killed mid-way");
+    let out = w.run(&["check-expiry", "--fix", "rotate", "--yes"]).await;
+    assert!(text(&out).contains("resuming it"), "{}", text(&out));
+    let versions = w.key_versions();
+    assert_eq!(versions.len(), 2, "one rotation, finished: {}", text(&out));
+    assert_eq!(w.kms()["keyId"], versions[1]["kid"]);
+    w.assert_all_current();
+}
+
+#[tokio::test]
+async fn a_cronjob_with_fix_rotate_carries_the_roles_and_a_volume_for_its_journal() {
+    let w = world(small(5)).await;
+    let client = "0b5c3e2a-8d7f-4e61-9a43-2f1c6d8e7b90";
+    let args = ["check-expiry", "--cronjob", "--client-id", client];
+    let out = w.run(&[&args[..], &["--fix", "extend=90d"]].concat()).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--fix rotate only"), "{}", text(&out));
+    let out = w.run(&[&args[..], &["--fix", "rotate"]].concat()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .skip(1)
+        .map(|d| serde_saphyr::from_str(d).expect("each document parses"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for k in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PersistentVolumeClaim",
+        "CronJob",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let cron = docs.iter().find(|d| d["kind"] == "CronJob").unwrap();
+    let c = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    let a = c["args"].to_string();
+    assert!(a.contains("\"--fix\",\"rotate\",\"--yes\""), "{a}");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/var/lib/kmsctl");
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .unwrap();
+    assert_eq!(binding["subjects"][0]["name"], "kmsctl-check-expiry");
+    assert_eq!(binding["roleRef"]["name"], "kmsctl");
+    // The read-only check has none of it.
+    let out = w.run(&args).await;
+    let plain = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !plain.contains("ClusterRoleBinding") && !plain.contains("--fix"),
+        "{plain}"
+    );
+    let applied = w.kubectl_apply_dry_run(yaml).await;
+    assert!(applied.status.success(), "{}", text(&applied));
+}

@@ -383,7 +383,9 @@ pub struct ExpiryArgs {
     /// version the cluster needs that is inside a window, the key ledger's included; never on a
     /// disabled version, never on one without an expiry) or `rotate` (the rotate playbook).
     /// Asks first unless --yes.
-    #[arg(long, value_parser = crate::checks::expiry::parse_fix, conflicts_with_all = ["all", "cronjob"])]
+    /// `rotate` resumes an unfinished run of the cluster first, and rotates only when the check
+    /// is WARNING or CRITICAL (so a schedule can carry it: `--cronjob --fix rotate`).
+    #[arg(long, value_parser = crate::checks::expiry::parse_fix, conflicts_with = "all")]
     pub fix: Option<crate::checks::expiry::Fix>,
     /// Do not ask for confirmation (--fix).
     #[arg(long, short = 'y', requires = "fix")]

@@ -38,9 +38,16 @@ pub fn objects(a: &ExpiryArgs) -> anyhow::Result<Vec<Value>> {
         ))
         .into());
     }
+    let rotating = match &a.fix {
+        None => false,
+        Some(crate::checks::expiry::Fix::Rotate) => true,
+        Some(crate::checks::expiry::Fix::Extend(_)) => {
+            return Err(Refusal("--cronjob carries --fix rotate only: a schedule that extends expiries keeps a key in service for ever, which is what expiry is there to stop. Use --fix rotate (a new version when the key nears expiry), or extend by hand".into()).into());
+        }
+    };
     let ns = a.namespace.as_str();
     let labels = json!({ "app.kubernetes.io/name": "kmsctl", "app.kubernetes.io/component": "check-expiry" });
-    let args = [
+    let mut args = vec![
         "check-expiry",
         "--auth",
         "workload",
@@ -53,7 +60,11 @@ pub fn objects(a: &ExpiryArgs) -> anyhow::Result<Vec<Value>> {
         "-o",
         "json",
     ];
-    Ok(vec![
+    if rotating {
+        // The journal outlives the pod, so the next job resumes a rotation this one left.
+        args.extend(["--fix", "rotate", "--yes", "--state-dir", STATE_MOUNT]);
+    }
+    let mut objects = vec![
         json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": { "name": NAME, "namespace": ns, "labels": labels,
@@ -96,7 +107,54 @@ pub fn objects(a: &ExpiryArgs) -> anyhow::Result<Vec<Value>> {
                 } } }
             }
         }),
-    ])
+    ];
+    if rotating {
+        with_rotation(&mut objects, ns, &labels);
+    }
+    Ok(objects)
+}
+
+const STATE_MOUNT: &str = "/var/lib/kmsctl";
+const STATE_CLAIM: &str = "kmsctl-check-expiry-state";
+
+/// What a scheduled rotation needs beyond the check: kmsctl's own Kubernetes roles (`kmsctl rbac
+/// --kubernetes`: Secrets rewritten, the canary, the lease, the ledger updated) bound to the job's
+/// ServiceAccount, and a volume for the run's journal. The identity also needs the Azure role
+/// `kmsctl rbac --azure` prints (cluster write, key rotate), instead of Reader.
+fn with_rotation(objects: &mut Vec<Value>, ns: &str, labels: &Value) {
+    let subject = json!({ "kind": "ServiceAccount", "name": NAME, "namespace": ns });
+    objects.extend(super::rbac::manifests());
+    for (kind, role_kind, namespace) in [
+        ("ClusterRoleBinding", "ClusterRole", None),
+        ("RoleBinding", "Role", Some(ledger::NAMESPACE)),
+    ] {
+        let mut b = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": { "name": format!("{NAME}-rotate"), "labels": labels },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": super::rbac::ROLE_NAME },
+            "subjects": [subject.clone()]
+        });
+        if let Some(n) = namespace {
+            b["metadata"]["namespace"] = json!(n);
+        }
+        objects.push(b);
+    }
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": STATE_CLAIM, "namespace": ns, "labels": labels },
+        "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "64Mi" } } }
+    }));
+    for o in objects.iter_mut().filter(|o| o["kind"] == "CronJob") {
+        let pod = &mut o["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        pod["volumes"] =
+            json!([{ "name": "state", "persistentVolumeClaim": { "claimName": STATE_CLAIM } }]);
+        // The journal is written as the container's user.
+        pod["securityContext"] = json!({ "fsGroup": 65532 });
+        let c = &mut pod["containers"][0];
+        c["volumeMounts"] = json!([{ "name": "state", "mountPath": STATE_MOUNT }]);
+        // A rotation re-encrypts every Secret: more than a check needs.
+        c["resources"] = json!({ "requests": { "cpu": "100m", "memory": "64Mi" }, "limits": { "memory": "512Mi" } });
+    }
 }
 
 /// The objects as one YAML stream.

@@ -471,8 +471,10 @@ async fn check(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
             extended = super::expiry_fix::extend(&az, &before, *by, a.yes).await?;
         }
         Some(super::expiry_fix::Fix::Rotate) => {
-            let code = super::expiry_fix::rotate(&a, format).await?;
-            if code != crate::exit_codes::OK {
+            let before = check_one(&az, &target, windows).await;
+            if let Some(code) =
+                super::expiry_fix::rotate_if_needed(&a, &target, &before, format).await?
+            {
                 return Ok(code);
             }
         }

@@ -194,6 +194,56 @@ async fn set_one(
     Ok(())
 }
 
+/// `--fix rotate`, as a schedule runs it: an unfinished run of the cluster (a rotation a
+/// previous job left, killed or failed) is resumed first; otherwise the key is rotated only when
+/// the check is WARNING or CRITICAL on a key kmsctl rotates, so a daily job rotates when the key
+/// nears its expiry, not every day. Some(code): the run's failure, which ends the check there.
+pub async fn rotate_if_needed(
+    a: &ExpiryArgs,
+    target: &crate::engine::journal::Target,
+    before: &super::expiry::ClusterReport,
+    format: Format,
+) -> anyhow::Result<Option<i32>> {
+    let ok = |code: i32| (code != crate::exit_codes::OK).then_some(code);
+    if super::runs::has_unfinished(&super::runs::state_dir(&a.target.state), target) {
+        crate::say!(
+            "an unfinished run of this cluster is in the state dir: resuming it before anything else"
+        );
+        let r = crate::cli::ResumeArgs {
+            run_id: None,
+            yes: a.yes,
+            switch_timeout_seconds: None,
+            target: a.target.clone(),
+        };
+        return Ok(ok(super::runs::resume(r, format).await?));
+    }
+    match (before.status, before.experience) {
+        (Status::Warning | Status::Critical, "versioned-key") => {
+            crate::say!(
+                "{}: rotating the key (kmsctl rotate: a new version, every Secret re-encrypted to it, proven)",
+                before.status.label()
+            );
+            Ok(ok(rotate(a, format).await?))
+        }
+        (Status::Warning | Status::Critical, "platform-managed-rotation") => {
+            crate::say!(
+                "--fix rotate: this cluster's key is rotated by AKS (platform-managed rotation), not by kmsctl; nothing rotated"
+            );
+            Ok(None)
+        }
+        (Status::Unknown, _) => {
+            crate::say!("--fix rotate: the check could not judge the key, so nothing was rotated");
+            Ok(None)
+        }
+        _ => {
+            crate::say!(
+                "--fix rotate: no version the cluster needs is inside a window; nothing needed rotating"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Runs `kmsctl rotate` for the same cluster, with the same target flags.
 pub async fn rotate(a: &ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     let t = &a.target;

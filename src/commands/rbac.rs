@@ -8,6 +8,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 const NAME: &str = "kmsctl";
+/// The ClusterRole and the kube-system Role `manifests` define.
+pub const ROLE_NAME: &str = NAME;
 
 /// (apiGroup, resource, verbs, why)
 type ClusterRule = (
@@ -172,7 +174,7 @@ const DATA_ACTIONS: &[(&str, &str)] = &[
     ),
     (
         "Microsoft.KeyVault/vaults/keys/rotate/action",
-        "rotate: a new key version",
+        "rotate (and check-expiry --fix rotate, also as a CronJob): a new key version",
     ),
     (
         "Microsoft.KeyVault/vaults/keys/update/action",

@@ -98,6 +98,14 @@ fn for_cluster(r: &Record, env: &Target, api_server: Option<&str>) -> bool {
         && same(t.cluster.as_deref(), env.cluster.as_deref())
 }
 
+/// Whether the state dir holds an unfinished run of the lifecycle of the cluster `env` names.
+pub fn has_unfinished(dir: &std::path::Path, env: &Target) -> bool {
+    journal::list_all(dir)
+        .0
+        .iter()
+        .any(|r| unfinished(r) && for_cluster(r, env, None))
+}
+
 fn unfinished(r: &Record) -> bool {
     !matches!(r.state(), "succeeded" | "abandoned")
 }

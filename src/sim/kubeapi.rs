@@ -136,7 +136,8 @@ fn core_resources() -> Value {
     json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [
         resource("namespaces", "Namespace", false), resource("secrets", "Secret", true),
         resource("configmaps", "ConfigMap", true), resource("pods", "Pod", true),
-        resource("serviceaccounts", "ServiceAccount", true), resource("events", "Event", true) ] })
+        resource("serviceaccounts", "ServiceAccount", true), resource("events", "Event", true),
+        resource("persistentvolumeclaims", "PersistentVolumeClaim", true) ] })
 }
 
 /// API groups the twin announces, with their resources (plural, kind, namespaced). Discovery
