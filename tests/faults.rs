@@ -415,3 +415,68 @@ async fn a_run_that_changes_nothing_leaves_no_journal() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("no unfinished run"), "{}", text(&out));
 }
+
+/// A run killed before it was confirmed (no --yes; stopped at or before its prompt) changed
+/// nothing and was never asked for: neither `resume` nor a scheduled `--fix rotate` runs it.
+#[tokio::test]
+async fn a_run_killed_before_it_was_confirmed_is_never_run_unattended() {
+    let w = world(Cmd::Disable.opts()).await;
+    w.twin.shared.world().faults.push(rule(
+        json!({ "host": "management.azure.com", "latencyMs": 4000, "count": 1 }),
+    ));
+    let killed = w
+        .kill_when(&["disable"], |journal, _| {
+            journal.contains("\"type\":\"run\"") && !journal.contains("\"type\":\"identity\"")
+        })
+        .await;
+    assert!(killed, "killed before it read its cluster");
+    let runs: Value = serde_json::from_slice(&w.run(&["runs", "-o", "json"]).await.stdout).unwrap();
+    let run = runs["runs"][0].clone();
+    assert_eq!(run["state"], "unconfirmed", "{runs}");
+    let id = run["runId"].as_str().unwrap().to_string();
+    let out = w.run(&["resume", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = w.run(&["resume", "--run", &id, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("before it was confirmed"),
+        "{}",
+        text(&out)
+    );
+    let out = w.run(&["check-expiry", "--fix", "rotate", "--yes"]).await;
+    assert!(!text(&out).contains("resuming"), "{}", text(&out));
+    assert_eq!(w.kms()["enabled"], true, "KMS still on");
+}
+
+/// A later run killed before it read anything does not jump ahead of a half-done one: `resume`
+/// finishes the run that began.
+#[tokio::test]
+async fn resume_prefers_the_run_that_began_over_a_later_one_that_never_did() {
+    let w = world(Cmd::RotateTwice.opts()).await;
+    let killed = w
+        .kill_when(&["rotate", "--yes"], |journal, _| {
+            journal.contains("\"type\":\"reencrypt\"")
+        })
+        .await;
+    assert!(killed, "the first rotation was killed while re-encrypting");
+    w.twin.shared.world().faults.push(rule(
+        json!({ "host": "management.azure.com", "latencyMs": 4000, "count": 1 }),
+    ));
+    let killed = w
+        .kill_when(&["rotate", "--yes"], |journal, _| {
+            journal.matches("\"type\":\"run\"").count() == 2
+                && journal.matches("\"type\":\"identity\"").count() == 1
+        })
+        .await;
+    assert!(
+        killed,
+        "the second rotation was killed before it read anything"
+    );
+    let out = w.run(&["resume", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("resuming run"), "{}", text(&out));
+    let versions = w.key_versions();
+    assert_eq!(versions.len(), 2, "one rotation, the first one, finished");
+    assert_eq!(w.kms()["keyId"], versions[1]["kid"]);
+    w.assert_all_current();
+}

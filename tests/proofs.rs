@@ -550,3 +550,34 @@ async fn standalone_reencrypt_without_metrics_needs_a_proven_switch_to_the_repor
     assert!(out.status.success(), "{}", text(&out));
     w.assert_all_current();
 }
+
+/// Resuming a refused standalone reencrypt compares with the cluster it named, as the run did.
+#[tokio::test]
+async fn a_resumed_standalone_reencrypt_still_compares_with_the_named_cluster() {
+    let w = world(SimOptions {
+        apiserver_replicas: 2,
+        metrics_readable: false,
+        ..small(40)
+    })
+    .await;
+    change_key_behind_kmsctls_back(&w);
+    let out = w.run(&["reencrypt"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let runs: Value = serde_json::from_slice(&w.run(&["runs", "-o", "json"]).await.stdout).unwrap();
+    let id = runs["runs"][0]["runId"].as_str().unwrap().to_string();
+    let before = w.inspect()["storage"]["byKey"].clone();
+    let out = w.run(&["resume", "--run", &id, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not tell which"),
+        "{}",
+        text(&out)
+    );
+    for (label, n) in before.as_object().unwrap() {
+        assert_eq!(
+            &w.inspect()["storage"]["byKey"][label],
+            n,
+            "nothing rewritten"
+        );
+    }
+}

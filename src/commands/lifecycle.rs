@@ -110,16 +110,12 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
         setup::context(&target, crate::azure::credential::AuthMode::Auto, "", false).await?;
     // Where the environment names the cluster, its reported KMS configuration is checked
     // against what the API servers write with; a kubeconfig alone is enough without it.
-    if let Some(named) = named_cluster(&target) {
-        let api = std::env::var("KMSCTL_AKS_API_VERSION")
-            .unwrap_or_else(|_| crate::cli::DEFAULT_AKS_API.to_string());
-        match setup::azure(&named, crate::azure::credential::AuthMode::Auto, &api) {
-            Ok(az) => ctx.azure = Some(az),
-            Err(e) => {
-                tracing::warn!(error = %e, "the cluster the environment names cannot be read; its KMS configuration is not compared")
-            }
-        }
+    // The journal keeps the name, so a resumed run compares as this one does.
+    let named = named_cluster(&target);
+    if let Some(named) = &named {
+        ctx.azure = Some(named_azure(named)?);
     }
+    let target = named.unwrap_or(target);
     let procedure = playbook::built_in("reencrypt")?;
     let run_id = journal::new_run_id("reencrypt");
     let prepare = async {
@@ -155,6 +151,20 @@ pub async fn reencrypt(a: ReencryptCommand, format: Format) -> anyhow::Result<i3
             Ok(runs::INTERRUPTED)
         }
     }
+}
+
+/// The Azure side of the cluster a re-encryption names. A cluster named but not readable is a
+/// refusal: going on would skip the comparison of its KMS key with the API servers' own.
+pub fn named_azure(named: &Target) -> anyhow::Result<crate::engine::context::Azure> {
+    let api = std::env::var("KMSCTL_AKS_API_VERSION")
+        .unwrap_or_else(|_| crate::cli::DEFAULT_AKS_API.to_string());
+    setup::azure(named, crate::azure::credential::AuthMode::Auto, &api).map_err(|e| {
+        Refusal(format!(
+            "the environment names cluster {} (AZURE_SUBSCRIPTION_ID, KMSCTL_RESOURCE_GROUP, KMSCTL_CLUSTER), but it cannot be read: {e:#}. Nothing was rewritten: its KMS key is what the API servers must be shown writing with. Fix the Azure credential, or unset those variables to re-encrypt with whatever key the API servers agree on",
+            named.cluster.as_deref().unwrap_or("?")
+        ))
+        .into()
+    })
 }
 
 /// A run that could not begin (the lease is held, the cluster cannot be read) is a refusal.
@@ -202,6 +212,7 @@ pub async fn start(
             run_id.clone(),
             procedure.clone(),
             p.clone(),
+            c.yes,
         )?),
     };
     let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
@@ -234,7 +245,7 @@ pub async fn start(
 async fn prepare(
     ctx: &Context,
     c: &ChangeArgs,
-    pending: Option<session::PendingRun>,
+    mut pending: Option<session::PendingRun>,
     run_id: String,
     procedure: Procedure,
     p: RunParams,
@@ -312,6 +323,11 @@ async fn prepare(
     {
         crate::say!("{NOT_CONFIRMED}");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
+    }
+    if !c.yes
+        && let Some(p) = pending.as_mut()
+    {
+        p.confirm()?;
     }
     let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
     let Some(pending) = pending else {

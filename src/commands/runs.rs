@@ -106,8 +106,10 @@ pub fn has_unfinished(dir: &std::path::Path, env: &Target) -> bool {
         .any(|r| unfinished(r) && for_cluster(r, env, None))
 }
 
+/// A run `resume` may continue: not ended, and asked for (a run stopped at or before its
+/// prompt, with nothing begun, is not: its command is to be run again).
 fn unfinished(r: &Record) -> bool {
-    !matches!(r.state(), "succeeded" | "abandoned")
+    !matches!(r.state(), "succeeded" | "abandoned" | "unconfirmed")
 }
 
 /// The cluster the environment reaches must be the one the run acted on: same ARM id, same API
@@ -172,12 +174,17 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             if !named {
                 return Err(Refusal("name the cluster whose run to continue: --subscription (or AZURE_SUBSCRIPTION_ID), -g (or KMSCTL_RESOURCE_GROUP), -n (or KMSCTL_CLUSTER), or pass --run ID".into()).into());
             }
-            let newest = runs.iter().find(|r| for_cluster(r, &env, None));
-            match runs
+            let newest = runs
                 .iter()
-                .find(|r| unfinished(r) && for_cluster(r, &env, None))
-            {
-                Some(r) => r.clone(),
+                .find(|r| for_cluster(r, &env, None) && !r.unconfirmed());
+            let open: Vec<&Record> = runs
+                .iter()
+                .filter(|r| unfinished(r) && for_cluster(r, &env, None))
+                .collect();
+            // A run that began (it may have changed the cluster) before one that never did: a
+            // later run killed before it read anything must not jump ahead of a half-done one.
+            match open.iter().find(|r| r.began()).or(open.first()) {
+                Some(r) => (*r).clone(),
                 // The run finished on its own (it recovered, say, from a deleted canary): there
                 // is nothing to continue, and nothing is wrong.
                 None if newest.is_some_and(|r| r.state() == "succeeded") => {
@@ -201,6 +208,13 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             }
         }
     };
+    if chosen.unconfirmed() {
+        return Err(Refusal(format!(
+            "run {} ({}) was stopped before it was confirmed (at its prompt or before it) and never began: nothing was changed and there is nothing to continue. Run the command again",
+            chosen.header.run_id, chosen.header.procedure.name
+        ))
+        .into());
+    }
     if !unfinished(&chosen) {
         return Err(Refusal(format!(
             "run {} already {}",
@@ -236,6 +250,11 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         need_azure,
     )
     .await?;
+    // A re-encryption run that named its cluster compares with it again.
+    let mut ctx = ctx;
+    if !need_azure && h.target.subscription.is_some() && h.target.cluster.is_some() {
+        ctx.azure = Some(super::lifecycle::named_azure(&h.target)?);
+    }
     let now = identity(&ctx).await?;
     if let Some(recorded) = &h.cluster {
         check_identity(recorded, &now)?;

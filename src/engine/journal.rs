@@ -133,6 +133,9 @@ pub struct RunHeader {
     #[serde(default)]
     pub cluster: Option<ClusterIdentity>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Asked for already when journaled (`--yes`); else a `confirmed` entry follows the prompt.
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,6 +144,11 @@ pub enum Entry {
     Run(Box<RunHeader>),
     /// The cluster the run acts on, once it has been read (before any change).
     Identity(Box<ClusterIdentity>),
+    /// The user asked for the run (`--yes`, or yes at its prompt): only then may `resume` run a
+    /// run that had not begun.
+    Confirmed {
+        at: chrono::DateTime<chrono::Utc>,
+    },
     StepStarted {
         index: usize,
         at: chrono::DateTime<chrono::Utc>,
@@ -198,14 +206,30 @@ pub struct Record {
     pub header: RunHeader,
     pub steps: Vec<StepRecord>,
     pub finished: Option<(RunStatus, Option<String>)>,
+    /// A `confirmed` entry was journaled.
+    pub confirmed: bool,
 }
 
 impl Record {
+    /// Whether any step was started, finished or skipped.
+    pub fn began(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.started.is_some() || s.finished.is_some() || s.skipped)
+    }
+
+    /// A run nobody asked for yet (stopped at or before its prompt, nothing begun): `resume`
+    /// must not run it; its command is to be run again.
+    pub fn unconfirmed(&self) -> bool {
+        !self.confirmed && !self.began() && self.finished.is_none()
+    }
+
     pub fn state(&self) -> &'static str {
         match &self.finished {
             Some((RunStatus::Succeeded, _)) => "succeeded",
             Some((RunStatus::Failed, _)) => "failed",
             Some((RunStatus::Abandoned, _)) => "abandoned",
+            None if self.unconfirmed() => "unconfirmed",
             Some((RunStatus::Interrupted, _)) | None => "interrupted",
         }
     }
@@ -411,11 +435,13 @@ pub fn replay(path: &Path) -> anyhow::Result<Record> {
                     h.format
                 );
                 let steps = vec![StepRecord::default(); h.procedure.steps.len()];
+                let confirmed = h.confirmed;
                 record = Some(Record {
                     path: path.to_path_buf(),
                     header: *h,
                     steps,
                     finished: None,
+                    confirmed,
                 });
             }
             other => {
@@ -437,6 +463,7 @@ fn apply(r: &mut Record, e: Entry) {
     match e {
         Entry::Run(_) => {}
         Entry::Identity(c) => r.header.cluster = Some(*c),
+        Entry::Confirmed { .. } => r.confirmed = true,
         Entry::StepStarted { index, data, .. } => {
             if let Some(s) = step(r, index) {
                 s.started = Some(data);
@@ -555,6 +582,7 @@ mod tests {
             target: Target::default(),
             cluster: None,
             created_at: chrono::Utc::now(),
+            confirmed: true,
         }
     }
 
@@ -624,6 +652,7 @@ mod tests {
             header: h,
             steps,
             finished: None,
+            confirmed: true,
         }
     }
 

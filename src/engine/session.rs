@@ -11,15 +11,21 @@ use crate::k8s::lease::Lease;
 /// Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
 pub const INTERRUPTED: i32 = 130;
 
-/// Waits for SIGINT or SIGTERM (registering for them replaces the default of dying at once).
+/// Waits for SIGINT, SIGTERM or SIGHUP (registering for them replaces the default of dying at once).
 pub async fn signalled() -> &'static str {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(_) => return std::future::pending().await,
     };
+    // A closed terminal or a dropped ssh session ends the run the same way.
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(_) => return std::future::pending().await,
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
     }
 }
 
@@ -168,6 +174,7 @@ impl PendingRun {
         run_id: String,
         procedure: crate::playbook::Procedure,
         params: journal::RunParams,
+        confirmed: bool,
     ) -> anyhow::Result<PendingRun> {
         let header = journal::RunHeader {
             format: journal::FORMAT_VERSION,
@@ -178,10 +185,22 @@ impl PendingRun {
             // Read in `commit`, before any change; `resume` reads it if the run died first.
             cluster: None,
             created_at: chrono::Utc::now(),
+            // In the header, not an entry after it: a kill can land between two writes.
+            confirmed,
         };
         Ok(PendingRun {
             journal: Some(Journal::create(dir, header)?),
         })
+    }
+
+    /// The user asked for the run (`--yes`, or yes at the prompt).
+    pub fn confirm(&mut self) -> anyhow::Result<()> {
+        match &mut self.journal {
+            Some(j) => j.append(&Entry::Confirmed {
+                at: chrono::Utc::now(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The run goes ahead: journals the cluster's identity and the entries already made (the
@@ -207,8 +226,9 @@ impl PendingRun {
         match written {
             Ok(record) => Ok((j, record)),
             Err(e) => {
-                drop(j);
+                // Unlinked while still locked: nobody can open it in between.
                 let _ = std::fs::remove_file(&path);
+                drop(j);
                 Err(e)
             }
         }
@@ -218,11 +238,11 @@ impl PendingRun {
 impl Drop for PendingRun {
     fn drop(&mut self) {
         if let Some(j) = self.journal.take() {
-            let path = j.path.clone();
-            drop(j);
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove the journal of a run that changed nothing");
+            // Unlinked while still locked: nobody can open it in between.
+            if let Err(e) = std::fs::remove_file(&j.path) {
+                tracing::warn!(path = %j.path.display(), error = %e, "could not remove the journal of a run that changed nothing");
             }
+            drop(j);
         }
     }
 }
@@ -238,7 +258,8 @@ pub async fn create_journal(
     params: journal::RunParams,
     seed: &[Entry],
 ) -> anyhow::Result<(Journal, Record)> {
-    PendingRun::create(dir, target, run_id, procedure, params)?
+    // Runs created this way are never prompted for (re-encryption changes no key).
+    PendingRun::create(dir, target, run_id, procedure, params, true)?
         .commit(ctx, seed)
         .await
 }

@@ -334,6 +334,7 @@ mod tests {
             target: Default::default(),
             cluster: None,
             created_at: chrono::Utc::now(),
+            confirmed: true,
         };
         let mut j = Journal::create(dir.path(), header).unwrap();
         for (index, output) in finished {
