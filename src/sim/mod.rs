@@ -420,6 +420,11 @@ fn fleet_kubeconfig(twin: &Twin) -> String {
     )
 }
 
+/// What `sim inspect` prints for one cluster's world.
+pub fn inspect_shared(shared: &world::Shared) -> Value {
+    admin::inspect(shared)
+}
+
 /// Talks to a running twin's admin endpoints, from the files it wrote into DIR.
 pub async fn admin_request(
     dir: &Path,
