@@ -233,11 +233,7 @@ impl Twin {
                 member(w)
             })
             .collect();
-        let members = fleet_members::Members {
-            list: Arc::new(list),
-            faults: Default::default(),
-            fleet: spec.total() > 0,
-        };
+        let members = fleet_members::Members::new(list, spec.total() > 0);
         if members.fleet {
             members
                 .faults
