@@ -421,3 +421,69 @@ async fn a_fault_for_one_member_stays_with_it() {
         text(&unknown)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_opt_in_members_are_what_they_say() {
+    let w = fleet(
+        opts(
+            4,
+            FleetSpec {
+                private_vaults: 1,
+                platform_managed: 1,
+                private_api: 1,
+                ..Default::default()
+            },
+        ),
+        2,
+    )
+    .await;
+    let names: Vec<String> = w.members().into_iter().map(|m| m.name).collect();
+    assert_eq!(names.len(), 4);
+    // Member 2 of 2: its key in a private vault with an approved private endpoint.
+    let d = w.inspect_member("aks-fleet-02");
+    let v = &d["vault"]["properties"];
+    assert_eq!(v["publicNetworkAccess"], "Disabled");
+    assert!(
+        v["privateEndpointConnections"][0]["properties"]["privateLinkServiceConnectionState"]["status"]
+            == "Approved",
+        "{v}"
+    );
+    let kms = &d["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"];
+    assert_eq!(kms["keyVaultNetworkAccess"], "Private");
+    assert_eq!(d["storage"]["unreadable"]["total"], 0);
+    // Member 3: platform-managed rotation (a versionless key id), its Secrets readable.
+    let d = w.inspect_member("aks-fleet-03");
+    let sp = &d["cluster"]["properties"]["securityProfile"];
+    let kid = sp["azureKeyVaultKms"]["keyId"].as_str().unwrap();
+    assert!(kid.ends_with("/keys/kms-key"), "{kid}");
+    assert!(sp["kubernetesResourceObjectEncryptionProfile"].is_object());
+    assert_eq!(d["storage"]["byKey"][format!("kms:v2:{kid}")], 4);
+    assert_eq!(d["storage"]["unreadable"]["total"], 0);
+    // Member 4: a private cluster, its API server only by its private FQDN.
+    let p = &w.inspect_member("aks-fleet-04")["cluster"]["properties"];
+    assert_eq!(p["apiServerAccessProfile"]["enablePrivateCluster"], true);
+    assert!(p["fqdn"].is_null());
+    assert!(
+        p["privateFQDN"]
+            .as_str()
+            .unwrap()
+            .contains(".privatelink.westeurope.azmk8s.io"),
+        "{p}"
+    );
+    // The rotatable one is rotatable with no kubeconfig, the private vault's refused from
+    // outside its network (the vault's data plane cannot be reached).
+    let out = w
+        .run_on(
+            "aks-fleet-01",
+            &["rotate", "--yes", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = w
+        .run_on(
+            "aks-fleet-02",
+            &["rotate", "--yes", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
