@@ -155,6 +155,23 @@ async fn credentials_come_in_the_service_shape_and_the_api_server_takes_entra_to
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 401),
         other => panic!("a management token reached the API server: {other:?}"),
     }
+    // kubectl too, with the kubeconfig as Resource Manager gave it and the exec user's token
+    // put in place (what kubelogin would hand it).
+    let exec_start = kc.find("    exec:").unwrap();
+    let with_token = format!("{}    token: {aks}\n", &kc[..exec_start]);
+    let file = w.dir.path().join("user-kubeconfig");
+    std::fs::write(&file, with_token).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kubectl")
+            .args(["get", "secrets", "-A", "--no-headers", "--kubeconfig"])
+            .arg(file)
+            .output()
+            .expect("kubectl runs (.ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "kubectl: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
     // One token endpoint for the fleet: the same token opens another member's API server.
     let (_, _, kc1) = credential(&w, "aks-fleet-01", "listClusterUserCredential").await;
     let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> =
