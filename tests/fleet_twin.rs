@@ -308,6 +308,15 @@ async fn one_member_rotated_twice_with_azure_credentials_and_resumed_after_a_kil
         w.journal_lines().contains("\"kubeCredentials\":\"azure\""),
         "the journal records how the cluster was reached"
     );
+    // check-expiry reads the member's key ledger the same way.
+    let out = w
+        .run_on(
+            "aks-fleet-03",
+            &["check-expiry", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("could not be read"), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -36,6 +36,20 @@ impl Unreachable {
 /// How long the first request may take before a server counts as out of reach.
 const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The cluster's API server as `target` says to reach it: its kubeconfig and context, or
+/// through Resource Manager with `az`.
+pub async fn cluster_for(
+    target: &crate::engine::journal::Target,
+    az: &Azure,
+) -> anyhow::Result<Cluster> {
+    match target.kube_credentials {
+        KubeCredentials::Kubeconfig => {
+            client::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await
+        }
+        mode => connect(az, mode).await,
+    }
+}
+
 pub async fn connect(az: &Azure, mode: KubeCredentials) -> anyhow::Result<Cluster> {
     let which = match mode {
         KubeCredentials::AzureAdmin => Which::Admin,
