@@ -134,3 +134,24 @@ fn credential_refusal(e: &anyhow::Error, which: Which) -> anyhow::Error {
     };
     Refusal(text).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_is_a_refusal_that_can_be_told_apart() {
+        let e = Unreachable {
+            fqdn: "aks-1-dns-x.privatelink.westeurope.azmk8s.io".into(),
+            cause: "client error (Connect)".into(),
+        }
+        .into_error();
+        let u = e.downcast_ref::<Unreachable>().expect("told apart");
+        assert_eq!(u.fqdn, "aks-1-dns-x.privatelink.westeurope.azmk8s.io");
+        assert!(e.downcast_ref::<Refusal>().is_some(), "exits 2");
+        assert_eq!(
+            e.to_string(),
+            "private API server aks-1-dns-x.privatelink.westeurope.azmk8s.io: not reachable from this network; run kmsctl from a network that reaches it (a VM or runner in the cluster's VNet, or `az aks command invoke`)"
+        );
+    }
+}
