@@ -513,3 +513,37 @@ async fn the_opt_in_members_are_what_they_say() {
         .await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_cluster_is_rotated_from_inside_its_network() {
+    let mut o = opts(
+        6,
+        FleetSpec {
+            private_api: 1,
+            ..Default::default()
+        },
+    );
+    o.operator_network = kmsctl::sim::operator_network::OperatorNetwork::Inside;
+    let w = fleet(o, 1).await;
+    let (_, _, kc) = credential(&w, "aks-fleet-02", "listClusterUserCredential").await;
+    let private = w.inspect_member("aks-fleet-02")["cluster"]["properties"]["privateFQDN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        kc.contains(&format!("server: https://{private}:443")),
+        "{kc}"
+    );
+    let old = w.member_key("aks-fleet-02");
+    // The wrong-cluster guard takes the private FQDN as this cluster's API server.
+    let out = w
+        .run_on(
+            "aks-fleet-02",
+            &["rotate", "--yes", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(w.member_key("aks-fleet-02"), old);
+    let (n, total) = w.member_storage("aks-fleet-02");
+    assert_eq!(n, total);
+}
