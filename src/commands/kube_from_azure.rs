@@ -70,6 +70,10 @@ pub async fn connect(az: &Azure, mode: KubeCredentials) -> anyhow::Result<Cluste
         .await
         .map_err(|e| Refusal(format!("{e:#}")))?;
     let host = client::server_host(&config.cluster_url.to_string());
+    if private && let Err(cause) = reach(&config).await {
+        let fqdn = p["privateFQDN"].as_str().unwrap_or(&host).to_string();
+        return Err(Unreachable { fqdn, cause }.into_error());
+    }
     if entra {
         let bearer = Bearer::start(az.credential.clone()).await.map_err(|e| {
             Refusal(format!(
@@ -113,6 +117,31 @@ pub async fn connect(az: &Azure, mode: KubeCredentials) -> anyhow::Result<Cluste
         which.action()
     ))
     .into())
+}
+
+/// Whether a TCP connection to the API server can be made from here (through the kubeconfig's
+/// proxy, as kube would): a private cluster's name resolves only inside its VNet.
+async fn reach(config: &kube::Config) -> Result<(), String> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tower_service::Service;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(REACH_TIMEOUT));
+    let uri = config.cluster_url.clone();
+    let attempt = async {
+        match config.proxy_url.clone() {
+            Some(proxy) => {
+                let mut tunnel =
+                    hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy, http);
+                tunnel.call(uri).await.map(drop).map_err(|e| e.to_string())
+            }
+            None => http.call(uri).await.map(drop).map_err(|e| e.to_string()),
+        }
+    };
+    match tokio::time::timeout(REACH_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no connection in {} s", REACH_TIMEOUT.as_secs())),
+    }
 }
 
 /// What a failed `listCluster*Credential` says, with what to do.
