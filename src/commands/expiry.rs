@@ -456,8 +456,8 @@ async fn check(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     let windows = windows(&a)?;
     if a.all {
         let az = setup::azure_any(a.target.auth, &a.target.aks_api_version)?;
-        let mut reports = super::fleet::run(&az, windows).await;
-        return super::fleet::print(&mut reports, format, windows, a.textfile.as_deref());
+        let mut reports = super::expiry_all::run(&az, windows).await;
+        return super::expiry_all::print(&mut reports, format, windows, a.textfile.as_deref());
     }
     if format == Format::Html {
         return Err(Refusal("-o html is for --all (one page for the fleet)".into()).into());

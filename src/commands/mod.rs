@@ -6,7 +6,7 @@ pub mod docs;
 pub mod doctor;
 pub mod expiry;
 pub mod expiry_fix;
-pub mod fleet;
+pub mod expiry_all;
 pub mod lifecycle;
 pub mod playbooks;
 pub mod rbac;

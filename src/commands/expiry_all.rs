@@ -3,60 +3,15 @@
 //! with a bound; one row each, and the worst status as the exit code.
 
 use super::expiry::{ClusterReport, check_cluster, textfile_code};
-use crate::azure::RemoteError;
-use crate::azure::arm::ArmClient;
+use crate::fleet::select::kms_clusters;
 use crate::checks::expiry::{Status, Windows};
 use crate::engine::context::Azure;
 use crate::output::{Format, out};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
-const GRAPH_PATH: &str = "/providers/Microsoft.ResourceGraph/resources";
-const GRAPH_API: &str = "2022-10-01";
-const SUBSCRIPTIONS_API: &str = "2022-12-01";
-/// The most subscriptions one Resource Graph request names.
-const SUBSCRIPTIONS_PER_QUERY: usize = 1000;
 /// Clusters checked at once: each check makes a few Key Vault calls.
 const PARALLEL: usize = 8;
-
-/// Clusters with KMS on (either experience); only what the check needs is projected.
-pub const QUERY: &str = "Resources \
-| where type =~ 'microsoft.containerservice/managedclusters' \
-| where tobool(properties.securityProfile.azureKeyVaultKms.enabled) == true \
-    or isnotempty(properties.securityProfile.kubernetesResourceObjectEncryptionProfile) \
-| project id, name, resourceGroup, subscriptionId, properties \
-| order by id asc";
-
-/// Every KMS cluster in every subscription the credential can see.
-pub async fn kms_clusters(arm: &ArmClient) -> Result<Vec<Value>, RemoteError> {
-    let subs: Vec<String> = arm
-        .list_all("/subscriptions", SUBSCRIPTIONS_API)
-        .await?
-        .iter()
-        .filter_map(|s| s["subscriptionId"].as_str().map(str::to_string))
-        .collect();
-    let mut rows = Vec::new();
-    for chunk in subs.chunks(SUBSCRIPTIONS_PER_QUERY) {
-        let mut skip_token: Option<String> = None;
-        loop {
-            let mut options = json!({ "$top": 1000, "resultFormat": "objectArray" });
-            if let Some(t) = &skip_token {
-                options["$skipToken"] = json!(t);
-            }
-            let body = json!({ "subscriptions": chunk, "query": QUERY, "options": options });
-            let page = arm.post_query(GRAPH_PATH, GRAPH_API, &body).await?.body;
-            rows.extend(page["data"].as_array().cloned().unwrap_or_default());
-            skip_token = page["$skipToken"]
-                .as_str()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if skip_token.is_none() {
-                break;
-            }
-        }
-    }
-    Ok(rows)
-}
 
 pub async fn run(az: &Azure, windows: Windows) -> Vec<ClusterReport> {
     let rows = match kms_clusters(&az.arm).await {
