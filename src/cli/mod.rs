@@ -185,6 +185,13 @@ pub struct TargetArgs {
     pub cluster: Option<String>,
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Where the API server's address and credential come from: `kubeconfig` (default), `azure`
+    /// (Resource Manager's listClusterUserCredential, then a token from the --auth credential
+    /// for the AKS Entra ID server app, as kubelogin gets one; no kubeconfig needed) or
+    /// `azure-admin` (listClusterAdminCredential, where local accounts are enabled). `resume`
+    /// reuses the run's.
+    #[arg(long, value_enum, env = "KMSCTL_KUBE_CREDENTIALS")]
+    pub kube_credentials: Option<crate::engine::journal::KubeCredentials>,
     /// How to authenticate to Azure; `auto` tries env, workload, managed, then cli.
     #[arg(
         long,

@@ -212,6 +212,14 @@ pub async fn rotate(a: &ExpiryArgs, format: Format) -> anyhow::Result<i32> {
         t.kube.kubeconfig.as_ref().map(|p| p.display().to_string()),
     );
     flag("--context", t.kube.context.clone());
+    flag(
+        "--kube-credentials",
+        t.kube_credentials.map(|k| {
+            clap::ValueEnum::to_possible_value(&k)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        }),
+    );
     flag("--aks-api-version", Some(t.aks_api_version.clone()));
     flag(
         "--state-dir",

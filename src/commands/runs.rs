@@ -213,7 +213,14 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         .into());
     }
     let target = if need_azure {
-        env.clone()
+        // Reached as the run was (its journal says how), unless the command line says otherwise.
+        Target {
+            kube_credentials: a
+                .target
+                .kube_credentials
+                .unwrap_or(h.target.kube_credentials),
+            ..env.clone()
+        }
     } else {
         Target {
             kubeconfig: env.kubeconfig.clone().or(h.target.kubeconfig.clone()),

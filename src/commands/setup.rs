@@ -18,6 +18,7 @@ pub fn target(t: &TargetArgs) -> Target {
         cluster: t.cluster.clone(),
         kubeconfig: t.kube.kubeconfig.clone(),
         context: t.kube.context.clone(),
+        kube_credentials: t.kube_credentials.unwrap_or_default(),
     }
 }
 
@@ -180,6 +181,7 @@ mod tests {
             cluster: Some("aks-x".into()),
             kubeconfig: None,
             context: None,
+            kube_credentials: Default::default(),
         }
     }
 

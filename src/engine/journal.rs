@@ -27,6 +27,28 @@ pub struct Target {
     pub cluster: Option<String>,
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// How the run reaches the cluster's API server: a kubeconfig, or Resource Manager's
+    /// listClusterUserCredential / listClusterAdminCredential (kept so `resume` reconnects the
+    /// same way).
+    #[serde(default)]
+    pub kube_credentials: KubeCredentials,
+}
+
+/// Where the Kubernetes API server's address, CA and credential come from.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubeCredentials {
+    /// The kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) and its context.
+    #[default]
+    Kubeconfig,
+    /// listClusterUserCredential (server and CA), authenticated with kmsctl's own Azure
+    /// credential as kubelogin does for Entra ID clusters (a token for the AKS server app).
+    Azure,
+    /// listClusterAdminCredential (the cluster's local admin account), where local accounts
+    /// are enabled.
+    AzureAdmin,
 }
 
 /// The re-encryption settings of a run.
