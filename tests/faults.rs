@@ -382,7 +382,10 @@ async fn killed_before_it_reads_anything(cmd: Cmd) {
     w.assert_all_current();
     sound(&w, &label);
     // The cluster it read on resume is journaled, so a later resume checks against it.
-    assert!(w.journal_lines().contains("\"type\":\"identity\""), "{label}");
+    assert!(
+        w.journal_lines().contains("\"type\":\"identity\""),
+        "{label}"
+    );
 }
 
 #[tokio::test]

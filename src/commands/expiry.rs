@@ -596,8 +596,13 @@ pub fn write_textfile(
     // A symlink (a textfile collector's directory linked to elsewhere) is written through: the
     // rename happens beside its target, which a rename onto the link would replace with a
     // regular file.
+    write_atomic(path, &prometheus(reports))
+}
+
+/// Writes `text` into `path` atomically (a temporary file beside it, renamed into place).
+pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     let path = &resolve_link(path);
-    let metrics = prometheus(reports);
+    let metrics = text;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, &metrics).map_err(|e| {
         anyhow::anyhow!(

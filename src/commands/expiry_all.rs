@@ -3,9 +3,9 @@
 //! with a bound; one row each, and the worst status as the exit code.
 
 use super::expiry::{ClusterReport, check_cluster, textfile_code};
-use crate::fleet::select::kms_clusters;
 use crate::checks::expiry::{Status, Windows};
 use crate::engine::context::Azure;
+use crate::fleet::select::kms_clusters;
 use crate::output::{Format, out};
 use futures::StreamExt;
 use serde_json::json;

@@ -421,6 +421,15 @@ async fn prepare(
 pub const NOT_CONFIRMED: &str =
     "not confirmed: nothing was changed (run again and answer y, or pass --yes)";
 
+/// Asks; anything but yes is a refusal (exit 2) saying how to go ahead.
+pub async fn confirm_or_refuse(question: &str) -> anyhow::Result<()> {
+    if confirm(question).await? {
+        Ok(())
+    } else {
+        Err(Refusal(NOT_CONFIRMED.into()).into())
+    }
+}
+
 /// Asks on the terminal. The read runs off the async threads, so a Ctrl-C at the prompt is
 /// still seen (and the lease given back).
 pub async fn confirm(question: &str) -> anyhow::Result<bool> {

@@ -278,8 +278,7 @@ pub async fn continue_run(chosen: &Record, go: Continue) -> anyhow::Result<Launc
         }
     }
     // The journal's lock first: a process executing this run right now holds it.
-    let (mut j, mut record) =
-        Journal::open(&chosen.path).map_err(|e| Refusal(format!("{e:#}")))?;
+    let (mut j, mut record) = Journal::open(&chosen.path).map_err(|e| Refusal(format!("{e:#}")))?;
     // A run killed before it had read its cluster: this one is its cluster from now on, so a
     // later resume checks against it.
     if record.header.cluster.is_none() && need_azure {
@@ -299,7 +298,10 @@ pub async fn continue_run(chosen: &Record, go: Continue) -> anyhow::Result<Launc
         .map(|i| h.procedure.steps[i].name())
         .unwrap_or("the end");
     let question = format!("Continue run {}?", h.run_id);
-    let never_began = record.steps.iter().all(|s| s.started.is_none() && !s.skipped);
+    let never_began = record
+        .steps
+        .iter()
+        .all(|s| s.started.is_none() && !s.skipped);
     let ask = async {
         if never_began {
             crate::say!(

@@ -35,9 +35,7 @@ pub struct Target {
 }
 
 /// Where the Kubernetes API server's address, CA and credential come from.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum KubeCredentials {
     /// The kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) and its context.

@@ -186,9 +186,16 @@ impl PendingRun {
 
     /// The run goes ahead: journals the cluster's identity and the entries already made (the
     /// preflight `start` ran before its prompt), and hands the journal to the engine.
-    pub async fn commit(mut self, ctx: &Context, seed: &[Entry]) -> anyhow::Result<(Journal, Record)> {
+    pub async fn commit(
+        mut self,
+        ctx: &Context,
+        seed: &[Entry],
+    ) -> anyhow::Result<(Journal, Record)> {
         let cluster = identity(ctx).await?;
-        let mut j = self.journal.take().expect("a pending run is committed once");
+        let mut j = self
+            .journal
+            .take()
+            .expect("a pending run is committed once");
         let path = j.path.clone();
         let written = (|| {
             j.append(&Entry::Identity(Box::new(cluster)))?;

@@ -135,7 +135,9 @@ pub enum Entry {
         at: chrono::DateTime<chrono::Utc>,
     },
     #[serde(rename_all = "camelCase")]
-    Resumed { at: chrono::DateTime<chrono::Utc> },
+    Resumed {
+        at: chrono::DateTime<chrono::Utc>,
+    },
     #[serde(rename_all = "camelCase")]
     Finished {
         status: FleetStatus,
@@ -191,7 +193,10 @@ impl FleetRecord {
             Entry::ClusterStarted {
                 cluster, run_id, ..
             } => {
-                let c = self.clusters.entry(cluster.to_ascii_lowercase()).or_default();
+                let c = self
+                    .clusters
+                    .entry(cluster.to_ascii_lowercase())
+                    .or_default();
                 c.run_id = Some(run_id);
                 c.result = None;
                 self.finished = None;
@@ -199,7 +204,10 @@ impl FleetRecord {
             Entry::ClusterFinished {
                 cluster, result, ..
             } => {
-                let c = self.clusters.entry(cluster.to_ascii_lowercase()).or_default();
+                let c = self
+                    .clusters
+                    .entry(cluster.to_ascii_lowercase())
+                    .or_default();
                 if result.run_id.is_some() {
                     c.run_id = result.run_id.clone();
                 }
@@ -398,7 +406,10 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            waves: vec![vec![ids[0].into()], ids[1..].iter().map(|s| s.to_string()).collect()],
+            waves: vec![
+                vec![ids[0].into()],
+                ids[1..].iter().map(|s| s.to_string()).collect(),
+            ],
             started_at: chrono::Utc::now(),
         }
     }
@@ -473,6 +484,9 @@ mod tests {
         assert_eq!(list_all(dir.path()).0.len(), 1);
         use std::os::unix::fs::PermissionsExt;
         let p = list_all(dir.path()).0[0].path.clone();
-        assert_eq!(std::fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

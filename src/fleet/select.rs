@@ -125,7 +125,10 @@ impl Filter {
         let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
         (self.subscriptions.is_empty() || self.subscriptions.iter().any(|s| eq(s, &c.subscription)))
             && (self.resource_groups.is_empty()
-                || self.resource_groups.iter().any(|g| eq(g, &c.resource_group)))
+                || self
+                    .resource_groups
+                    .iter()
+                    .any(|g| eq(g, &c.resource_group)))
             && self
                 .tags
                 .iter()

@@ -198,7 +198,9 @@ mod tests {
 
     fn c(name: &str) -> Cluster {
         Cluster {
-            id: format!("/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerService/managedClusters/{name}"),
+            id: format!(
+                "/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerService/managedClusters/{name}"
+            ),
             name: name.into(),
             ..Default::default()
         }
@@ -231,7 +233,10 @@ mod tests {
             .iter()
             .map(|w| w.iter().map(|c| c.name.as_str()).collect())
             .collect();
-        assert_eq!(got, vec![vec!["a"], vec!["b", "c"], vec!["d", "e", "f", "g", "h"]]);
+        assert_eq!(
+            got,
+            vec![vec!["a"], vec!["b", "c"], vec!["d", "e", "f", "g", "h"]]
+        );
     }
 
     #[test]
@@ -256,7 +261,9 @@ mod tests {
     #[test]
     fn shards_are_disjoint_and_together_the_whole_fleet() {
         let ids: Vec<String> = (0..200).map(|i| c(&format!("aks-{i}")).id).collect();
-        let shards: Vec<Shard> = (0..4).map(|i| parse_shard(&format!("{i}/4")).unwrap()).collect();
+        let shards: Vec<Shard> = (0..4)
+            .map(|i| parse_shard(&format!("{i}/4")).unwrap())
+            .collect();
         let mut counts = [0; 4];
         for id in &ids {
             let owners: Vec<usize> = (0..4).filter(|&i| shards[i].owns(id)).collect();

@@ -525,7 +525,11 @@ mod tests {
         let t = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
         let mut l = Ledger::default();
         l.put_in_service(Some("https://v.vault.azure.net/keys/k/1"), t(0));
-        assert_eq!(done_since(&l, t(10), 1), None, "nothing since the fleet began");
+        assert_eq!(
+            done_since(&l, t(10), 1),
+            None,
+            "nothing since the fleet began"
+        );
         l.put_in_service(Some("https://v.vault.azure.net/keys/k/2"), t(20));
         l.switch = Some(Switch {
             to: Some("https://v.vault.azure.net/keys/k/2".into()),
@@ -536,9 +540,17 @@ mod tests {
         });
         assert_eq!(done_since(&l, t(10), 1), None, "switch not proven");
         l.switch.as_mut().unwrap().proven_at = Some(t(30));
-        assert_eq!(done_since(&l, t(10), 1), None, "old version not re-encrypted away");
+        assert_eq!(
+            done_since(&l, t(10), 1),
+            None,
+            "old version not re-encrypted away"
+        );
         assert!(l.reencrypted(Some("https://v.vault.azure.net/keys/k/2"), t(40)));
         assert!(done_since(&l, t(10), 1).is_some());
-        assert_eq!(done_since(&l, t(10), 2), None, "rotate-twice needs two versions");
+        assert_eq!(
+            done_since(&l, t(10), 2),
+            None,
+            "rotate-twice needs two versions"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! terminal), human summaries, and machine-readable JSON on stdout (`-o json`).
 
 pub mod events;
+pub mod fleet;
 pub mod run;
 #[cfg(test)]
 mod snapshots;
