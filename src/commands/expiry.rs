@@ -604,7 +604,7 @@ pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     let path = &resolve_link(path);
     let metrics = text;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, &metrics).map_err(|e| {
+    std::fs::write(&tmp, metrics).map_err(|e| {
         anyhow::anyhow!(
             "the --textfile {} could not be written (writing {}: {e})",
             path.display(),

@@ -224,7 +224,7 @@ fn exit_code(r: &FleetRecord, status: FleetStatus) -> i32 {
                 .flatten()
                 .map(|id| r.cluster(id).result.map(|x| x.outcome))
                 .collect();
-            let refused_only = outcomes.iter().any(|o| *o == Some(Outcome::Refused))
+            let refused_only = outcomes.contains(&Some(Outcome::Refused))
                 && outcomes
                     .iter()
                     .all(|o| matches!(o, None | Some(Outcome::Refused)));
@@ -280,7 +280,7 @@ async fn resume(a: FleetResumeArgs, format: Format) -> anyhow::Result<i32> {
                 .collect();
             match mine.iter().copied().find(|r| r.unfinished()) {
                 Some(r) => r,
-                None if mine.first().is_some() => {
+                None if !mine.is_empty() => {
                     crate::say!(
                         "nothing to resume: the newest fleet run, {}, succeeded",
                         mine[0].header.fleet_run_id

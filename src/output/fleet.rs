@@ -375,7 +375,7 @@ pub fn plan_text(r: &FleetRecord, run_state: &dyn Fn(&str) -> Option<String>) ->
                 }
                 (None, None) => String::new(),
             };
-            s.push_str(&format!("  {name:<28} {what}\n").trim_end().to_string());
+            s.push_str(format!("  {name:<28} {what}").trim_end());
             s.push('\n');
         }
     }
