@@ -215,6 +215,17 @@ impl ArmClient {
             .await
     }
 
+    /// POST of a read-only action without a body (listClusterUserCredential): retried as a
+    /// GET is.
+    pub async fn post_action(&self, path: &str, api: &str) -> Result<Answer, RemoteError> {
+        let url = Self::url(path, api)?;
+        self.retry
+            .run("ARM POST", || {
+                self.send_once(Method::Post, url.clone(), None, None)
+            })
+            .await
+    }
+
     pub async fn patch(&self, path: &str, api: &str, body: &Value) -> Result<Answer, RemoteError> {
         let url = Self::url(path, api)?;
         self.retry

@@ -12,6 +12,12 @@ pub enum SimCommand {
         /// The folder `sim serve --dir` wrote into.
         #[arg(long)]
         dir: PathBuf,
+        /// Every cluster of a fleet twin: `{"clusters": [<what inspect prints for one>, ...]}`.
+        #[arg(long, conflicts_with = "cluster")]
+        all: bool,
+        /// One cluster of a fleet twin (default: its first).
+        #[arg(long)]
+        cluster: Option<String>,
     },
     /// Add a fault rule to a running twin (or clear them all with --clear).
     Fault(FaultArgs),
@@ -27,6 +33,9 @@ pub enum SimCommand {
         /// Which replica (0-based, in the order they were started).
         #[arg(long, value_parser = super::non_negative::<usize>)]
         replica: usize,
+        /// The cluster of a fleet twin whose replica it is (default: its first).
+        #[arg(long)]
+        cluster: Option<String>,
         /// How long it stays down.
         #[arg(long, default_value_t = 15, value_parser = super::positive::<u64>)]
         down_seconds: u64,
@@ -145,6 +154,26 @@ pub struct ServeArgs {
     /// platform-managed rotation, a versionless key id).
     #[arg(long, value_delimiter = ',', value_parser = crate::sim::fleet::parse_member)]
     pub fleet: Vec<crate::sim::fleet::Member>,
+    /// Serve N complete clusters instead of one (aks-fleet-01..), in two subscriptions (odd
+    /// and even members) of one tenant, each with its own resource group, vault and key, API
+    /// server (reached through listClusterUserCredential: Entra ID clusters), Secrets
+    /// (--secrets each), replicas and Leases. DIR/env then names no cluster.
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<usize>, conflicts_with = "fleet")]
+    pub fleet_clusters: usize,
+    /// Of the N, the last K keep their key in a private vault (public access disabled, an
+    /// approved private endpoint), as `--network-access private`.
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<usize>)]
+    pub fleet_private_vaults: usize,
+    /// Of the N, the first K have local accounts disabled (listClusterAdminCredential: 400).
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<usize>)]
+    pub fleet_no_local_accounts: usize,
+    /// K more members on AKS's platform-managed key rotation (a versionless key id).
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<usize>)]
+    pub fleet_platform_managed: usize,
+    /// K more members that are private clusters (enablePrivateCluster, a privateFQDN): from
+    /// --operator-network outside their API server cannot be reached.
+    #[arg(long, default_value_t = 0, value_parser = super::non_negative::<usize>)]
+    pub fleet_private_api: usize,
     /// Stage a Key Vault Secrets Provider scenario (a pod default/app that mounts a
     /// SecretProviderClass, with one cause from the troubleshooting guide): see `sim scenarios`.
     #[arg(long, value_parser = scenario_name)]
@@ -187,6 +216,10 @@ pub struct FaultArgs {
     /// The folder of the running twin (`sim serve --dir`).
     #[arg(long)]
     pub dir: PathBuf,
+    /// Only this cluster of a fleet twin (its Resource Manager paths, its vault, its API
+    /// server); without it a rule applies to every cluster. With --clear: only its rules.
+    #[arg(long)]
+    pub cluster: Option<String>,
     /// Remove every rule instead of adding one.
     #[arg(long)]
     pub clear: bool,

@@ -8,6 +8,7 @@ pub mod expiry;
 pub mod expiry_all;
 pub mod expiry_fix;
 pub mod fleet;
+pub mod kube_from_azure;
 pub mod lifecycle;
 pub mod playbooks;
 pub mod rbac;

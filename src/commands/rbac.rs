@@ -122,6 +122,14 @@ const ACTIONS: &[(&str, &str)] = &[
         "enable, disable, rotate, vault-mode, migrate-v2 (PUT with If-Match)",
     ),
     (
+        "Microsoft.ContainerService/managedClusters/listClusterUserCredential/action",
+        "--kube-credentials azure: the API server's address and CA from Resource Manager",
+    ),
+    (
+        "Microsoft.ContainerService/managedClusters/listClusterAdminCredential/action",
+        "--kube-credentials azure-admin: the cluster's local admin credential",
+    ),
+    (
         "Microsoft.ContainerService/managedClusters/upgradeProfiles/read",
         "migrate-v2: the next minor version offered",
     ),

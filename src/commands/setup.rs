@@ -2,13 +2,14 @@
 //! that touch Azure) the credential, ARM client and transport.
 
 use super::Refusal;
+pub use super::kube_from_azure::Unreachable;
 use crate::azure::arm::{ApiVersions, ArmClient};
 use crate::azure::credential::{self, AuthMode};
 use crate::azure::transport::Route;
 use crate::checks::facts::cluster_path;
 use crate::cli::TargetArgs;
 use crate::engine::context::{Azure, Context};
-use crate::engine::journal::Target;
+use crate::engine::journal::{KubeCredentials, Target};
 use crate::k8s::client;
 
 pub fn target(t: &TargetArgs) -> Target {
@@ -64,16 +65,28 @@ pub async fn context(
     aks_api: &str,
     need_azure: bool,
 ) -> anyhow::Result<Context> {
-    // Nothing has changed yet: a kubeconfig or context that cannot be used is a refusal (exit 2).
-    let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref())
-        .await
-        .map_err(|e| Refusal(kubeconfig_refusal(&e, target)))?;
-    let azure = if need_azure {
-        let az = azure(target, auth, aks_api)?;
-        cluster_exists(&az, target).await?;
-        Some(az)
-    } else {
-        None
+    let (cluster, azure) = match target.kube_credentials {
+        KubeCredentials::Kubeconfig => {
+            // Nothing has changed yet: a kubeconfig or context that cannot be used is a
+            // refusal (exit 2).
+            let cluster = client::connect(target.kubeconfig.as_deref(), target.context.as_deref())
+                .await
+                .map_err(|e| Refusal(kubeconfig_refusal(&e, target)))?;
+            let azure = if need_azure {
+                let az = azure(target, auth, aks_api)?;
+                cluster_exists(&az, target).await?;
+                Some(az)
+            } else {
+                None
+            };
+            (cluster, azure)
+        }
+        mode => {
+            let az = azure(target, auth, aks_api)?;
+            cluster_exists(&az, target).await?;
+            let cluster = super::kube_from_azure::connect(&az, mode).await?;
+            (cluster, need_azure.then_some(az))
+        }
     };
     Ok(Context {
         azure,

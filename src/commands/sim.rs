@@ -24,7 +24,28 @@ pub fn options(a: &ServeArgs) -> anyhow::Result<SimOptions> {
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
     };
+    let fleet_clusters = crate::sim::fleet_members::FleetSpec {
+        clusters: a.fleet_clusters,
+        private_vaults: a.fleet_private_vaults,
+        no_local_accounts: a.fleet_no_local_accounts,
+        platform_managed: a.fleet_platform_managed,
+        private_api: a.fleet_private_api,
+    };
+    let extras = a.fleet_private_vaults
+        + a.fleet_no_local_accounts
+        + a.fleet_platform_managed
+        + a.fleet_private_api;
+    if extras > 0 && a.fleet_clusters == 0 {
+        anyhow::bail!("the --fleet-* counts need --fleet-clusters N");
+    }
+    if a.fleet_private_vaults > a.fleet_clusters || a.fleet_no_local_accounts > a.fleet_clusters {
+        anyhow::bail!(
+            "--fleet-private-vaults and --fleet-no-local-accounts count members of the --fleet-clusters {}",
+            a.fleet_clusters
+        );
+    }
     Ok(SimOptions {
+        fleet_clusters,
         kubernetes_version: a.kubernetes_version.clone(),
         kms: a.kms == OnOff::On,
         network_access,
@@ -79,8 +100,13 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        SimCommand::Inspect { dir } => {
-            let doc = admin_request(&dir, reqwest::Method::GET, "/_sim/inspect", None).await?;
+        SimCommand::Inspect { dir, all, cluster } => {
+            let path = match (all, cluster) {
+                (true, _) => "/_sim/inspect?all=true".to_string(),
+                (false, Some(c)) => format!("/_sim/inspect?cluster={}", query_value(&c)),
+                (false, None) => "/_sim/inspect".to_string(),
+            };
+            let doc = admin_request(&dir, reqwest::Method::GET, &path, None).await?;
             crate::output::out(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
             Ok(0)
         }
@@ -89,11 +115,12 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
             dir,
             replica,
             down_seconds,
+            cluster,
         } => {
             let doc = admin_request(
                 &dir,
                 reqwest::Method::POST,
-                &format!("/_sim/replicas/{replica}/restart"),
+                &format!("/_sim/replicas/{replica}/restart{}", scope(&cluster)),
                 Some(serde_json::json!({ "downSeconds": down_seconds })),
             )
             .await?;
@@ -111,9 +138,22 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<i32> {
     }
 }
 
+fn query_value(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// `?cluster=NAME` for one member of a fleet twin.
+fn scope(cluster: &Option<String>) -> String {
+    cluster
+        .as_deref()
+        .map(|c| format!("?cluster={}", query_value(c)))
+        .unwrap_or_default()
+}
+
 async fn fault(f: FaultArgs) -> anyhow::Result<i32> {
+    let path = format!("/_sim/faults{}", scope(&f.cluster));
     if f.clear {
-        admin_request(&f.dir, reqwest::Method::DELETE, "/_sim/faults", None).await?;
+        admin_request(&f.dir, reqwest::Method::DELETE, &path, None).await?;
         return Ok(0);
     }
     let rule = faults::FaultRule {
@@ -131,7 +171,7 @@ async fn fault(f: FaultArgs) -> anyhow::Result<i32> {
     let doc = admin_request(
         &f.dir,
         reqwest::Method::POST,
-        "/_sim/faults",
+        &path,
         Some(serde_json::to_value(&rule)?),
     )
     .await?;

@@ -20,7 +20,18 @@ pub struct Cluster {
 /// several API server replicas, and a balancer picks one per connection: a request on a fresh
 /// connection may reach any of them, a pooled one always reaches the same.
 pub fn fresh(config: &kube::Config) -> Result<kube::Client, super::KubeError> {
-    kube::Client::try_from(config.clone()).map_err(|e| super::KubeError::Other(e.to_string()))
+    build(config).map_err(|e| super::KubeError::Other(e.to_string()))
+}
+
+/// kube's client for `config`, sending kmsctl's own Entra token where the API server was
+/// reached through Resource Manager (`--kube-credentials azure`).
+fn build(config: &kube::Config) -> Result<kube::Client, kube::Error> {
+    match super::azure_credentials::bearer_for(config) {
+        None => kube::Client::try_from(config.clone()),
+        Some(b) => Ok(kube::client::ClientBuilder::try_from(config.clone())?
+            .with_layer(&super::azure_credentials::BearerLayer(b))
+            .build()),
+    }
 }
 
 /// A client whose every request goes over ONE TCP connection: it refuses to open a second.
@@ -74,12 +85,17 @@ where
     let ns = config.default_namespace.clone();
     let builder = ClientBuilder::new(BoxErrors(hyper), ns.clone())
         .with_layer(&config.extra_headers_layer().map_err(other)?);
-    Ok(match config.auth_layer().map_err(other)? {
-        Some(auth) => builder
+    let bearer = super::azure_credentials::bearer_for(config);
+    Ok(match (config.auth_layer().map_err(other)?, bearer) {
+        (Some(auth), _) => builder
             .with_layer(&auth)
             .with_layer(&config.base_uri_layer())
             .build(),
-        None => builder.with_layer(&config.base_uri_layer()).build(),
+        (None, Some(b)) => builder
+            .with_layer(&super::azure_credentials::BearerLayer(b))
+            .with_layer(&config.base_uri_layer())
+            .build(),
+        (None, None) => builder.with_layer(&config.base_uri_layer()).build(),
     })
 }
 
@@ -233,7 +249,7 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow
     finish(config, resolved_file, resolved_context)
 }
 
-fn finish(
+pub fn finish(
     mut config: kube::Config,
     resolved_file: Option<std::path::PathBuf>,
     resolved_context: Option<String>,
@@ -243,8 +259,7 @@ fn finish(
     config.read_timeout = Some(Duration::from_secs(90));
     config.connect_timeout = Some(Duration::from_secs(15));
     let server = config.cluster_url.to_string();
-    let client =
-        kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let client = build(&config).context("building the Kubernetes client")?;
     Ok(Cluster {
         client,
         server,

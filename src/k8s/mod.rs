@@ -2,6 +2,7 @@
 //! silent retries off so kmsctl's own policy and progress see every 429), the run lease, the
 //! key ledger, and the key-switch canary.
 
+pub mod azure_credentials;
 pub mod canary;
 pub mod client;
 pub mod evidence;

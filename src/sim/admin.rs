@@ -2,13 +2,14 @@
 //! never used by kmsctl's commands, which see only the real APIs.
 
 use super::faults::FaultRule;
+use super::fleet_members::Members;
 use super::http::{Req, Resp, json_resp, k8s_status};
 use super::world::Shared;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-pub fn handle(shared: &Shared, req: &Req) -> Resp {
-    if req.bearer() != Some(shared.world().ids.admin_token.as_str()) {
+pub fn handle(members: &Members, req: &Req) -> Resp {
+    if req.bearer() != Some(members.first().world().ids.admin_token.as_str()) {
         return k8s_status(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -16,7 +17,30 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
             None,
         );
     }
+    // `?cluster=NAME`: one member of a fleet (default: the first; fault rules: every member).
+    let named = match req.query.get("cluster") {
+        None => None,
+        Some(n) => match members.by_name(n) {
+            Some(i) => Some(i),
+            None => {
+                return k8s_status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!(
+                        "the twin has no cluster '{n}'; its clusters: {}",
+                        members.names().join(", ")
+                    ),
+                    None,
+                );
+            }
+        },
+    };
+    let shared = &members.list[named.unwrap_or(0)];
     match (&req.method, req.path.as_str()) {
+        (&Method::GET, "/_sim/inspect") if req.query.contains_key("all") => {
+            let clusters: Vec<Value> = members.list.iter().map(inspect).collect();
+            json_resp(StatusCode::OK, &json!({ "clusters": clusters }))
+        }
         (&Method::GET, "/_sim/inspect") => json_resp(StatusCode::OK, &inspect(shared)),
         (&Method::POST, "/_sim/faults") => {
             let rules: Result<Vec<FaultRule>, String> = match req.json() {
@@ -30,6 +54,11 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
                 Err(e) => Err(e),
             };
             match rules {
+                Ok(r) if named.is_none() && members.fleet => {
+                    let mut all = members.faults.lock().unwrap_or_else(|e| e.into_inner());
+                    all.extend(r);
+                    json_resp(StatusCode::OK, &json!({ "rules": all.len() }))
+                }
                 Ok(r) => {
                     let mut w = shared.world();
                     w.faults.extend(r);
@@ -40,7 +69,19 @@ pub fn handle(shared: &Shared, req: &Req) -> Resp {
         }
         (&Method::POST, path) if path.starts_with("/_sim/replicas/") => restart(shared, req),
         (&Method::DELETE, "/_sim/faults") => {
-            shared.world().faults.clear();
+            match named {
+                Some(_) => shared.world().faults.clear(),
+                None => {
+                    members
+                        .faults
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
+                    for m in members.list.iter() {
+                        m.world().faults.clear();
+                    }
+                }
+            }
             json_resp(StatusCode::OK, &json!({ "rules": 0 }))
         }
         _ => k8s_status(

@@ -230,7 +230,8 @@ fn validate_kms(current: &Value, desired: &Value, facts: &Facts) -> Result<(), R
             );
         }
         let (name, version) = parse_kid(key_id, facts.vault_host).unwrap_or_default();
-        if !(facts.key_exists)(&name, &version) {
+        // A customer-managed key id names its version.
+        if version.is_empty() || !(facts.key_exists)(&name, &version) {
             return refuse(
                 400,
                 "KeyVaultKeyNotFound",

@@ -151,6 +151,12 @@ pub fn handle(shared: &Shared, req: &Req, fail_operation: bool) -> Resp {
             match (method, rest) {
                 (&Method::GET, []) => json_resp(StatusCode::OK, &w.cluster),
                 (&Method::PUT, []) => put_cluster(shared, &mut w, req, fail_operation),
+                (&Method::POST, [a]) if eq(a, "listClusterUserCredential") => {
+                    super::credentials::user(&w)
+                }
+                (&Method::POST, [a]) if eq(a, "listClusterAdminCredential") => {
+                    super::credentials::admin(&w)
+                }
                 (&Method::GET, [u, d]) if eq(u, "upgradeProfiles") && eq(d, "default") => {
                     upgrade_profile(&w)
                 }

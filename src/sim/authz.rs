@@ -187,6 +187,12 @@ fn arm_action(req: &Req) -> Option<String> {
             "upgradeprofiles",
             ..,
         ] => "microsoft.containerservice/managedclusters/upgradeprofiles/read".into(),
+        [
+            "microsoft.containerservice",
+            "managedclusters",
+            _,
+            action @ ("listclusterusercredential" | "listclusteradmincredential"),
+        ] => format!("microsoft.containerservice/managedclusters/{action}/action"),
         ["microsoft.containerservice", "managedclusters", ..] => {
             format!("microsoft.containerservice/managedclusters/{rw}")
         }

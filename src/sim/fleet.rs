@@ -164,6 +164,15 @@ pub fn handle_second(w: &World, req: &Req, s: &[&str]) -> Resp {
 /// managedClusters (optionally only those with KMS), in the subscriptions asked for, paged with
 /// `$top` and `$skipToken` as the service pages.
 pub fn graph_query(w: &World, req: &Req) -> Resp {
+    let clusters: Vec<Value> = std::iter::once(&w.cluster)
+        .chain(w.fleet.iter())
+        .cloned()
+        .collect();
+    graph_over(req, &subscriptions(w), &clusters)
+}
+
+/// The query over `clusters`, with `subscriptions` visible to the credential.
+pub fn graph_over(req: &Req, subscriptions: &[Value], clusters: &[Value]) -> Resp {
     let Ok(body) = req.json() else {
         return arm_error(
             StatusCode::BAD_REQUEST,
@@ -182,7 +191,7 @@ pub fn graph_query(w: &World, req: &Req) -> Resp {
             "Please provide below info when asking for support: ... The subscriptions of the query are missing.",
         );
     };
-    let visible: Vec<String> = subscriptions(w)
+    let visible: Vec<String> = subscriptions
         .iter()
         .filter_map(|s| s["subscriptionId"].as_str().map(str::to_ascii_lowercase))
         .collect();
@@ -192,7 +201,10 @@ pub fn graph_query(w: &World, req: &Req) -> Resp {
             if !visible.contains(&sub.to_ascii_lowercase()) {
                 continue;
             }
-            for c in clusters_in(w, sub) {
+            for c in clusters
+                .iter()
+                .filter(|c| subscription_of(c) == sub.to_ascii_lowercase())
+            {
                 let p = &c["properties"]["securityProfile"];
                 let kms = p["azureKeyVaultKms"]["enabled"].as_bool() == Some(true)
                     || p["kubernetesResourceObjectEncryptionProfile"].is_object();

@@ -13,10 +13,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub fn handle(shared: &Shared, req: &Req) -> Resp {
-    let token_ok = {
-        let w = shared.world();
-        req.bearer() == Some(w.ids.kube_token.as_str())
-    };
+    let token_ok = super::credentials::kube_authenticated(&shared.world(), req.bearer());
     if !token_ok {
         return k8s_status(
             StatusCode::UNAUTHORIZED,

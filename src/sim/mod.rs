@@ -8,9 +8,11 @@ mod aks_rules;
 mod arm;
 mod arm_keys;
 mod authz;
+pub mod credentials;
 mod entra;
 pub mod faults;
 pub mod fleet;
+pub mod fleet_members;
 mod http;
 mod identities;
 mod keyvault;
@@ -94,6 +96,9 @@ pub struct SimOptions {
     pub least_privilege: bool,
     /// Where kmsctl's requests to the vault's data plane come from.
     pub operator_network: operator_network::OperatorNetwork,
+    /// Serve a fleet of complete clusters instead of one (`--fleet-clusters N` and the
+    /// `--fleet-*` counts); every other option applies to each member.
+    pub fleet_clusters: fleet_members::FleetSpec,
 }
 
 impl Default for SimOptions {
@@ -126,6 +131,7 @@ impl Default for SimOptions {
             scenario: None,
             least_privilege: false,
             operator_network: Default::default(),
+            fleet_clusters: Default::default(),
         }
     }
 }
@@ -133,7 +139,10 @@ impl Default for SimOptions {
 /// A running twin.
 pub struct Twin {
     pub addr: SocketAddr,
+    /// The (first) cluster's world.
     pub shared: world::Shared,
+    /// Every cluster's world (one for a single-cluster twin).
+    pub members: fleet_members::Members,
     pub ca_pem: String,
     pub ca_der: Vec<u8>,
     task: tokio::task::JoinHandle<()>,
@@ -145,46 +154,124 @@ impl Drop for Twin {
     }
 }
 
+/// A world with its Secrets seeded.
+fn member(w: world::World) -> world::Shared {
+    let opts = &w.opts;
+    let write_limiter = Arc::new(ratelimit::WriteLimiter::new(opts.write_qps));
+    let (secret_count, namespace_count, seed_value) =
+        (opts.secrets, opts.namespaces.max(1), opts.seed);
+    let label = w.label_for_cluster();
+    let mut store = secrets::SecretStore::default();
+    let mut rng = seed::Rng::new(seed_value);
+    for i in 0..secret_count {
+        let ns = seed::namespace_name(i % namespace_count);
+        store.insert_seeded(
+            &ns,
+            seed::secret(&mut rng, &ns, i / namespace_count),
+            label.clone(),
+        );
+    }
+    for i in 0..namespace_count.min(secret_count.max(namespace_count)) {
+        store.namespaces.insert(seed::namespace_name(i));
+    }
+    world::Shared {
+        world: Arc::new(std::sync::Mutex::new(w)),
+        secrets: Arc::new(std::sync::RwLock::new(store)),
+        write_limiter,
+    }
+}
+
 impl Twin {
+    /// One cluster, or a fleet of them when `opts.fleet_clusters` names any.
     pub async fn start(opts: SimOptions) -> anyhow::Result<Twin> {
-        let ids = world::Ids::generate();
-        let tls =
-            tls::generate(&ids.api_server_host).context("generating the twin's certificates")?;
+        let base = world::Ids::generate();
+        let spec = opts.fleet_clusters.clone();
+        let worlds: Vec<world::World> = if spec.total() == 0 {
+            vec![world::World::new(base, opts.clone())]
+        } else {
+            let subs = [
+                uuid::Uuid::new_v4().to_string(),
+                uuid::Uuid::new_v4().to_string(),
+            ];
+            let tokens = world::Tokens::default();
+            (1..=spec.total())
+                .map(|i| {
+                    let role = spec.role(i);
+                    let ids = fleet_members::member_ids(&base, &subs, &spec, i);
+                    let mut o = opts.clone();
+                    o.fleet = Vec::new();
+                    o.faults = Vec::new();
+                    o.fleet_clusters = Default::default();
+                    if role.private_vault {
+                        o.network_access = NetworkAccess::Private;
+                        o.vnet_integration = true;
+                        o.konnectivity = false;
+                    }
+                    let mut w = world::World::new(ids, o);
+                    w.tokens = tokens.clone();
+                    fleet_members::dress(&mut w, role);
+                    w
+                })
+                .collect()
+        };
+        let hosts: Vec<String> = worlds
+            .iter()
+            .map(|w| w.ids.api_server_host.clone())
+            .collect();
+        let tls = tls::generate(&hosts).context("generating the twin's certificates")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the twin's port")?;
         let addr = listener.local_addr()?;
-        let write_limiter = Arc::new(ratelimit::WriteLimiter::new(opts.write_qps));
-        let (secret_count, namespace_count, seed_value) =
-            (opts.secrets, opts.namespaces.max(1), opts.seed);
-        let w = world::World::new(ids, opts);
-        let label = w.label_for_cluster();
-        let mut store = secrets::SecretStore::default();
-        let mut rng = seed::Rng::new(seed_value);
-        for i in 0..secret_count {
-            let ns = seed::namespace_name(i % namespace_count);
-            store.insert_seeded(
-                &ns,
-                seed::secret(&mut rng, &ns, i / namespace_count),
-                label.clone(),
-            );
-        }
-        for i in 0..namespace_count.min(secret_count.max(namespace_count)) {
-            store.namespaces.insert(seed::namespace_name(i));
-        }
-        let shared = world::Shared {
-            world: Arc::new(std::sync::Mutex::new(w)),
-            secrets: Arc::new(std::sync::RwLock::new(store)),
-            write_limiter,
+        let list: Vec<world::Shared> = worlds
+            .into_iter()
+            .map(|mut w| {
+                w.endpoint = world::Endpoint {
+                    addr: addr.to_string(),
+                    ca_pem: tls.ca_pem.clone(),
+                };
+                member(w)
+            })
+            .collect();
+        let members = fleet_members::Members {
+            list: Arc::new(list),
+            faults: Default::default(),
+            fleet: spec.total() > 0,
         };
-        let task = tokio::spawn(server::serve(listener, tls.server.clone(), shared.clone()));
+        if members.fleet {
+            members
+                .faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(opts.faults.iter().cloned());
+        }
+        let shared = members.first().clone();
+        let task = tokio::spawn(server::serve(listener, tls.server.clone(), members.clone()));
         Ok(Twin {
             addr,
             shared,
+            members,
             ca_pem: tls.ca_pem,
             ca_der: tls.ca_der,
             task,
         })
+    }
+
+    /// A fleet of `n` rotatable clusters (see `fleet_members::FleetSpec` for the others).
+    pub async fn start_fleet(mut opts: SimOptions, n: usize) -> anyhow::Result<Twin> {
+        opts.fleet_clusters.clusters = n;
+        Twin::start(opts).await
+    }
+
+    /// The member named `name` (a fleet's cluster), if there is one.
+    pub fn member(&self, name: &str) -> Option<&world::Shared> {
+        self.members.by_name(name).map(|i| &self.members.list[i])
+    }
+
+    /// `sim inspect --all`: every cluster's state, in member order.
+    pub fn inspect_all(&self) -> Value {
+        let clusters: Vec<Value> = self.members.list.iter().map(admin::inspect).collect();
+        serde_json::json!({ "clusters": clusters })
     }
 
     pub fn ids(&self) -> world::Ids {
@@ -195,14 +282,35 @@ impl Twin {
         admin::inspect(&self.shared)
     }
 
+    /// Adds fault rules: to the cluster, or to every member of a fleet.
     pub fn add_faults(&self, rules: Vec<faults::FaultRule>) {
-        self.shared.world().faults.extend(rules);
+        if self.members.fleet {
+            self.members
+                .faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(rules);
+        } else {
+            self.shared.world().faults.extend(rules);
+        }
+    }
+
+    /// Adds fault rules for one member of a fleet (its ARM paths, vault and API server).
+    pub fn add_faults_to(&self, name: &str, rules: Vec<faults::FaultRule>) -> anyhow::Result<()> {
+        let m = self
+            .member(name)
+            .with_context(|| format!("the twin has no cluster '{name}'"))?;
+        m.world().faults.extend(rules);
+        Ok(())
     }
 
     /// The cluster's kubeconfig, as `az aks get-credentials` writes it, with the twin's port as
     /// the HTTP proxy that reaches the API server's host name (kubectl and kmsctl honour
     /// `proxy-url`; the name itself resolves nowhere, as a private cluster's would not).
     pub fn kubeconfig(&self) -> String {
+        if self.members.fleet {
+            return fleet_kubeconfig(self);
+        }
         use base64::Engine;
         let ids = self.ids();
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
@@ -219,6 +327,20 @@ impl Twin {
     /// The variables kmsctl needs to target this twin, `KEY=value` each.
     pub fn env_vars(&self, dir: &Path) -> Vec<(String, String)> {
         let ids = self.ids();
+        if self.members.fleet {
+            // Nothing names one cluster: kmsctl finds them through Resource Manager.
+            return vec![
+                ("AZURE_SUBSCRIPTION_ID".into(), ids.subscription),
+                ("AZURE_TENANT_ID".into(), ids.tenant),
+                ("AZURE_CLIENT_ID".into(), ids.client_id),
+                ("AZURE_CLIENT_SECRET".into(), ids.client_secret),
+                ("KMSCTL_AZURE_ROUTE".into(), self.addr.to_string()),
+                (
+                    "KMSCTL_CA_FILE".into(),
+                    dir.join("ca.pem").display().to_string(),
+                ),
+            ];
+        }
         vec![
             ("AZURE_SUBSCRIPTION_ID".into(), ids.subscription),
             ("AZURE_TENANT_ID".into(), ids.tenant),
@@ -265,6 +387,37 @@ impl Twin {
         let sim = serde_json::json!({ "address": self.addr.to_string(), "adminToken": self.ids().admin_token, "pid": std::process::id() });
         private("sim.json", &sim.to_string())
     }
+}
+
+/// Every member's context (with its static admin token where local accounts are enabled), for
+/// kubectl against a fleet twin.
+fn fleet_kubeconfig(twin: &Twin) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(&twin.ca_pem);
+    let (mut clusters, mut contexts, mut users) = (String::new(), String::new(), String::new());
+    for m in twin.members.list.iter() {
+        let w = m.world();
+        if credentials::local_accounts_disabled(&w) {
+            continue;
+        }
+        let c = &w.ids.cluster;
+        clusters.push_str(&format!(
+            "- name: {c}\n  cluster:\n    server: https://{}\n    proxy-url: http://{}\n    certificate-authority-data: {ca}\n",
+            w.ids.api_server_host, twin.addr
+        ));
+        contexts.push_str(&format!(
+            "- name: {c}\n  context:\n    cluster: {c}\n    user: clusterAdmin_{rg}_{c}\n",
+            rg = w.ids.resource_group
+        ));
+        users.push_str(&format!(
+            "- name: clusterAdmin_{rg}_{c}\n  user:\n    token: {}\n",
+            w.ids.kube_token,
+            rg = w.ids.resource_group
+        ));
+    }
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n{clusters}contexts:\n{contexts}users:\n{users}"
+    )
 }
 
 /// Talks to a running twin's admin endpoints, from the files it wrote into DIR.

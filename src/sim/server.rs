@@ -2,7 +2,9 @@
 //! reaches it; requests are routed by the host they name, after the configured network latency
 //! and any fault rule that matches.
 
+use super::fleet_members::{Dest, Members};
 use super::http::{Req, Resp};
+use super::tunnel::Verdict;
 use super::world::Shared;
 use super::{admin, arm, entra, faults, keyvault, kubeapi};
 use bytes::Bytes;
@@ -25,39 +27,64 @@ impl std::error::Error for Dropped {}
 pub async fn serve(
     listener: TcpListener,
     tls: std::sync::Arc<rustls::ServerConfig>,
-    shared: Shared,
+    members: Members,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let api_server_host = shared.world().ids.api_server_host.clone();
     loop {
         let Ok((mut tcp, peer)) = listener.accept().await else {
             continue;
         };
-        // A TCP balancer in front of the API server replicas: one replica per connection.
-        let (replica, generation) = shared.world().pick_replica();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        let api_server_host = api_server_host.clone();
+        let members = members.clone();
         tokio::spawn(async move {
             // The kubeconfig's proxy-url is this port: a CONNECT first, then TLS.
-            if super::tunnel::accept(&mut tcp, &api_server_host)
-                .await
-                .is_err()
-            {
-                return;
+            let tunnel = match super::tunnel::read_connect(&mut tcp).await {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+            let mut member = None;
+            if let Some(target) = tunnel {
+                member = super::tunnel::api_host(&target).and_then(|h| members.by_api_host(h));
+                let verdict = match member {
+                    None => Verdict::Forbidden,
+                    Some(i) if members.api_unreachable(i) => Verdict::Unresolvable,
+                    Some(_) => Verdict::Established,
+                };
+                if super::tunnel::answer(&mut tcp, &target, verdict)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
+            // A TCP balancer in front of the API server replicas: one replica per connection.
+            let (replica, generation) = members.list[member.unwrap_or(0)].world().pick_replica();
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |req| {
-                handle(shared.clone(), req, replica, generation, peer.ip())
-            });
+            let conn = Conn {
+                member,
+                replica,
+                generation,
+                peer: peer.ip(),
+            };
+            let service = hyper::service::service_fn(move |req| handle(members.clone(), req, conn));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// What a connection was made to: the member its CONNECT named, the API server replica the
+/// balancer gave it, and the caller's address.
+#[derive(Clone, Copy)]
+struct Conn {
+    member: Option<usize>,
+    replica: usize,
+    generation: u64,
+    peer: std::net::IpAddr,
 }
 
 fn roll() -> f64 {
@@ -69,11 +96,9 @@ fn roll() -> f64 {
 }
 
 async fn handle(
-    shared: Shared,
+    members: Members,
     req: hyper::Request<hyper::body::Incoming>,
-    replica: usize,
-    generation: u64,
-    peer: std::net::IpAddr,
+    conn: Conn,
 ) -> Result<Resp, Dropped> {
     let (parts, body) = req.into_parts();
     let host = parts
@@ -104,10 +129,23 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let mut dest = members.route(&host, &path);
+    // Through a tunnel, the API server is the one the CONNECT reached, whatever Host says.
+    let azure = host.ends_with(".azure.com") || host.ends_with(".azure.net");
+    if let (Some(m), false, Dest::Member(_)) = (conn.member, azure, dest) {
+        dest = Dest::Member(m);
+    }
     let (latency, action) = {
-        let w = shared.world();
-        let action = faults::decide(&w.faults, parts.method.as_str(), &host, &path, roll);
-        (w.opts.latency_ms + action.latency_ms, action)
+        let rules = members.rules(dest);
+        let action = faults::decide(&rules, parts.method.as_str(), &host, &path, roll);
+        let base = members.list[match dest {
+            Dest::Member(i) => i,
+            Dest::Fleet => 0,
+        }]
+        .world()
+        .opts
+        .latency_ms;
+        (base + action.latency_ms, action)
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -122,14 +160,18 @@ async fn handle(
         query,
         headers: parts.headers,
         body,
-        replica,
+        replica: conn.replica,
         version: parts.version,
-        peer,
+        peer: conn.peer,
     };
     if let Some(code) = action.status {
         return Ok(fault_response(&req, code));
     }
     tracing::debug!(method = %req.method, host = %req.host, path = %req.path, "twin request");
+    let shared = match dest {
+        Dest::Member(i) => members.list[i].clone(),
+        Dest::Fleet => members.first().clone(),
+    };
     // The vault's network decides before its authorization does (the caller is authenticated).
     if req.host.ends_with(".vault.azure.net")
         && req.bearer().is_some()
@@ -140,15 +182,18 @@ async fn handle(
     if let Some(denied) = authorize(&shared, &req) {
         return Ok(denied);
     }
-    let resp = if req.host == "management.azure.com" {
-        arm::handle(&shared, &req, action.fail_operation)
+    let resp = if req.path.starts_with("/_sim/") && !azure {
+        admin::handle(&members, &req)
+    } else if req.host == "management.azure.com" {
+        match dest {
+            Dest::Member(_) => arm::handle(&shared, &req, action.fail_operation),
+            Dest::Fleet => members.handle_arm(&req),
+        }
     } else if req.host == "login.microsoftonline.com" {
         entra::handle(&shared, &req)
     } else if req.host.ends_with(".vault.azure.net") {
         keyvault::handle(&shared, &req)
-    } else if req.path.starts_with("/_sim/") {
-        admin::handle(&shared, &req)
-    } else if !shared.world().serving(req.replica, generation) {
+    } else if !shared.world().serving(req.replica, conn.generation) {
         // The replica this connection reached stopped (or restarted since): its process is gone.
         let r = super::http::k8s_status(
             hyper::StatusCode::SERVICE_UNAVAILABLE,

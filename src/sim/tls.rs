@@ -10,8 +10,9 @@ pub struct TwinTls {
     pub server: Arc<rustls::ServerConfig>,
 }
 
-/// `api_server_host`: the twin's API server name, in the leaf beside the Azure names.
-pub fn generate(api_server_host: &str) -> anyhow::Result<TwinTls> {
+/// `api_server_hosts`: the twin's API server names (one per cluster), in the leaf beside the
+/// Azure names.
+pub fn generate(api_server_hosts: &[String]) -> anyhow::Result<TwinTls> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -24,16 +25,18 @@ pub fn generate(api_server_host: &str) -> anyhow::Result<TwinTls> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let leaf_key = rcgen::KeyPair::generate()?;
-    let names = [
+    let mut names: Vec<String> = [
         "management.azure.com",
         "*.vault.azure.net",
         "login.microsoftonline.com",
-        api_server_host,
         "localhost",
         "127.0.0.1",
-    ];
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.extend(api_server_hosts.iter().cloned());
+    let mut params = rcgen::CertificateParams::new(names)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "kmsctl twin");

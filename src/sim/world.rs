@@ -162,7 +162,11 @@ pub struct World {
     pub identities: Vec<Value>,
     /// With `--least-privilege`: what kmsctl's user and principal may do (None: everything).
     pub policy: Option<Arc<super::authz::Policy>>,
-    pub tokens: HashMap<String, (String, Instant)>,
+    /// Tokens Entra ID issued: one registry for a whole fleet (one tenant, one token endpoint).
+    pub tokens: Tokens,
+    /// How a client reaches this twin: its port (a kubeconfig's proxy-url) and CA, for the
+    /// kubeconfigs Resource Manager hands out.
+    pub endpoint: Endpoint,
     pub timeline: KmsTimeline,
     pub replicas: Vec<Replica>,
     pub balancer: super::replicas::BalancerState,
@@ -171,6 +175,16 @@ pub struct World {
     pub objects: ObjectStore,
     pub faults: Vec<FaultRule>,
     pub fail_next_operations: u32,
+}
+
+/// Issued tokens: token -> (audience, valid until).
+pub type Tokens = Arc<std::sync::Mutex<HashMap<String, (String, Instant)>>>;
+
+/// The twin's address and CA, as a kubeconfig names them.
+#[derive(Clone, Debug, Default)]
+pub struct Endpoint {
+    pub addr: String,
+    pub ca_pem: String,
 }
 
 pub fn now_unix() -> i64 {
@@ -257,7 +271,8 @@ impl World {
             vault,
             keys,
             role_assignments,
-            tokens: HashMap::new(),
+            tokens: Default::default(),
+            endpoint: Endpoint::default(),
             timeline: KmsTimeline {
                 changes: Vec::new(),
             },
@@ -399,8 +414,12 @@ impl World {
     /// Version `version` of key `name`, both compared case-insensitively as Key Vault does.
     pub fn key_version(&self, name: &str, version: &str) -> Option<&KeyVersion> {
         let name = self.key_name(name)?;
-        self.keys[&name]
-            .versions
+        let versions = &self.keys[&name].versions;
+        if version.is_empty() {
+            // A versionless key id (platform-managed rotation): the current version.
+            return versions.last();
+        }
+        versions
             .iter()
             .find(|v| v.version.eq_ignore_ascii_case(version))
     }
@@ -427,12 +446,16 @@ impl World {
         let token = format!("twin.{}", uuid::Uuid::new_v4().simple());
         let until = Instant::now() + Duration::from_secs(3600);
         self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .insert(token.clone(), (audience.to_string(), until));
         token
     }
 
     pub fn token_ok(&self, token: &str, audience: &str) -> bool {
         self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(token)
             .is_some_and(|(aud, until)| aud == audience && Instant::now() < *until)
     }
@@ -466,8 +489,9 @@ pub fn parse_kid(kid: &str, vault_host: &str) -> Option<(String, String)> {
         return None;
     }
     let name = parts.next()?.to_string();
-    let version = parts.next()?.to_string();
-    if version.is_empty() || parts.next().is_some() {
+    // No version: a versionless key id (the current version).
+    let version = parts.next().unwrap_or_default().to_string();
+    if parts.next().is_some() {
         return None;
     }
     Some((name, version))
@@ -541,12 +565,19 @@ impl World {
             .keys
             .iter()
             .flat_map(|(name, k)| {
-                k.versions.iter().map(move |v| {
-                    (
-                        (name.to_ascii_lowercase(), v.version.to_ascii_lowercase()),
-                        v.enabled,
-                    )
-                })
+                let current = k
+                    .versions
+                    .last()
+                    .map(|v| ((name.to_ascii_lowercase(), String::new()), v.enabled));
+                k.versions
+                    .iter()
+                    .map(move |v| {
+                        (
+                            (name.to_ascii_lowercase(), v.version.to_ascii_lowercase()),
+                            v.enabled,
+                        )
+                    })
+                    .chain(current)
             })
             .collect();
         KmsView {
