@@ -9,7 +9,7 @@ use super::journal::{
     ClusterResult, ClusterState, Entry, FleetJournal, FleetRecord, FleetStatus, Outcome,
 };
 use super::select::Cluster;
-use crate::commands::Refusal;
+use crate::commands::{Refusal, setup};
 use crate::commands::lifecycle::{self, Launched, Start};
 use crate::commands::runs::{self, Continue};
 use crate::engine::events::{Event, Sink};
@@ -93,9 +93,9 @@ pub fn target(c: &Cluster, admin: bool) -> Target {
 
 /// Whether an error says the cluster's API server cannot be reached from here.
 fn unreachable(e: &anyhow::Error) -> bool {
-    // TODO(merge): setup::Unreachable from the twin branch.
-    let _ = e;
-    false
+    e.downcast_ref::<setup::Unreachable>().is_some()
+        || e.chain()
+            .any(|c| c.downcast_ref::<setup::Unreachable>().is_some())
 }
 
 fn result(outcome: Outcome, run_id: Option<String>, message: Option<String>) -> ClusterResult {
