@@ -159,14 +159,15 @@ async fn rotate(a: FleetRotateArgs, format: Format, plan_only: bool) -> anyhow::
         return Ok(exit_codes::OK);
     }
     let n: usize = h.waves.iter().map(Vec::len).sum();
-    if n == 0 {
+    // An empty shard is no mistake (an Indexed Job's share can be empty): it ends at once.
+    if n == 0 && a.select.shard.is_none() {
         return Err(Refusal(format!(
             "no cluster to rotate: the selection holds {} cluster(s) with KMS, none kmsctl can rotate (see `kmsctl fleet plan`). Nothing was changed",
             h.selection.len()
         ))
         .into());
     }
-    if !a.yes {
+    if !a.yes && n > 0 {
         super::lifecycle::confirm_or_refuse(&format!(
             "{}Go ahead: {procedure} on {n} cluster(s) in {} wave(s)?",
             view::plan_text(&record_of(h.clone()), &|_| None),
@@ -246,7 +247,15 @@ fn report(
         Format::Json => out(&format!("{}\n", view::fleet_json(r))),
         Format::Html => out(&view::page(r)),
         Format::Prometheus => out(&view::prometheus(r)),
-        Format::Text => out(&view::plan_text(r, &|_| None)),
+        Format::Text => out(&format!(
+            "{}state: {}{}\n",
+            view::plan_text(r, &|_| None),
+            r.state(),
+            r.finished
+                .as_ref()
+                .map(|f| format!(" ({})", f.1))
+                .unwrap_or_default()
+        )),
     }
     if let Some(p) = textfile {
         super::expiry::write_atomic(p, &view::prometheus(r))?;

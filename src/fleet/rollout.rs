@@ -9,9 +9,9 @@ use super::journal::{
     ClusterResult, ClusterState, Entry, FleetJournal, FleetRecord, FleetStatus, Outcome,
 };
 use super::select::Cluster;
-use crate::commands::{Refusal, setup};
 use crate::commands::lifecycle::{self, Launched, Start};
 use crate::commands::runs::{self, Continue};
+use crate::commands::{Refusal, setup};
 use crate::engine::events::{Event, Sink};
 use crate::engine::journal::{self as run_journal, Target};
 use crate::engine::session::{self, Ended};

@@ -373,7 +373,8 @@ pub fn plan_text(r: &FleetRecord, run_state: &dyn Fn(&str) -> Option<String>) ->
                 (None, Some(run)) => {
                     run_state(run).unwrap_or_else(|| format!("unfinished (run {run})"))
                 }
-                (None, None) => String::new(),
+                (None, None) if r.path.as_os_str().is_empty() => String::new(),
+                (None, None) => "not started".into(),
             };
             s.push_str(format!("  {name:<28} {what}").trim_end());
             s.push('\n');
