@@ -141,6 +141,8 @@ pub struct Members {
     pub faults: Arc<Mutex<Vec<FaultRule>>>,
     /// Served as a fleet: names route to members, listings aggregate.
     pub fleet: bool,
+    /// Each member's names (they never change), so routing takes no member's lock.
+    index: Arc<Vec<Ids>>,
 }
 
 /// Where a request goes.
@@ -156,11 +158,13 @@ fn eq(a: &str, b: &str) -> bool {
 }
 
 impl Members {
-    pub fn single(shared: Shared) -> Members {
+    pub fn new(list: Vec<Shared>, fleet: bool) -> Members {
+        let index = list.iter().map(|m| m.world().ids.clone()).collect();
         Members {
-            list: Arc::new(vec![shared]),
+            list: Arc::new(list),
             faults: Default::default(),
-            fleet: false,
+            fleet,
+            index: Arc::new(index),
         }
     }
 
@@ -168,25 +172,22 @@ impl Members {
         &self.list[0]
     }
 
-    fn find(&self, f: impl Fn(&World) -> bool) -> Option<usize> {
-        self.list.iter().position(|m| f(&m.world()))
+    fn find(&self, f: impl Fn(&Ids) -> bool) -> Option<usize> {
+        self.index.iter().position(f)
     }
 
     /// The member named `name` (its cluster's name, case-insensitive).
     pub fn by_name(&self, name: &str) -> Option<usize> {
-        self.find(|w| eq(&w.ids.cluster, name))
+        self.find(|ids| eq(&ids.cluster, name))
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.list
-            .iter()
-            .map(|m| m.world().ids.cluster.clone())
-            .collect()
+        self.index.iter().map(|ids| ids.cluster.clone()).collect()
     }
 
     /// The member whose API server answers as `host`.
     pub fn by_api_host(&self, host: &str) -> Option<usize> {
-        self.find(|w| eq(&w.ids.api_server_host, host))
+        self.find(|ids| eq(&ids.api_server_host, host))
     }
 
     /// Whether the operator's network cannot reach member `i`'s API server (a private cluster
@@ -209,7 +210,7 @@ impl Members {
             return self.route_arm(path);
         }
         if let Some(vault) = host.strip_suffix(".vault.azure.net") {
-            return Dest::Member(self.find(|w| eq(&w.ids.vault, vault)).unwrap_or(0));
+            return Dest::Member(self.find(|ids| eq(&ids.vault, vault)).unwrap_or(0));
         }
         if host == "login.microsoftonline.com" {
             return Dest::Member(0);
@@ -221,12 +222,14 @@ impl Members {
         let s: Vec<&str> = path.split('/').filter(|x| !x.is_empty()).collect();
         match s.as_slice() {
             ["subscriptions", sub, rg_, rg, ..] if eq(rg_, "resourceGroups") => self
-                .find(|w| eq(&w.ids.subscription, sub) && eq(&w.ids.resource_group, rg))
+                .find(|ids| eq(&ids.subscription, sub) && eq(&ids.resource_group, rg))
                 .map_or(Dest::Fleet, Dest::Member),
             ["subscriptions", _, "providers", p, "locations", _, _, id]
                 if eq(p, "Microsoft.ContainerService") =>
             {
-                self.find(|w| w.operations.contains_key(*id))
+                self.list
+                    .iter()
+                    .position(|m| m.world().operations.contains_key(*id))
                     .map_or(Dest::Fleet, Dest::Member)
             }
             _ => Dest::Fleet,
@@ -248,10 +251,9 @@ impl Members {
 
     fn subscriptions(&self) -> Vec<String> {
         let mut subs: Vec<String> = Vec::new();
-        for m in self.list.iter() {
-            let s = m.world().ids.subscription.clone();
-            if !subs.contains(&s) {
-                subs.push(s);
+        for ids in self.index.iter() {
+            if !subs.contains(&ids.subscription) {
+                subs.push(ids.subscription.clone());
             }
         }
         subs
@@ -340,7 +342,7 @@ impl Members {
                 ),
                 _ => {
                     // Anything else subscription-wide: the subscription's first member answers.
-                    let m = self.find(|w| eq(&w.ids.subscription, sub)).unwrap_or(0);
+                    let m = self.find(|ids| eq(&ids.subscription, sub)).unwrap_or(0);
                     super::arm::handle(&self.list[m], req, false)
                 }
             },

@@ -233,11 +233,7 @@ impl Twin {
                 member(w)
             })
             .collect();
-        let members = fleet_members::Members {
-            list: Arc::new(list),
-            faults: Default::default(),
-            fleet: spec.total() > 0,
-        };
+        let members = fleet_members::Members::new(list, spec.total() > 0);
         if members.fleet {
             members
                 .faults
@@ -418,6 +414,11 @@ fn fleet_kubeconfig(twin: &Twin) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n{clusters}contexts:\n{contexts}users:\n{users}"
     )
+}
+
+/// What `sim inspect` prints for one cluster's world.
+pub fn inspect_shared(shared: &world::Shared) -> Value {
+    admin::inspect(shared)
 }
 
 /// Talks to a running twin's admin endpoints, from the files it wrote into DIR.

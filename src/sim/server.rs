@@ -129,12 +129,12 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut dest = members.route(&host, &path);
     // Through a tunnel, the API server is the one the CONNECT reached, whatever Host says.
     let azure = host.ends_with(".azure.com") || host.ends_with(".azure.net");
-    if let (Some(m), false, Dest::Member(_)) = (conn.member, azure, dest) {
-        dest = Dest::Member(m);
-    }
+    let dest = match conn.member {
+        Some(m) if !azure && !path.starts_with("/_sim/") => Dest::Member(m),
+        _ => members.route(&host, &path),
+    };
     let (latency, action) = {
         let rules = members.rules(dest);
         let action = faults::decide(&rules, parts.method.as_str(), &host, &path, roll);

@@ -267,3 +267,123 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A fleet twin of `n` rotatable clusters (aks-fleet-01..), plus the members `opts.fleet_clusters`
+/// adds (private vaults, no local accounts, platform-managed, private API). kmsctl run with
+/// `w.run` gets only the Azure environment: no kubeconfig, no cluster named.
+pub async fn fleet(mut opts: SimOptions, n: usize) -> World {
+    opts.fleet_clusters.clusters = n;
+    world(opts).await
+}
+
+/// One member's coordinates, as kmsctl's flags take them.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    pub resource_group: String,
+    pub subscription: String,
+}
+
+impl Member {
+    /// `-g RG -n NAME --subscription SUB`.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "-g".into(),
+            self.resource_group.clone(),
+            "-n".into(),
+            self.name.clone(),
+            "--subscription".into(),
+            self.subscription.clone(),
+        ]
+    }
+}
+
+/// Secrets under the key the inspected cluster `doc` uses, and all Secrets.
+pub fn storage_in(d: &Value) -> (u64, u64) {
+    let kms = &d["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"];
+    let by = d["storage"]["byKey"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let want = if kms["enabled"] == true {
+        format!("kms:v2:{}", kms["keyId"].as_str().unwrap_or_default())
+    } else {
+        "identity".into()
+    };
+    let n = by
+        .iter()
+        .filter(|(k, _)| {
+            k.as_str() == want || (k.starts_with("kms:v1:") && want.ends_with(&k[7..]))
+        })
+        .map(|(_, v)| v.as_u64().unwrap_or(0))
+        .sum();
+    (n, d["storage"]["total"].as_u64().unwrap_or(0))
+}
+
+impl World {
+    /// The fleet's members, in name order.
+    pub fn members(&self) -> Vec<Member> {
+        self.twin
+            .members
+            .list
+            .iter()
+            .map(|m| {
+                let w = m.world();
+                Member {
+                    name: w.ids.cluster.clone(),
+                    resource_group: w.ids.resource_group.clone(),
+                    subscription: w.ids.subscription.clone(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn member(&self, name: &str) -> Member {
+        self.members()
+            .into_iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The member's world (for kill points and direct changes).
+    pub fn member_shared(&self, name: &str) -> kmsctl::sim::world::Shared {
+        self.twin.member(name).expect("a member").clone()
+    }
+
+    /// What `sim inspect --cluster NAME` prints.
+    pub fn inspect_member(&self, name: &str) -> Value {
+        kmsctl::sim::inspect_shared(&self.member_shared(name))
+    }
+
+    /// What `sim inspect --all` prints.
+    pub fn inspect_all(&self) -> Value {
+        self.twin.inspect_all()
+    }
+
+    /// (Secrets under the member's current key, all its Secrets).
+    pub fn member_storage(&self, name: &str) -> (u64, u64) {
+        storage_in(&self.inspect_member(name))
+    }
+
+    /// The key id the member's cluster uses.
+    pub fn member_key(&self, name: &str) -> String {
+        self.inspect_member(name)["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"]
+            ["keyId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Adds fault rules for one member only.
+    pub fn fault_member(&self, name: &str, rules: Vec<kmsctl::sim::faults::FaultRule>) {
+        self.twin.add_faults_to(name, rules).expect("a member");
+    }
+
+    /// `kmsctl ARGS -g RG -n NAME --subscription SUB`.
+    pub async fn run_on(&self, name: &str, args: &[&str]) -> Output {
+        let flags = self.member(name).flags();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(flags.iter().map(String::as_str));
+        self.run(&all).await
+    }
+}
