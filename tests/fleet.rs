@@ -435,10 +435,20 @@ fn chromium(args: &[&str]) -> Output {
 #[tokio::test]
 async fn the_html_page_renders_in_headless_chromium() {
     let w = fleet(SimOptions::default(), 2).await;
+    let metrics = w.dir.path().join("fleet.prom");
+    let m = metrics.display().to_string();
     let out = run(
         &w,
         &[
-            "fleet", "rotate", "--waves", "1,100%", "--yes", "-o", "html",
+            "fleet",
+            "rotate",
+            "--waves",
+            "1,100%",
+            "--yes",
+            "-o",
+            "html",
+            "--textfile",
+            &m,
         ],
     )
     .await;
@@ -460,6 +470,11 @@ async fn the_html_page_renders_in_headless_chromium() {
         "{dom}"
     );
     assert!(dom.contains("aks-fleet-02") && dom.contains("Fleet rotate: succeeded"));
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("kmsctl_fleet_clusters{") && prom.contains("outcome=\"succeeded\"} 2"),
+        "{prom}"
+    );
     // The status page of the same run, and its metrics.
     let m = run(&w, &["fleet", "status", "-o", "prometheus"]).await;
     let metrics = String::from_utf8_lossy(&m.stdout);

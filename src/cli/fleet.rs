@@ -72,7 +72,7 @@ pub struct AccessArgs {
     pub aks_api_version: String,
     #[command(flatten)]
     pub state: StateArgs,
-    /// Also write the fleet's Prometheus metrics into this file, atomically (after each wave).
+    /// Also write the fleet's Prometheus metrics into this file, atomically (after each wave and at the end).
     #[arg(long, value_name = "PATH")]
     pub textfile: Option<PathBuf>,
 }

@@ -190,7 +190,12 @@ async fn roll(
     use std::io::IsTerminal;
     let terminal = crate::output::events::mode() == crate::output::events::Progress::Auto
         && std::io::stderr().is_terminal();
-    let v = Arc::new(view::FleetView::new(terminal, format == Format::Json));
+    let textfile = access.textfile.clone().map(|t| (t, j.path.clone()));
+    let v = Arc::new(view::FleetView::new(
+        terminal,
+        format == Format::Json,
+        textfile,
+    ));
     crate::say!(
         "fleet run {} ({}): journal {}",
         record.header.fleet_run_id,

@@ -41,6 +41,8 @@ pub struct FleetView {
     state: Arc<Mutex<State>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `--textfile`: the metrics file, rewritten from the fleet journal after each wave.
+    textfile: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The line a cluster's live view shows.
@@ -52,7 +54,12 @@ fn live_text(lines: &Lines) -> String {
 }
 
 impl FleetView {
-    pub fn new(terminal: bool, json: bool) -> FleetView {
+    /// `textfile`: (the metrics file, the fleet journal it is written from).
+    pub fn new(
+        terminal: bool,
+        json: bool,
+        textfile: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> FleetView {
         let state = Arc::new(Mutex::new(State {
             active: BTreeMap::new(),
             last_line: Instant::now(),
@@ -61,6 +68,7 @@ impl FleetView {
         }));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let multi = terminal.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        super::events::logs_above(multi.clone());
         let ticker = (!terminal).then(|| {
             let (s, stop) = (state.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -76,6 +84,7 @@ impl FleetView {
             state,
             stop,
             ticker: Mutex::new(ticker),
+            textfile,
         }
     }
 
@@ -90,6 +99,7 @@ impl FleetView {
     }
 
     pub fn finish(&self) {
+        super::events::logs_above(None);
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
@@ -239,6 +249,13 @@ impl View for FleetView {
                 wave + 1
             ),
         );
+        if let Some((file, journal)) = &self.textfile {
+            let written = crate::fleet::journal::replay(journal)
+                .and_then(|r| crate::commands::expiry::write_atomic(file, &prometheus(&r)));
+            if let Err(e) = written {
+                self.print(&mut s, &format!("warning: {e:#}"));
+            }
+        }
     }
 
     fn stopped(&self, why: &str) {
@@ -560,4 +577,116 @@ pub fn prometheus(r: &FleetRecord) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::journal::{ClusterState, FleetHeader, FleetParams, FleetStatus};
+
+    fn record() -> FleetRecord {
+        let ids: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|n| format!("/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerService/managedClusters/{n}"))
+            .collect();
+        let mut selection: Vec<Cluster> = ids
+            .iter()
+            .map(|id| Cluster {
+                id: id.clone(),
+                name: id.rsplit('/').next().unwrap().into(),
+                ..Default::default()
+            })
+            .collect();
+        selection.push(Cluster {
+            id: "/x/managedClusters/p".into(),
+            name: "p<".into(),
+            skip: Some("platform-managed".into()),
+            ..Default::default()
+        });
+        let header = FleetHeader {
+            format: 1,
+            fleet_run_id: "f1".into(),
+            procedure: "rotate".into(),
+            params: FleetParams {
+                waves: "1,100%".into(),
+                order: crate::fleet::waves::Order::Name,
+                max_parallel: 2,
+                max_failures: 0,
+                admin: false,
+                shard: None,
+                filter: Default::default(),
+                run: Default::default(),
+            },
+            selection,
+            waves: vec![vec![ids[0].clone()], vec![ids[1].clone(), ids[2].clone()]],
+            started_at: chrono::Utc::now(),
+        };
+        let mut clusters = std::collections::HashMap::new();
+        let res = |o| ClusterResult {
+            outcome: o,
+            run_id: Some("r".into()),
+            key_before: Some("https://v.vault.azure.net/keys/k/1".into()),
+            key_after: Some("https://v.vault.azure.net/keys/k/2".into()),
+            message: None,
+            seconds: 3.0,
+        };
+        clusters.insert(
+            ids[0].to_ascii_lowercase(),
+            ClusterState {
+                run_id: Some("r".into()),
+                result: Some(res(Outcome::Succeeded)),
+            },
+        );
+        clusters.insert(
+            ids[1].to_ascii_lowercase(),
+            ClusterState {
+                run_id: Some("r".into()),
+                result: Some(res(Outcome::Unreachable)),
+            },
+        );
+        FleetRecord {
+            path: "/f.jsonl".into(),
+            header,
+            clusters,
+            waves_finished: Default::default(),
+            finished: Some((FleetStatus::Stopped, "1 failed".into())),
+        }
+    }
+
+    #[test]
+    fn the_status_page_metrics_and_text_tell_each_cluster_and_the_skipped() {
+        let r = record();
+        let c = counts(&r);
+        assert_eq!(
+            (
+                c["succeeded"],
+                c["unreachable"],
+                c["not-started"],
+                c["skipped"]
+            ),
+            (1, 1, 1, 1)
+        );
+        let text = plan_text(&r, &|_| None);
+        assert!(
+            text.contains("skipped p<") && text.contains("not started"),
+            "{text}"
+        );
+        let page = page(&r);
+        assert_eq!(page.matches("<tr class=\"cluster\"").count(), 3);
+        assert!(page.contains("data-outcome=\"unreachable\"") && page.contains("p&lt;"));
+        assert!(!page.contains("<script"));
+        let m = prometheus(&r);
+        assert!(m.contains("wave=\"2\",outcome=\"unreachable\"} 1"), "{m}");
+        assert!(m.contains("kmsctl_fleet_clusters{fleet=\"f1\",outcome=\"skipped\"} 1"));
+        let j: serde_json::Value = serde_json::from_str(&fleet_json(&r)).unwrap();
+        assert_eq!(j["status"], "stopped");
+        let line = cluster_line(
+            &r.header.selection[1],
+            &r.cluster(&r.header.waves[1][0]).result.unwrap(),
+        );
+        assert!(
+            line.starts_with("b: unreachable in 3s; key 1 -> 2"),
+            "{line}"
+        );
+    }
 }
