@@ -176,6 +176,17 @@ async fn rotate(a: FleetRotateArgs, format: Format, plan_only: bool) -> anyhow::
         .await?;
     }
     let state_dir = runs::state_dir(&a.access.state);
+    let (earlier, _) = journal::list_all(&state_dir);
+    if let Some(e) = earlier
+        .iter()
+        .find(|r| r.unfinished() && r.header.params.shard == a.select.shard)
+    {
+        crate::say!(
+            "note: fleet run {} is unfinished ({}); this starts another. `kmsctl fleet resume` would continue that one",
+            e.header.fleet_run_id,
+            e.state()
+        );
+    }
     let j = FleetJournal::create(&state_dir, h).map_err(|e| Refusal(format!("{e:#}")))?;
     let record = journal::replay(&j.path)?;
     roll(j, record, &a.access, format).await
