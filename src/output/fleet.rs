@@ -46,11 +46,11 @@ pub struct FleetView {
 }
 
 /// The line a cluster's live view shows.
-fn live_text(lines: &Lines) -> String {
-    match lines.live().first() {
-        Some(l) => l.render(),
-        None => "starting".into(),
-    }
+fn live_text(lines: &Lines) -> Option<String> {
+    lines.live().first().map(|l| match l.bar {
+        Some(_) => l.render(),
+        None => l.text.clone(),
+    })
 }
 
 impl FleetView {
@@ -131,7 +131,7 @@ fn heartbeat(s: &mut State) {
         let running: Vec<String> = s
             .active
             .iter()
-            .map(|(n, a)| format!("{n}: {}", live_text(&a.lines)))
+            .map(|(n, a)| format!("{n}: {}", live_text(&a.lines).unwrap_or("starting".into())))
             .collect();
         out.push(format!(
             "wave {}/{of}: {} running, {} finished; {}",
@@ -193,8 +193,8 @@ impl View for FleetView {
             return;
         };
         let lines = a.lines.apply(e);
-        let live = live_text(&a.lines);
-        if let Some(b) = &a.bar {
+        // Between steps nothing is live: the line keeps what it said last.
+        if let (Some(b), Some(live)) = (&a.bar, live_text(&a.lines)) {
             b.set_message(live);
         }
         // On a terminal the live line shows where a cluster stands; only its ends are told.
