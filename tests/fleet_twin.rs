@@ -155,6 +155,23 @@ async fn credentials_come_in_the_service_shape_and_the_api_server_takes_entra_to
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 401),
         other => panic!("a management token reached the API server: {other:?}"),
     }
+    // kubectl too, with the kubeconfig as Resource Manager gave it and the exec user's token
+    // put in place (what kubelogin would hand it).
+    let exec_start = kc.find("    exec:").unwrap();
+    let with_token = format!("{}    token: {aks}\n", &kc[..exec_start]);
+    let file = w.dir.path().join("user-kubeconfig");
+    std::fs::write(&file, with_token).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kubectl")
+            .args(["get", "secrets", "-A", "--no-headers", "--kubeconfig"])
+            .arg(file)
+            .output()
+            .expect("kubectl runs (.ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "kubectl: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
     // One token endpoint for the fleet: the same token opens another member's API server.
     let (_, _, kc1) = credential(&w, "aks-fleet-01", "listClusterUserCredential").await;
     let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> =
@@ -291,6 +308,15 @@ async fn one_member_rotated_twice_with_azure_credentials_and_resumed_after_a_kil
         w.journal_lines().contains("\"kubeCredentials\":\"azure\""),
         "the journal records how the cluster was reached"
     );
+    // check-expiry reads the member's key ledger the same way.
+    let out = w
+        .run_on(
+            "aks-fleet-03",
+            &["check-expiry", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("could not be read"), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -420,4 +446,104 @@ async fn a_fault_for_one_member_stays_with_it() {
         "{}",
         text(&unknown)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_opt_in_members_are_what_they_say() {
+    let w = fleet(
+        opts(
+            4,
+            FleetSpec {
+                private_vaults: 1,
+                platform_managed: 1,
+                private_api: 1,
+                ..Default::default()
+            },
+        ),
+        2,
+    )
+    .await;
+    let names: Vec<String> = w.members().into_iter().map(|m| m.name).collect();
+    assert_eq!(names.len(), 4);
+    // Member 2 of 2: its key in a private vault with an approved private endpoint.
+    let d = w.inspect_member("aks-fleet-02");
+    let v = &d["vault"]["properties"];
+    assert_eq!(v["publicNetworkAccess"], "Disabled");
+    assert!(
+        v["privateEndpointConnections"][0]["properties"]["privateLinkServiceConnectionState"]["status"]
+            == "Approved",
+        "{v}"
+    );
+    let kms = &d["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"];
+    assert_eq!(kms["keyVaultNetworkAccess"], "Private");
+    assert_eq!(d["storage"]["unreadable"]["total"], 0);
+    // Member 3: platform-managed rotation (a versionless key id), its Secrets readable.
+    let d = w.inspect_member("aks-fleet-03");
+    let sp = &d["cluster"]["properties"]["securityProfile"];
+    let kid = sp["azureKeyVaultKms"]["keyId"].as_str().unwrap();
+    assert!(kid.ends_with("/keys/kms-key"), "{kid}");
+    assert!(sp["kubernetesResourceObjectEncryptionProfile"].is_object());
+    assert_eq!(d["storage"]["byKey"][format!("kms:v2:{kid}")], 4);
+    assert_eq!(d["storage"]["unreadable"]["total"], 0);
+    // Member 4: a private cluster, its API server only by its private FQDN.
+    let p = &w.inspect_member("aks-fleet-04")["cluster"]["properties"];
+    assert_eq!(p["apiServerAccessProfile"]["enablePrivateCluster"], true);
+    assert!(p["fqdn"].is_null());
+    assert!(
+        p["privateFQDN"]
+            .as_str()
+            .unwrap()
+            .contains(".privatelink.westeurope.azmk8s.io"),
+        "{p}"
+    );
+    // The rotatable one is rotatable with no kubeconfig, the private vault's refused from
+    // outside its network (the vault's data plane cannot be reached).
+    let out = w
+        .run_on(
+            "aks-fleet-01",
+            &["rotate", "--yes", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = w
+        .run_on(
+            "aks-fleet-02",
+            &["rotate", "--yes", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_cluster_is_rotated_from_inside_its_network() {
+    let mut o = opts(
+        6,
+        FleetSpec {
+            private_api: 1,
+            ..Default::default()
+        },
+    );
+    o.operator_network = kmsctl::sim::operator_network::OperatorNetwork::Inside;
+    let w = fleet(o, 1).await;
+    let (_, _, kc) = credential(&w, "aks-fleet-02", "listClusterUserCredential").await;
+    let private = w.inspect_member("aks-fleet-02")["cluster"]["properties"]["privateFQDN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        kc.contains(&format!("server: https://{private}:443")),
+        "{kc}"
+    );
+    let old = w.member_key("aks-fleet-02");
+    // The wrong-cluster guard takes the private FQDN as this cluster's API server.
+    let out = w
+        .run_on(
+            "aks-fleet-02",
+            &["rotate", "--yes", "--kube-credentials", "azure"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(w.member_key("aks-fleet-02"), old);
+    let (n, total) = w.member_storage("aks-fleet-02");
+    assert_eq!(n, total);
 }

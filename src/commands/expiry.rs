@@ -501,12 +501,7 @@ async fn check_one(
         Ok(c) => {
             // The ledger lives in the cluster: without a usable kubeconfig the previous version
             // is reported as not checked, not as fine.
-            let ledger = match crate::k8s::client::connect(
-                target.kubeconfig.as_deref(),
-                target.context.as_deref(),
-            )
-            .await
-            {
+            let ledger = match super::kube_from_azure::cluster_for(target, az).await {
                 Ok(k) if !is_this_cluster(&c.body, &k) => Err(format!(
                     "the kubeconfig context {} (server {}) is not this cluster's API server ({}; host and port are compared), so its key ledger is another cluster's: point --kubeconfig/--context at {}",
                     k.context.as_deref().unwrap_or("(current)"),

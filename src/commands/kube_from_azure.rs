@@ -36,6 +36,20 @@ impl Unreachable {
 /// How long the first request may take before a server counts as out of reach.
 const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The cluster's API server as `target` says to reach it: its kubeconfig and context, or
+/// through Resource Manager with `az`.
+pub async fn cluster_for(
+    target: &crate::engine::journal::Target,
+    az: &Azure,
+) -> anyhow::Result<Cluster> {
+    match target.kube_credentials {
+        KubeCredentials::Kubeconfig => {
+            client::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await
+        }
+        mode => connect(az, mode).await,
+    }
+}
+
 pub async fn connect(az: &Azure, mode: KubeCredentials) -> anyhow::Result<Cluster> {
     let which = match mode {
         KubeCredentials::AzureAdmin => Which::Admin,
@@ -56,6 +70,10 @@ pub async fn connect(az: &Azure, mode: KubeCredentials) -> anyhow::Result<Cluste
         .await
         .map_err(|e| Refusal(format!("{e:#}")))?;
     let host = client::server_host(&config.cluster_url.to_string());
+    if private && let Err(cause) = reach(&config).await {
+        let fqdn = p["privateFQDN"].as_str().unwrap_or(&host).to_string();
+        return Err(Unreachable { fqdn, cause }.into_error());
+    }
     if entra {
         let bearer = Bearer::start(az.credential.clone()).await.map_err(|e| {
             Refusal(format!(
@@ -101,6 +119,31 @@ pub async fn connect(az: &Azure, mode: KubeCredentials) -> anyhow::Result<Cluste
     .into())
 }
 
+/// Whether a TCP connection to the API server can be made from here (through the kubeconfig's
+/// proxy, as kube would): a private cluster's name resolves only inside its VNet.
+async fn reach(config: &kube::Config) -> Result<(), String> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tower_service::Service;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(REACH_TIMEOUT));
+    let uri = config.cluster_url.clone();
+    let attempt = async {
+        match config.proxy_url.clone() {
+            Some(proxy) => {
+                let mut tunnel =
+                    hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy, http);
+                tunnel.call(uri).await.map(drop).map_err(|e| e.to_string())
+            }
+            None => http.call(uri).await.map(drop).map_err(|e| e.to_string()),
+        }
+    };
+    match tokio::time::timeout(REACH_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no connection in {} s", REACH_TIMEOUT.as_secs())),
+    }
+}
+
 /// What a failed `listCluster*Credential` says, with what to do.
 fn credential_refusal(e: &anyhow::Error, which: Which) -> anyhow::Error {
     let remote = e.downcast_ref::<RemoteError>();
@@ -119,4 +162,25 @@ fn credential_refusal(e: &anyhow::Error, which: Which) -> anyhow::Error {
         _ => format!("{}: {e:#}", which.action()),
     };
     Refusal(text).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_is_a_refusal_that_can_be_told_apart() {
+        let e = Unreachable {
+            fqdn: "aks-1-dns-x.privatelink.westeurope.azmk8s.io".into(),
+            cause: "client error (Connect)".into(),
+        }
+        .into_error();
+        let u = e.downcast_ref::<Unreachable>().expect("told apart");
+        assert_eq!(u.fqdn, "aks-1-dns-x.privatelink.westeurope.azmk8s.io");
+        assert!(e.downcast_ref::<Refusal>().is_some(), "exits 2");
+        assert_eq!(
+            e.to_string(),
+            "private API server aks-1-dns-x.privatelink.westeurope.azmk8s.io: not reachable from this network; run kmsctl from a network that reaches it (a VM or runner in the cluster's VNet, or `az aks command invoke`)"
+        );
+    }
 }

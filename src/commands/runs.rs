@@ -366,7 +366,21 @@ async fn unproven_switch_of(r: &Record) -> Option<String> {
         ),
     };
     let read = async {
-        let c = crate::k8s::client::connect(kubeconfig.as_deref(), context.as_deref()).await?;
+        let c = match r.header.target.kube_credentials {
+            crate::engine::journal::KubeCredentials::Kubeconfig => {
+                crate::k8s::client::connect(kubeconfig.as_deref(), context.as_deref()).await?
+            }
+            _ => {
+                let api = std::env::var("KMSCTL_AKS_API_VERSION")
+                    .unwrap_or_else(|_| crate::cli::DEFAULT_AKS_API.to_string());
+                let az = setup::azure(
+                    &r.header.target,
+                    crate::azure::credential::AuthMode::Auto,
+                    &api,
+                )?;
+                super::kube_from_azure::cluster_for(&r.header.target, &az).await?
+            }
+        };
         anyhow::Ok(crate::k8s::ledger::load(&c.client).await?.0)
     };
     match read.await {

@@ -101,10 +101,17 @@ impl std::fmt::Debug for Bearer {
     }
 }
 
+/// The shortest wait between two token requests (a token endpoint that hands out short-lived
+/// tokens is not asked in a loop).
+const MIN_WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(500)
+} else {
+    Duration::from_secs(10)
+};
+
 /// How long to wait before replacing a token that is valid for `left`.
 pub fn refresh_in(left: Duration) -> Duration {
-    left.saturating_sub(REFRESH_BEFORE)
-        .max(Duration::from_secs(10))
+    left.saturating_sub(REFRESH_BEFORE).max(MIN_WAIT)
 }
 
 async fn token(credential: &dyn TokenCredential) -> anyhow::Result<(HeaderValue, Duration)> {
@@ -169,6 +176,15 @@ pub fn register(config: &kube::Config, bearer: Bearer) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(config.cluster_url.to_string(), bearer);
+}
+
+/// Stops refreshing the token of `config`'s server (a fleet process done with a cluster); the
+/// clients built for it stop authenticating once their token expires.
+pub fn unregister(config: &kube::Config) {
+    BEARERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&config.cluster_url.to_string());
 }
 
 pub fn bearer_for(config: &kube::Config) -> Option<Bearer> {
@@ -254,7 +270,47 @@ mod tests {
             refresh_in(Duration::from_secs(3599)),
             Duration::from_secs(3299)
         );
-        assert_eq!(refresh_in(Duration::from_secs(60)), Duration::from_secs(10));
-        assert_eq!(refresh_in(Duration::ZERO), Duration::from_secs(10));
+        assert_eq!(refresh_in(Duration::from_secs(60)), MIN_WAIT);
+        assert_eq!(refresh_in(Duration::ZERO), MIN_WAIT);
+    }
+
+    /// Hands out numbered tokens valid for one second.
+    #[derive(Debug, Default)]
+    struct ShortLived(std::sync::atomic::AtomicU32);
+
+    #[async_trait::async_trait]
+    impl TokenCredential for ShortLived {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            assert_eq!(scopes, [AKS_SCOPE]);
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(azure_core::credentials::AccessToken::new(
+                format!("t{n}"),
+                azure_core::time::OffsetDateTime::now_utc()
+                    + azure_core::time::Duration::seconds(1),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_bearer_replaces_its_token_and_stops_with_its_last_user() {
+        let cred = Arc::new(ShortLived::default());
+        let bearer = Bearer::start(cred.clone()).await.unwrap();
+        assert_eq!(bearer.header(), "Bearer t0");
+        assert!(bearer.header().is_sensitive(), "never logged");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let asked = cred.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(asked >= 2, "replaced before it expired");
+        assert_eq!(bearer.header(), format!("Bearer t{}", asked - 1).as_str());
+        drop(bearer);
+        let asked = cred.0.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(
+            cred.0.load(std::sync::atomic::Ordering::SeqCst) <= asked + 1,
+            "no more tokens once nobody uses the bearer"
+        );
     }
 }
