@@ -1,16 +1,14 @@
-//! Fleet benchmark (`cargo bench --bench fleet -- [--clusters N] [--secrets S] [--max-parallel P]
-//! [--sample K]`).
+//! Fleet benchmark (`cargo bench --bench fleet -- [--clusters N] [--secrets S] [--parallel P]
+//! [--lro-seconds L] [--period S]`).
 //!
-//! Starts a fleet twin (`kmsctl sim serve --fleet-clusters N`, S Secrets each) and measures
-//! `kmsctl fleet rotate --twice --max-parallel P` over all of it: wall time and the fleet
-//! process's peak RSS. Then, on a second fleet twin of the same shape, K single-cluster
-//! `kmsctl rotate --twice` runs one after the other (each reaching its cluster through Resource
-//! Manager, as the fleet does): their mean times N is "the sum of the single-cluster runs".
-//! After each arm it checks with `sim inspect --all` that every cluster it rotated has every
-//! Secret under its new key. Goal (issue 18): fleet wall <= 0.15 x the sum, peak RSS <= 512 MiB.
+//! A twin serving N clusters (default 50) of S Secrets each (default 1,000): one cluster rotated
+//! alone first (the single-cluster run), then `kmsctl fleet rotate --waves 100% --max-parallel P`
+//! (default 10) over all of them. Prints the fleet's wall time against the sum of the
+//! single-cluster runs (N x the one measured alone, and the sum of each cluster's own time in the
+//! fleet), and the fleet process's peak RSS. Goals: wall <= 0.15 x the sum, peak RSS <= 512 MiB.
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,60 +17,81 @@ const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 struct Args {
     clusters: usize,
     secrets: usize,
-    max_parallel: usize,
-    sample: usize,
+    parallel: usize,
+    lro_seconds: u64,
+    period: u64,
 }
 
 fn args() -> Args {
     let mut a = Args {
         clusters: 50,
         secrets: 1000,
-        max_parallel: 10,
-        sample: 3,
+        parallel: 10,
+        lro_seconds: 5,
+        period: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_default().parse().expect("a number");
+        let mut val = || it.next().unwrap_or_default();
         match arg.as_str() {
-            "--clusters" => a.clusters = val(),
-            "--secrets" => a.secrets = val(),
-            "--max-parallel" => a.max_parallel = val(),
-            "--sample" => a.sample = val(),
+            "--clusters" => a.clusters = val().parse().expect("--clusters N"),
+            "--secrets" => a.secrets = val().parse().expect("--secrets S"),
+            "--parallel" => a.parallel = val().parse().expect("--parallel P"),
+            "--lro-seconds" => a.lro_seconds = val().parse().expect("--lro-seconds L"),
+            "--period" => a.period = val().parse().expect("--period S"),
             _ => {} // cargo bench passes --bench
         }
     }
     a
 }
 
-/// A fleet twin process, stopped when dropped.
-struct Twin {
-    child: std::process::Child,
-    dir: PathBuf,
-    env: Vec<(String, String)>,
+fn twin_env(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("env"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            Some((
+                k.to_string(),
+                v.trim_matches('\'').trim_matches('"').to_string(),
+            ))
+        })
+        .collect()
 }
 
-impl Drop for Twin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn kmsctl(dir: &Path, a: &Args, args: &[&str]) -> Command {
+    let mut c = Command::new(KMSCTL);
+    c.args(args)
+        .envs(twin_env(dir))
+        .env_remove("KUBECONFIG")
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env("KMSCTL_KMS_STATUS_PERIOD_SECONDS", a.period.to_string())
+        .env("KMSCTL_BARRIER_POLL_MILLIS", "500")
+        .stderr(Stdio::null());
+    c
 }
 
-fn start_twin(a: &Args) -> Twin {
-    let dir = std::env::temp_dir().join(format!(
-        "kmsctl-fleet-bench-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+/// The largest resident set of the children waited for so far, in MiB.
+fn children_peak_rss_mib() -> f64 {
+    // SAFETY: getrusage fills the struct it is given; nothing else is shared.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    u.ru_maxrss as f64 / 1024.0
+}
+
+fn main() {
+    let a = args();
+    let dir = std::env::temp_dir().join(format!("kmsctl-fleet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     let out = std::fs::File::create(dir.join("serve.out")).expect("serve.out");
-    let child = Command::new(KMSCTL)
+    let mut twin = Command::new(KMSCTL)
         .args(["sim", "serve", "--dir"])
         .arg(&dir)
         .args(["--fleet-clusters", &a.clusters.to_string()])
         .args(["--secrets", &a.secrets.to_string(), "--namespaces", "10"])
-        .args(["--lro-seconds", "1", "--kms-status-period", "2"])
-        .args(["--latency-ms", "2"])
+        .args(["--lro-seconds", &a.lro_seconds.to_string()])
+        .args(["--kms-status-period", &a.period.to_string()])
         .stdout(out)
         .stderr(Stdio::null())
         .spawn()
@@ -83,193 +102,78 @@ fn start_twin(a: &Args) -> Twin {
         .lines()
         .any(|l| l.starts_with("ready"))
     {
-        assert!(Instant::now() < deadline, "the fleet twin was not ready");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "the twin was not ready in 300 s");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let env = std::fs::read_to_string(dir.join("env"))
-        .expect("the twin's env")
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.strip_prefix("export ")?.split_once('=')?;
-            Some((k.to_string(), v.trim_matches('\'').to_string()))
-        })
-        .collect();
-    Twin { child, dir, env }
-}
-
-impl Twin {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(KMSCTL);
-        c.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("XDG_STATE_HOME", self.dir.join("state"))
-            .envs(self.env.iter().cloned())
-            .env_remove("KUBECONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c
-    }
-
-    /// Every member: (name, resource group, subscription, keyId, all Secrets under it).
-    fn members(&self) -> Vec<(String, String, String, String, bool)> {
-        let out = Command::new(KMSCTL)
-            .args(["sim", "inspect", "--all", "--dir"])
-            .arg(&self.dir)
-            .output()
-            .expect("sim inspect --all");
-        let v: Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
-        v["clusters"]
-            .as_array()
-            .expect("clusters")
-            .iter()
-            .map(|c| {
-                let id = c["cluster"]["id"].as_str().unwrap_or_default();
-                let part = |after: &str| {
-                    id.split('/')
-                        .skip_while(|s| !s.eq_ignore_ascii_case(after))
-                        .nth(1)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let kid =
-                    c["cluster"]["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                let by = c["storage"]["byKey"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default();
-                let under: u64 = by
-                    .iter()
-                    .filter(|(k, _)| !kid.is_empty() && k.ends_with(&kid))
-                    .filter_map(|(_, n)| n.as_u64())
-                    .sum();
-                let all = under > 0 && Some(under) == c["storage"]["total"].as_u64();
-                (
-                    c["cluster"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    part("resourceGroups"),
-                    part("subscriptions"),
-                    kid,
-                    all,
-                )
-            })
-            .collect()
-    }
-}
-
-fn hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Runs to the end, sampling peak RSS: (success, seconds, peak KiB).
-fn timed(mut c: Command) -> (bool, f64, u64) {
+    // One cluster alone, as `kmsctl rotate` runs it.
+    let plan = kmsctl(&dir, &a, &["fleet", "plan", "-o", "json"])
+        .output()
+        .expect("fleet plan");
+    let p: Value = serde_json::from_slice(&plan.stdout).expect("the plan as JSON");
+    let c = &p["selection"][0];
+    let one = Instant::now();
+    let single = kmsctl(
+        &dir,
+        &a,
+        &["rotate", "--yes", "--kube-credentials", "azure"],
+    )
+    .args(["--subscription", c["subscription"].as_str().unwrap()])
+    .args(["-g", c["resourceGroup"].as_str().unwrap()])
+    .args(["-n", c["name"].as_str().unwrap()])
+    .output()
+    .expect("kmsctl rotate");
+    let single_s = one.elapsed().as_secs_f64();
+    assert!(
+        single.status.success(),
+        "the single-cluster rotation failed"
+    );
+    let single_rss = children_peak_rss_mib();
+    // The fleet.
     let start = Instant::now();
-    let mut child = c.spawn().expect("kmsctl starts");
-    let mut peak = 0;
-    loop {
-        if let Some(h) = hwm_kib(child.id()) {
-            peak = peak.max(h);
-        }
-        if let Some(status) = child.try_wait().expect("wait") {
-            return (status.success(), start.elapsed().as_secs_f64(), peak);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Members whose key changed and whose Secrets are all under the new one.
-fn rotated(before: &[(String, String, String, String, bool)], twin: &Twin) -> usize {
-    let after = twin.members();
-    after
+    let fleet = kmsctl(
+        &dir,
+        &a,
+        &["fleet", "rotate", "--waves", "100%", "--yes", "-o", "json"],
+    )
+    .args(["--max-parallel", &a.parallel.to_string()])
+    .output()
+    .expect("kmsctl fleet rotate");
+    let wall = start.elapsed().as_secs_f64();
+    let peak = children_peak_rss_mib();
+    let _ = twin.kill();
+    let _ = twin.wait();
+    let lines: Vec<Value> = String::from_utf8_lossy(&fleet.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let clusters: Vec<&Value> = lines.iter().filter(|l| l["name"].is_string()).collect();
+    let ok = clusters
         .iter()
-        .filter(|m| m.4 && before.iter().any(|b| b.0 == m.0 && b.3 != m.3))
-        .count()
-}
-
-fn main() {
-    let a = args();
+        .filter(|l| l["outcome"] == "succeeded")
+        .count();
+    let in_fleet: f64 = clusters.iter().filter_map(|l| l["seconds"].as_f64()).sum();
+    let sum = single_s * a.clusters as f64;
     println!(
-        "fleet benchmark: {} clusters x {} Secrets, --max-parallel {}, single-run sample {}",
-        a.clusters, a.secrets, a.max_parallel, a.sample
+        "fleet: {} clusters x {} Secrets at --max-parallel {} (cluster operations {} s, status period {} s)",
+        a.clusters, a.secrets, a.parallel, a.lro_seconds, a.period
     );
-
-    // (a) the fleet, in one process.
-    let twin = start_twin(&a);
-    let before = twin.members();
-    let mut c = twin.command(&[
-        "fleet",
-        "rotate",
-        "--twice",
-        "--waves",
-        "100%",
-        "--max-parallel",
-        &a.max_parallel.to_string(),
-        "--yes",
-        "--progress",
-        "plain",
-    ]);
-    c.stderr(Stdio::from(
-        std::fs::File::create(twin.dir.join("fleet.err")).expect("fleet.err"),
-    ));
-    let (ok, fleet_s, fleet_kib) = timed(c);
-    let done = rotated(&before, &twin);
-    if !ok {
-        let err = std::fs::read_to_string(twin.dir.join("fleet.err")).unwrap_or_default();
-        let tail: Vec<&str> = err.lines().rev().take(5).collect();
-        println!("fleet rotate failed: {tail:?}");
-    }
+    println!("  one cluster alone: {single_s:.1} s (peak RSS {single_rss:.0} MiB)");
     println!(
-        "fleet rotate --twice: {fleet_s:.1} s wall, peak RSS {:.0} MiB, {done}/{} clusters rotated and proven",
-        fleet_kib as f64 / 1024.0,
-        a.clusters
+        "  fleet: {wall:.1} s wall, {ok}/{} succeeded (exit {:?}); sum of single runs {sum:.0} s (N x alone), {in_fleet:.0} s (each cluster's own time in the fleet)",
+        a.clusters,
+        fleet.status.code()
     );
-    drop(twin);
-
-    // (b) single-cluster runs, one after the other, on a fresh fleet of the same shape.
-    let twin = start_twin(&a);
-    let members = twin.members();
-    let mut times = Vec::new();
-    let mut peak_single = 0;
-    for m in members.iter().take(a.sample.max(1)) {
-        let c = twin.command(&[
-            "rotate",
-            "--twice",
-            "--yes",
-            "--subscription",
-            &m.2,
-            "-g",
-            &m.1,
-            "-n",
-            &m.0,
-            "--kube-credentials",
-            "azure",
-        ]);
-        let (ok, s, kib) = timed(c);
-        assert!(ok, "rotate --twice of {} failed", m.0);
-        peak_single = peak_single.max(kib);
-        times.push(s);
-    }
-    let sample_done = rotated(&members, &twin);
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    let sum = mean * a.clusters as f64;
     println!(
-        "single rotate --twice: mean {mean:.1} s over {} runs ({sample_done} rotated and proven), peak RSS {:.0} MiB; sum for {} clusters ~ {sum:.0} s",
-        times.len(),
-        peak_single as f64 / 1024.0,
-        a.clusters
+        "  wall / sum: {:.3} (goal <= 0.15); peak RSS {peak:.0} MiB (goal <= 512)",
+        wall / sum
     );
-    let ratio = fleet_s / sum;
     println!(
-        "fleet / sum of single runs: {ratio:.3} (goal <= 0.15); fleet peak RSS {:.0} MiB (goal <= 512)",
-        fleet_kib as f64 / 1024.0
+        "  {}",
+        if wall <= 0.15 * sum && peak <= 512.0 && ok == a.clusters {
+            "within the goals"
+        } else {
+            "OUTSIDE the goals"
+        }
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod doctor;
 pub mod engine;
 pub mod exit_codes;
+pub mod fleet;
 pub mod k8s;
 pub mod output;
 pub mod playbook;

@@ -67,6 +67,21 @@ pub const EXAMPLES: &[(&str, &str)] = &[
   kmsctl runs --abandon RUN_ID"),
     ("demo", "  kmsctl demo
   kmsctl demo --secrets 20000 --namespaces 40"),
+    ("fleet", "  # What would be rotated, in which waves (changes nothing)
+  kmsctl fleet plan --waves 1,10%,50%,100%
+  kmsctl fleet rotate --twice --waves 1,10%,50%,100% --max-parallel 8 --yes
+  kmsctl fleet status
+  kmsctl fleet resume --yes"),
+    ("fleet plan", "  kmsctl fleet plan --subscription SUB --tag env=prod
+  kmsctl fleet plan --where \"location =~ 'westeurope'\" -o json"),
+    ("fleet rotate", "  # A canary, then 10%, then half, then the rest; stop at the first failure
+  kmsctl fleet rotate --twice --waves 1,10%,50%,100% --yes
+  # Tolerate two failures, in a random (journaled) order, one shard of four
+  kmsctl fleet rotate --max-failures 2 --order random --shard 0/4 --yes -o json"),
+    ("fleet resume", "  kmsctl fleet resume --yes
+  kmsctl fleet resume --shard 0/4 --yes"),
+    ("fleet status", "  kmsctl fleet status
+  kmsctl fleet status -o html > fleet.html"),
     ("sim", "  kmsctl sim serve --dir /tmp/twin &
   . /tmp/twin/env && kmsctl status"),
     ("sim serve", "  kmsctl sim serve --dir /tmp/twin --secrets 5000 --apiserver-replicas 3 --kms-status-period 20

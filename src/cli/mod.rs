@@ -3,6 +3,7 @@
 mod complete;
 pub use complete::registration;
 pub mod examples;
+pub mod fleet;
 pub mod sim;
 
 use crate::azure::credential::AuthMode;
@@ -148,6 +149,9 @@ pub enum Command {
     Resume(ResumeArgs),
     /// List runs and their state (running, interrupted, failed, succeeded, abandoned).
     Runs(RunsArgs),
+    /// Rotate many clusters in waves (plan, rotate, resume, status), each with the same proofs.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Start a twin in-process and run `rotate --twice` on it.
     Demo(DemoArgs),
     /// The local twin of AKS, Key Vault, Entra ID and the Kubernetes API.

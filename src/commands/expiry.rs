@@ -456,8 +456,8 @@ async fn check(a: ExpiryArgs, format: Format) -> anyhow::Result<i32> {
     let windows = windows(&a)?;
     if a.all {
         let az = setup::azure_any(a.target.auth, &a.target.aks_api_version)?;
-        let mut reports = super::fleet::run(&az, windows).await;
-        return super::fleet::print(&mut reports, format, windows, a.textfile.as_deref());
+        let mut reports = super::expiry_all::run(&az, windows).await;
+        return super::expiry_all::print(&mut reports, format, windows, a.textfile.as_deref());
     }
     if format == Format::Html {
         return Err(Refusal("-o html is for --all (one page for the fleet)".into()).into());
@@ -593,10 +593,15 @@ pub fn write_textfile(
     // A symlink (a textfile collector's directory linked to elsewhere) is written through: the
     // rename happens beside its target, which a rename onto the link would replace with a
     // regular file.
+    write_atomic(path, &prometheus(reports))
+}
+
+/// Writes `text` into `path` atomically (a temporary file beside it, renamed into place).
+pub fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     let path = &resolve_link(path);
-    let metrics = prometheus(reports);
+    let metrics = text;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, &metrics).map_err(|e| {
+    std::fs::write(&tmp, metrics).map_err(|e| {
         anyhow::anyhow!(
             "the --textfile {} could not be written (writing {}: {e})",
             path.display(),

@@ -191,6 +191,65 @@ fn named_cluster(target: &Target) -> Option<Target> {
 enum Prepared {
     Run(Box<(Journal, journal::Record)>),
     Stop(i32),
+    /// A fleet's cluster whose key ledger shows the rotation done already (why).
+    Done(String),
+}
+
+/// What starting a run needs, however it was asked for: a command line, or a fleet (which
+/// confirmed once for all its clusters and shows their runs itself).
+pub struct Start {
+    pub procedure: Procedure,
+    pub target: Target,
+    pub params: RunParams,
+    pub auth: crate::azure::credential::AuthMode,
+    pub aks_api: String,
+    pub state_dir: std::path::PathBuf,
+    pub run_id: String,
+    pub dry_run: bool,
+    pub yes: bool,
+    /// Started by a fleet: the plan and findings are not printed, a refusal comes back as a
+    /// `Refusal` error saying what was refused.
+    pub unattended: bool,
+    /// A fleet's rotation: the cluster is done when its key ledger shows this many proven
+    /// versions put in service since this instant.
+    pub done_since: Option<(chrono::DateTime<chrono::Utc>, usize)>,
+}
+
+impl Start {
+    pub fn from_args(procedure: Procedure, c: &ChangeArgs, params: RunParams) -> Start {
+        Start {
+            run_id: journal::new_run_id(&procedure.name),
+            procedure,
+            target: setup::target(&c.target),
+            params,
+            auth: c.target.auth,
+            aks_api: c.target.aks_api_version.clone(),
+            state_dir: runs::state_dir(&c.target.state),
+            dry_run: c.dry_run,
+            yes: c.yes,
+            unattended: false,
+            done_since: None,
+        }
+    }
+}
+
+/// A run ready for the engine: its context, journal and lease.
+pub struct Ready {
+    pub ctx: Context,
+    pub journal: Journal,
+    pub record: journal::Record,
+    pub lease: crate::k8s::lease::Lease,
+}
+
+/// How launching a run ended.
+pub enum Launched {
+    Ready(Box<Ready>),
+    /// Ended before any change with this exit code (refused, not confirmed, a dry run).
+    Stopped(i32),
+    /// The key ledger shows the work done already (`Start::done_since`).
+    Done(String),
+    /// A signal arrived before any change.
+    Interrupted,
 }
 
 /// Preflight, plan, confirmation, journal, then the engine.
@@ -200,68 +259,90 @@ pub async fn start(
     p: RunParams,
     format: Format,
 ) -> anyhow::Result<i32> {
-    let target = setup::target(&c.target);
-    let run_id = journal::new_run_id(&procedure.name);
+    match launch(Start::from_args(procedure, c, p), format).await? {
+        Launched::Ready(r) => {
+            let r = *r;
+            runs::execute(&r.ctx, r.journal, r.record, r.lease, format).await
+        }
+        Launched::Stopped(code) => Ok(code),
+        Launched::Done(_) => Ok(exit_codes::OK),
+        Launched::Interrupted => Ok(runs::INTERRUPTED),
+    }
+}
+
+/// Everything before the engine: the journal (before anything is read), the context, the
+/// lease, preflight, plan and confirmation.
+pub async fn launch(s: Start, format: Format) -> anyhow::Result<Launched> {
     // Journaled before anything is read, so `resume` finds a run killed at any moment; the
     // dry run only looks and leaves no journal.
-    let pending = match c.dry_run {
+    let pending = match s.dry_run {
         true => None,
         false => Some(session::PendingRun::create(
-            &runs::state_dir(&c.target.state),
-            &target,
-            run_id.clone(),
-            procedure.clone(),
-            p.clone(),
-            c.yes,
+            &s.state_dir,
+            &s.target,
+            s.run_id.clone(),
+            s.procedure.clone(),
+            s.params.clone(),
+            s.yes,
         )?),
     };
-    let ctx = setup::context(&target, c.target.auth, &c.target.aks_api_version, true).await?;
+    let ctx = setup::context(&s.target, s.auth, &s.aks_api, true).await?;
     // A real run takes the cluster's lease before it reads anything else.
-    let prepare = prepare(&ctx, c, pending, run_id.clone(), procedure, p, format);
-    match session::begin(&ctx, &run_id, !c.dry_run, prepare)
+    let prepare = prepare(&ctx, &s, pending, format);
+    match session::begin(&ctx, &s.run_id, !s.dry_run, prepare)
         .await
         .map_err(refusal)?
     {
         Begun::Ready(Prepared::Run(run), Some(lease)) => {
-            let (j, record) = *run;
-            runs::execute(&ctx, j, record, lease, format).await
+            let (journal, record) = *run;
+            Ok(Launched::Ready(Box::new(Ready {
+                ctx,
+                journal,
+                record,
+                lease,
+            })))
         }
         Begun::Ready(prepared, lease) => {
             if let Some(l) = lease {
                 l.release().await;
             }
             Ok(match prepared {
-                Prepared::Stop(code) => code,
-                Prepared::Run(..) => exit_codes::OK,
+                Prepared::Stop(code) => Launched::Stopped(code),
+                Prepared::Done(why) => Launched::Done(why),
+                Prepared::Run(..) => Launched::Stopped(exit_codes::OK),
             })
         }
-        Begun::Interrupted(s) => {
-            crate::say!("\n{s}: stopped before any change; nothing was changed");
-            Ok(runs::INTERRUPTED)
+        Begun::Interrupted(sig) => {
+            crate::say!("\n{sig}: stopped before any change; nothing was changed");
+            Ok(Launched::Interrupted)
         }
     }
 }
 
 async fn prepare(
     ctx: &Context,
-    c: &ChangeArgs,
+    s: &Start,
     mut pending: Option<session::PendingRun>,
-    run_id: String,
-    procedure: Procedure,
-    p: RunParams,
     format: Format,
 ) -> anyhow::Result<Prepared> {
+    let (procedure, p, run_id) = (&s.procedure, &s.params, &s.run_id);
     let l = ledger::load(&ctx.kube).await.map_err(|e| {
         Refusal(format!(
             "cannot read the key ledger kube-system/{}: {e}. kmsctl needs get, create and update on it (see README, Safety model)",
             ledger::NAME
         ))
     })?;
-    if let Err(e) = proof::refuse_unproven(&l.0, &run_id) {
+    if let Some((since, versions)) = s.done_since
+        && let Some(why) = ledger::done_since(&l.0, since, versions)
+    {
+        return Ok(Prepared::Done(why));
+    }
+    if let Err(e) = proof::refuse_unproven(&l.0, run_id) {
         return Err(Refusal(e.to_string()).into());
     }
-    if let Some(why) = super::playbooks::nothing_to_do(ctx, procedure.intent, &p).await? {
+    if let Some(why) = super::playbooks::nothing_to_do(ctx, procedure.intent, p).await? {
         match format {
+            _ if s.unattended => crate::say!("nothing to do: {why}"),
             Format::Json => {
                 print_json(&serde_json::json!({ "plan": procedure, "nothingToDo": why }))
             }
@@ -273,7 +354,7 @@ async fn prepare(
     }
     // Nothing has changed yet: a check that cannot be made (403 listing Secrets, a credential
     // Entra ID refuses) is a refusal, with the service's own message.
-    let pre = preflight::run(ctx, procedure.intent, &p, procedure.uses_data_plane())
+    let pre = preflight::run(ctx, procedure.intent, p, procedure.uses_data_plane())
         .await
         .map_err(|e| {
             Refusal(format!(
@@ -281,24 +362,39 @@ async fn prepare(
             ))
         })?;
     let refused = checks::refused(&pre.findings);
-    match format {
-        Format::Json => {
-            if c.dry_run || refused {
-                print_json(
-                    &serde_json::json!({ "plan": procedure, "preflight": pre.findings, "refused": refused, "dryRun": c.dry_run }),
-                );
-            }
+    if s.unattended {
+        if refused {
+            let why: Vec<String> = pre
+                .findings
+                .iter()
+                .filter(|f| f.level == checks::Level::Refuse)
+                .map(|f| match &f.fix {
+                    Some(fix) => format!("{}: {} (fix: {fix})", f.check, f.message),
+                    None => format!("{}: {}", f.check, f.message),
+                })
+                .collect();
+            return Err(Refusal(format!("preflight refused: {}", why.join("; "))).into());
         }
-        Format::Text | Format::Prometheus | Format::Html => {
-            let text = format!(
-                "{}{}",
-                render_plan(&procedure, |f| p.flag(f)),
-                render_findings(&pre.findings)
-            );
-            if c.dry_run {
-                out(&text)
-            } else {
-                crate::output::ask(&text)
+    } else {
+        match format {
+            Format::Json => {
+                if s.dry_run || refused {
+                    print_json(
+                        &serde_json::json!({ "plan": procedure, "preflight": pre.findings, "refused": refused, "dryRun": s.dry_run }),
+                    );
+                }
+            }
+            Format::Text | Format::Prometheus | Format::Html => {
+                let text = format!(
+                    "{}{}",
+                    render_plan(procedure, |f| p.flag(f)),
+                    render_findings(&pre.findings)
+                );
+                if s.dry_run {
+                    out(&text)
+                } else {
+                    crate::output::ask(&text)
+                }
             }
         }
     }
@@ -306,15 +402,15 @@ async fn prepare(
         crate::say!("refused: nothing was changed. Fix what is marked REFUSE above and run again.");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
-    if c.dry_run {
+    if s.dry_run {
         return Ok(Prepared::Stop(exit_codes::OK));
     }
-    if !c.yes
+    if !s.yes
         && !confirm(&format!(
             "{}: {}.\nGo ahead on cluster {}?",
             procedure.name,
             procedure.description,
-            c.target
+            s.target
                 .cluster
                 .as_deref()
                 .unwrap_or("(the one the environment names)")
@@ -324,12 +420,12 @@ async fn prepare(
         crate::say!("{NOT_CONFIRMED}");
         return Ok(Prepared::Stop(exit_codes::REFUSED));
     }
-    if !c.yes
+    if !s.yes
         && let Some(p) = pending.as_mut()
     {
         p.confirm()?;
     }
-    let seed = crate::engine::runner::preflight_entries(&procedure, pre.output);
+    let seed = crate::engine::runner::preflight_entries(procedure, pre.output);
     let Some(pending) = pending else {
         return Ok(Prepared::Stop(exit_codes::OK));
     };
@@ -340,6 +436,15 @@ async fn prepare(
 /// What an answer other than yes at the prompt says (exit 2, as any refusal before a change).
 pub const NOT_CONFIRMED: &str =
     "not confirmed: nothing was changed (run again and answer y, or pass --yes)";
+
+/// Asks; anything but yes is a refusal (exit 2) saying how to go ahead.
+pub async fn confirm_or_refuse(question: &str) -> anyhow::Result<()> {
+    if confirm(question).await? {
+        Ok(())
+    } else {
+        Err(Refusal(NOT_CONFIRMED.into()).into())
+    }
+}
 
 /// Asks on the terminal. The read runs off the async threads, so a Ctrl-C at the prompt is
 /// still seen (and the lease given back).

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod docs;
 pub mod doctor;
 pub mod expiry;
+pub mod expiry_all;
 pub mod expiry_fix;
 pub mod fleet;
 pub mod kube_from_azure;
@@ -28,10 +29,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let format = cli.output;
     crate::output::events::set_mode(cli.progress);
     if matches!(format, Format::Prometheus | Format::Html)
-        && !matches!(cli.command, Command::CheckExpiry(_))
+        && !matches!(cli.command, Command::CheckExpiry(_) | Command::Fleet(_))
     {
         return Err(Refusal(format!(
-            "-o {}: only check-expiry writes that; use -o text or -o json",
+            "-o {}: only check-expiry and fleet write that; use -o text or -o json",
             if format == Format::Html {
                 "html"
             } else {
@@ -59,5 +60,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => runs::resume(a, format).await,
         Command::Runs(a) => runs::runs(a, format).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Fleet(c) => fleet::run(c, format).await,
     }
 }

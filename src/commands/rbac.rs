@@ -169,7 +169,7 @@ const ACTIONS: &[(&str, &str)] = &[
     ),
     (
         "Microsoft.ResourceGraph/resources/read",
-        "check-expiry --all: every KMS cluster",
+        "check-expiry --all, fleet: every KMS cluster",
     ),
 ];
 

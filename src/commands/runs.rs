@@ -1,7 +1,7 @@
 //! Running a journaled run to its end (or to SIGINT/SIGTERM), `resume` (same cluster only) and
 //! `runs` (the table, and `--abandon`).
 
-use super::lifecycle::{confirm, refusal};
+use super::lifecycle::{Launched, Ready, confirm, refusal};
 use super::{Refusal, setup};
 use crate::cli::{ResumeArgs, RunsArgs, StateArgs};
 use crate::engine::context::Context;
@@ -250,15 +250,40 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
             ..Default::default()
         }
     };
-    let ctx = setup::context(
-        &target,
-        a.target.auth,
-        &a.target.aks_api_version,
-        need_azure,
-    )
-    .await?;
+    let go = Continue {
+        target,
+        auth: a.target.auth,
+        aks_api: a.target.aks_api_version.clone(),
+        yes: a.yes,
+        switch_timeout_seconds: a.switch_timeout_seconds,
+    };
+    match continue_run(&chosen, go).await? {
+        Launched::Ready(r) => {
+            let r = *r;
+            execute(&r.ctx, r.journal, r.record, r.lease, format).await
+        }
+        Launched::Stopped(code) => Ok(code),
+        Launched::Done(_) => Ok(exit_codes::OK),
+        Launched::Interrupted => Ok(INTERRUPTED),
+    }
+}
+
+/// How to continue a run: where its cluster is, and whether to ask first.
+pub struct Continue {
+    pub target: Target,
+    pub auth: crate::azure::credential::AuthMode,
+    pub aks_api: String,
+    pub yes: bool,
+    pub switch_timeout_seconds: Option<u64>,
+}
+
+/// Everything before the engine of a resumed run: the context, the same-cluster guard, the
+/// read-only preflight, the journal's lock, the lease and the confirmation.
+pub async fn continue_run(chosen: &Record, go: Continue) -> anyhow::Result<Launched> {
+    let h = chosen.header.clone();
+    let need_azure = h.procedure.intent != Intent::Reencrypt;
+    let mut ctx = setup::context(&go.target, go.auth, &go.aks_api, need_azure).await?;
     // A re-encryption run that named its cluster compares with it again.
-    let mut ctx = ctx;
     if !need_azure && h.target.subscription.is_some() && h.target.cluster.is_some() {
         ctx.azure = Some(super::lifecycle::named_azure(&h.target)?);
     }
@@ -289,7 +314,7 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
     // A run resumed because its proof timed out would time out again at once with the same
     // short timeout: without the flag, resume waits at least the default.
     let params = &mut record.header.params;
-    params.barrier_timeout_seconds = a.switch_timeout_seconds.unwrap_or(
+    params.barrier_timeout_seconds = go.switch_timeout_seconds.unwrap_or(
         params
             .barrier_timeout_seconds
             .max(journal::RunParams::default().barrier_timeout_seconds),
@@ -318,7 +343,7 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
                 h.procedure.name
             );
         }
-        if a.yes {
+        if go.yes {
             return Ok(true);
         }
         let yes = confirm(&question).await?;
@@ -331,16 +356,21 @@ pub async fn resume(a: ResumeArgs, format: Format) -> anyhow::Result<i32> {
         .await
         .map_err(refusal)?
     {
-        Begun::Ready(true, Some(lease)) => execute(&ctx, j, record, lease, format).await,
+        Begun::Ready(true, Some(lease)) => Ok(Launched::Ready(Box::new(Ready {
+            ctx,
+            journal: j,
+            record,
+            lease,
+        }))),
         Begun::Ready(_, lease) => {
             if let Some(l) = lease {
                 l.release().await;
             }
-            Ok(exit_codes::REFUSED)
+            Ok(Launched::Stopped(exit_codes::REFUSED))
         }
         Begun::Interrupted(s) => {
             crate::say!("\n{s}: nothing was changed");
-            Ok(INTERRUPTED)
+            Ok(Launched::Interrupted)
         }
     }
 }

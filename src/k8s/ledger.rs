@@ -287,6 +287,33 @@ pub async fn update(
     )))
 }
 
+/// Whether a rotation asked for at `since` is done on this cluster, as its ledger shows it
+/// (why, when it is): at least `versions` key versions went into service after `since`, the
+/// API servers were shown to write with the one in use, and every version that went out of
+/// service since was re-encrypted away. A fleet's rerun skips such a cluster.
+pub fn done_since(
+    l: &Ledger,
+    since: chrono::DateTime<chrono::Utc>,
+    versions: usize,
+) -> Option<String> {
+    let current = l.current()?;
+    let new = l
+        .entries
+        .iter()
+        .filter(|e| e.in_service_since > since)
+        .count();
+    let left = l.entries.iter().any(|e| {
+        e.out_of_service_since.is_some_and(|t| t > since) && e.reencrypted_away_at.is_none()
+    });
+    (new >= versions.max(1) && l.switch_proven_to(Some(&current.key_id)) && !left).then(|| {
+        format!(
+            "its key ledger shows {} in service since {} (switch proven, Secrets re-encrypted)",
+            current.key_id,
+            current.in_service_since.to_rfc3339()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +518,39 @@ mod tests {
         l.switch = switch(None, true);
         assert!(l.reencrypted(None, t));
         assert!(l.entries.iter().all(|e| e.reencrypted_away_at.is_some()));
+    }
+
+    #[test]
+    fn a_rotation_is_done_once_its_new_version_is_proven_and_the_old_one_reencrypted_away() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let mut l = Ledger::default();
+        l.put_in_service(Some("https://v.vault.azure.net/keys/k/1"), t(0));
+        assert_eq!(
+            done_since(&l, t(10), 1),
+            None,
+            "nothing since the fleet began"
+        );
+        l.put_in_service(Some("https://v.vault.azure.net/keys/k/2"), t(20));
+        l.switch = Some(Switch {
+            to: Some("https://v.vault.azure.net/keys/k/2".into()),
+            run_id: "r".into(),
+            requested_at: t(20),
+            proven_at: None,
+            ..Default::default()
+        });
+        assert_eq!(done_since(&l, t(10), 1), None, "switch not proven");
+        l.switch.as_mut().unwrap().proven_at = Some(t(30));
+        assert_eq!(
+            done_since(&l, t(10), 1),
+            None,
+            "old version not re-encrypted away"
+        );
+        assert!(l.reencrypted(Some("https://v.vault.azure.net/keys/k/2"), t(40)));
+        assert!(done_since(&l, t(10), 1).is_some());
+        assert_eq!(
+            done_since(&l, t(10), 2),
+            None,
+            "rotate-twice needs two versions"
+        );
     }
 }

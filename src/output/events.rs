@@ -781,6 +781,14 @@ enum LogRoute {
 
 static LOG_ROUTE: Mutex<LogRoute> = Mutex::new(LogRoute::Plain);
 
+/// Log lines above these live lines (a fleet's terminal view), or plainly again (None).
+pub fn logs_above(multi: Option<MultiProgress>) {
+    *LOG_ROUTE.lock().unwrap_or_else(|e| e.into_inner()) = match multi {
+        Some(m) => LogRoute::Above(m),
+        None => LogRoute::Plain,
+    };
+}
+
 /// The writer for tracing's log lines (main installs it): each log event is written whole,
 /// where the active reporter wants it.
 #[derive(Clone, Copy, Default)]

@@ -2,6 +2,7 @@
 //! terminal), human summaries, and machine-readable JSON on stdout (`-o json`).
 
 pub mod events;
+pub mod fleet;
 pub mod run;
 #[cfg(test)]
 mod snapshots;
@@ -22,10 +23,32 @@ pub enum Format {
     Html,
 }
 
+/// Where what a command says goes instead of the terminal (a fleet's cluster runs: their
+/// lines go to that cluster's view, and their text is never sprayed over the fleet's).
+pub type Route = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+tokio::task_local! {
+    pub static ROUTE: Route;
+}
+
+/// Sends `text` where the task's route says, if it has one.
+fn routed(text: &str) -> bool {
+    ROUTE
+        .try_with(|r| {
+            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                r(line)
+            }
+        })
+        .is_ok()
+}
+
 /// Writes to stdout. A reader that went away (`kmsctl rotate | head -3`) is not an error
 /// worth a panic: what it did not read is lost, the run itself goes on and ends as it would.
 pub fn out(text: &str) {
     use std::io::Write;
+    if routed(text) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
@@ -35,12 +58,18 @@ pub fn out(text: &str) {
 /// module but the reporters and main writes to the terminal through this or `out`.
 pub fn say(line: &str) {
     use std::io::Write;
+    if routed(line) {
+        return;
+    }
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The same without a line end (a prompt).
 pub fn ask(text: &str) {
     use std::io::Write;
+    if routed(text) {
+        return;
+    }
     let mut e = std::io::stderr().lock();
     let _ = write!(e, "{text}");
     let _ = e.flush();
