@@ -488,3 +488,85 @@ async fn the_html_page_renders_in_headless_chromium() {
         "{metrics}"
     );
 }
+
+/// Rotates `name` once by hand, as an operator would between two fleet runs.
+async fn rotate_by_hand(w: &World, name: &str) {
+    let mut args = vec![
+        "rotate".to_string(),
+        "--yes".into(),
+        "--kube-credentials".into(),
+        "azure".into(),
+    ];
+    args.extend(names(w, name).await);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(w, &a).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn versions(w: &World, name: &str) -> usize {
+    w.inspect_member(name)["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+/// The key a run first finds is entered in the ledger as in service from then on: a rotation
+/// by hand after the fleet began leaves two dated entries, but only one rotation, which is not
+/// `--twice`.
+#[tokio::test]
+async fn one_rotation_by_hand_is_not_a_clusters_rotate_twice_done() {
+    let w = fleet(SimOptions::default(), 2).await;
+    fault(&w, &["--cluster", "aks-fleet-01", "--fail-operation"]).await;
+    let out = run(
+        &w,
+        &["fleet", "rotate", "--twice", "--waves", "1,100%", "--yes"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    fault(&w, &["--clear"]).await;
+    let before = versions(&w, "aks-fleet-02");
+    rotate_by_hand(&w, "aks-fleet-02").await;
+    let out = run(&w, &["fleet", "resume", "--yes", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let o = outcomes(&out);
+    assert_eq!(
+        o["aks-fleet-02"], "succeeded",
+        "rotated twice by the fleet: {o:?}"
+    );
+    assert_eq!(
+        versions(&w, "aks-fleet-02"),
+        before + 3,
+        "one by hand, two by the fleet"
+    );
+    assert!(all_current(&w, "aks-fleet-02"));
+}
+
+/// A ledger that shows the rotation done does not outweigh Azure: a key put back by hand (as
+/// Terraform or `az aks update` would) is rotated again.
+#[tokio::test]
+async fn a_key_put_back_behind_the_fleets_back_is_not_done() {
+    let w = fleet(SimOptions::default(), 2).await;
+    fault(&w, &["--cluster", "aks-fleet-01", "--fail-operation"]).await;
+    let out = run(&w, &["fleet", "rotate", "--waves", "1,100%", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    fault(&w, &["--clear"]).await;
+    let old = keys(&w)["aks-fleet-02"].clone();
+    rotate_by_hand(&w, "aks-fleet-02").await;
+    {
+        let shared = w.member_shared("aks-fleet-02");
+        let mut world = shared.world();
+        world.cluster["properties"]["securityProfile"]["azureKeyVaultKms"]["keyId"] =
+            old.clone().into();
+        let label = world.label_for_cluster();
+        world.plugin_changed(label);
+    }
+    let out = run(&w, &["fleet", "resume", "--yes", "-o", "json"]).await;
+    let o = outcomes(&out);
+    assert_ne!(
+        o["aks-fleet-02"], "done",
+        "Azure reports the old key: {o:?}"
+    );
+    assert_ne!(keys(&w)["aks-fleet-02"], old, "rotated again");
+}

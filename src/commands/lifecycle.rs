@@ -212,7 +212,7 @@ pub struct Start {
     pub unattended: bool,
     /// A fleet's rotation: the cluster is done when its key ledger shows this many proven
     /// versions put in service since this instant.
-    pub done_since: Option<(chrono::DateTime<chrono::Utc>, usize)>,
+    pub done_since: Option<DoneSince>,
 }
 
 impl Start {
@@ -231,6 +231,35 @@ impl Start {
             done_since: None,
         }
     }
+}
+
+/// A fleet's rotation asked for at `since`: done on a cluster when its key ledger shows
+/// `versions` proven new versions other than `from` (the key it had when the fleet selected it),
+/// and Azure reports the ledger's current one.
+#[derive(Clone, Debug)]
+pub struct DoneSince {
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub versions: usize,
+    pub from: Option<String>,
+}
+
+/// What Azure reports now agrees with the ledger's current key: KMS on with that key id, the
+/// cluster's last operation succeeded. A ledger alone (writable by anyone who may update a
+/// ConfigMap in kube-system, and blind to a key put back by hand) cannot call a cluster done.
+async fn reported_as_ledger(ctx: &Context, l: &ledger::Ledger) -> anyhow::Result<bool> {
+    let (Some(az), Some(current)) = (&ctx.azure, l.current()) else {
+        return Ok(false);
+    };
+    let c = az.arm.get(&az.cluster_path, &az.arm.api.aks).await?.body;
+    let kms = c
+        .pointer("/properties/securityProfile/azureKeyVaultKms")
+        .cloned()
+        .unwrap_or_default();
+    Ok(kms["enabled"] == true
+        && c["properties"]["provisioningState"] == "Succeeded"
+        && kms["keyId"]
+            .as_str()
+            .is_some_and(|k| ledger::same_key_id(k, &current.key_id)))
 }
 
 /// A run ready for the engine: its context, journal and lease.
@@ -332,10 +361,15 @@ async fn prepare(
             ledger::NAME
         ))
     })?;
-    if let Some((since, versions)) = s.done_since
-        && let Some(why) = ledger::done_since(&l.0, since, versions)
+    if let Some(d) = &s.done_since
+        && let Some(why) = ledger::done_since(&l.0, d.since, d.versions, d.from.as_deref())
     {
-        return Ok(Prepared::Done(why));
+        if reported_as_ledger(ctx, &l.0).await? {
+            return Ok(Prepared::Done(why));
+        }
+        tracing::info!(
+            "the key ledger shows the rotation done, but Azure reports another KMS key or state: rotating"
+        );
     }
     if let Err(e) = proof::refuse_unproven(&l.0, run_id) {
         return Err(Refusal(e.to_string()).into());

@@ -384,11 +384,12 @@ impl Journal {
     }
 
     pub fn open(path: &Path) -> anyhow::Result<(Journal, Record)> {
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         lock(&file, path)?;
+        end_torn_line(&mut file, path)?;
         let record = replay(path)?;
         Ok((
             Journal {
@@ -431,6 +432,25 @@ impl Journal {
             .sync_data()
             .with_context(|| format!("syncing {}", self.path.display()))
     }
+}
+
+/// A kill during a write can leave a last line without its newline: the next entry would be
+/// glued onto it and both read as torn. Ends it first (called with the journal's lock held).
+pub fn end_torn_line(file: &mut std::fs::File, path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut r = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    if r.seek(SeekFrom::End(0))? == 0 {
+        return Ok(());
+    }
+    r.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    r.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")
+            .and_then(|_| file.sync_data())
+            .with_context(|| format!("ending the torn last line of {}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn replay(path: &Path) -> anyhow::Result<Record> {
@@ -604,6 +624,29 @@ mod tests {
             created_at: chrono::Utc::now(),
             confirmed: true,
         }
+    }
+
+    #[test]
+    fn an_entry_after_a_torn_last_line_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), header()).unwrap();
+        let path = j.path.clone();
+        drop(j);
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"type\":\"step-fin").unwrap();
+        drop(f);
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append(&Entry::StepSkipped {
+            index: 1,
+            reason: "after a torn line".into(),
+        })
+        .unwrap();
+        drop(j);
+        assert!(replay(&path).unwrap().steps[1].skipped);
     }
 
     #[test]

@@ -290,11 +290,12 @@ impl FleetJournal {
     }
 
     pub fn open(path: &Path) -> anyhow::Result<(FleetJournal, FleetRecord)> {
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         lock(&file, path)?;
+        crate::engine::journal::end_torn_line(&mut file, path)?;
         let record = replay(path)?;
         Ok((
             FleetJournal {

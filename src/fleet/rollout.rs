@@ -168,7 +168,11 @@ impl Rollout {
                     dry_run: false,
                     yes: true,
                     unattended: true,
-                    done_since: Some((h.started_at, versions)),
+                    done_since: Some(lifecycle::DoneSince {
+                        since: h.started_at,
+                        versions,
+                        from: c.key_id.clone(),
+                    }),
                 };
                 (lifecycle::launch(s, crate::output::Format::Text).await, id)
             }

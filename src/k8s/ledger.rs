@@ -288,19 +288,24 @@ pub async fn update(
 }
 
 /// Whether a rotation asked for at `since` is done on this cluster, as its ledger shows it
-/// (why, when it is): at least `versions` key versions went into service after `since`, the
-/// API servers were shown to write with the one in use, and every version that went out of
-/// service since was re-encrypted away. A fleet's rerun skips such a cluster.
+/// (why, when it is): at least `versions` key versions other than `from` (the one in use when
+/// the rotation was asked for) went into service after `since`, the API servers were shown to
+/// write with the one in use, and every version that went out of service since was
+/// re-encrypted away. A fleet's rerun skips such a cluster once Azure reports that key too.
+/// `from` is not counted however it is dated: a run's first look at a cluster enters the key it
+/// finds as in service from then on, which is no rotation.
 pub fn done_since(
     l: &Ledger,
     since: chrono::DateTime<chrono::Utc>,
     versions: usize,
+    from: Option<&str>,
 ) -> Option<String> {
     let current = l.current()?;
     let new = l
         .entries
         .iter()
         .filter(|e| e.in_service_since > since)
+        .filter(|e| from.is_none_or(|f| !same_key_id(&e.key_id, f)))
         .count();
     let left = l.entries.iter().any(|e| {
         e.out_of_service_since.is_some_and(|t| t > since) && e.reencrypted_away_at.is_none()
@@ -526,7 +531,7 @@ mod tests {
         let mut l = Ledger::default();
         l.put_in_service(Some("https://v.vault.azure.net/keys/k/1"), t(0));
         assert_eq!(
-            done_since(&l, t(10), 1),
+            done_since(&l, t(10), 1, None),
             None,
             "nothing since the fleet began"
         );
@@ -538,19 +543,52 @@ mod tests {
             proven_at: None,
             ..Default::default()
         });
-        assert_eq!(done_since(&l, t(10), 1), None, "switch not proven");
+        assert_eq!(done_since(&l, t(10), 1, None), None, "switch not proven");
         l.switch.as_mut().unwrap().proven_at = Some(t(30));
         assert_eq!(
-            done_since(&l, t(10), 1),
+            done_since(&l, t(10), 1, None),
             None,
             "old version not re-encrypted away"
         );
         assert!(l.reencrypted(Some("https://v.vault.azure.net/keys/k/2"), t(40)));
-        assert!(done_since(&l, t(10), 1).is_some());
+        assert!(done_since(&l, t(10), 1, None).is_some());
         assert_eq!(
-            done_since(&l, t(10), 2),
+            done_since(&l, t(10), 2, None),
             None,
             "rotate-twice needs two versions"
         );
+    }
+
+    /// A run's first look at a cluster enters the key it finds as in service from then on: that
+    /// entry, dated after the fleet began, is the key the fleet started from, not a rotation.
+    #[test]
+    fn the_key_a_fleet_started_from_is_no_rotation_however_it_is_dated() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let (k1, k2) = (
+            "https://v.vault.azure.net/keys/k/1",
+            "https://v.vault.azure.net/keys/k/2",
+        );
+        let mut l = Ledger::default();
+        // Planted after the fleet began (t 10), then one rotation by hand.
+        l.put_in_service(Some(k1), t(15));
+        l.put_in_service(Some(k2), t(20));
+        l.switch = Some(Switch {
+            to: Some(k2.into()),
+            run_id: "r".into(),
+            requested_at: t(20),
+            proven_at: Some(t(30)),
+            ..Default::default()
+        });
+        assert!(l.reencrypted(Some(k2), t(40)));
+        assert!(
+            done_since(&l, t(10), 2, None).is_some(),
+            "counted without `from`"
+        );
+        assert_eq!(
+            done_since(&l, t(10), 2, Some(&k1.to_ascii_uppercase())),
+            None,
+            "one rotation is not rotate-twice"
+        );
+        assert!(done_since(&l, t(10), 1, Some(k1)).is_some());
     }
 }
